@@ -1,0 +1,135 @@
+//! Building the service: open the store, start the writer, wire the routes, bind, and serve
+//! until a shutdown signal, then make every accepted write durable before returning.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::cli::Config;
+use crate::clock::{Clock, SystemClock};
+use crate::http::access::{self, Access};
+use crate::http::buy::{BATCH_BODY_LIMIT, BUY_BODY_LIMIT};
+use crate::http::{AppState, buy, docs, health, middleware, root, stats};
+use crate::writer::Writer;
+
+/// A bound, ready-to-run service.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    writer: Writer,
+    addr: SocketAddr,
+}
+
+impl Application {
+    /// Open the store, start the writer and bind the listener, with the system clock.
+    pub async fn build(config: &Config) -> Result<Application, String> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Application::build`], with the given clock (tests pin time with it).
+    pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Application, String> {
+        let store = crate::store::open(&config.database_url)?;
+        let writer = Writer::start(store.clone(), clock.clone());
+        let state = AppState {
+            store,
+            writer: writer.handle(),
+            clock,
+            started: Instant::now(),
+            trusted_proxies: Arc::new(config.trusted_proxies.clone()),
+            in_flight: Default::default(),
+        };
+        let access = Access::new(&config.write_keys, &config.read_keys);
+        let router = router(state, access, cors(&config.cors_origins)?);
+        let listener = TcpListener::bind((config.host.as_str(), config.port))
+            .await
+            .map_err(|e| format!("cannot listen on --host {} --port {}: {e}", config.host, config.port))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        Ok(Application { listener, router, writer, addr })
+    }
+
+    /// The address actually bound (the port is the real one when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serve until `shutdown` completes; then stop accepting, answer the requests already
+    /// received, commit every queued write, and return.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        tracing::info!("listening on http://{}", self.addr);
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await;
+        self.writer.shutdown().await;
+        tracing::info!("stopped; every acknowledged buy is committed");
+        served
+    }
+}
+
+/// All routes with their limits, access rules and middleware.
+pub fn router(state: AppState, access: Access, cors: Option<CorsLayer>) -> Router {
+    let writes = Router::new()
+        .route("/buy", post(buy::record_buy).layer(DefaultBodyLimit::max(BUY_BODY_LIMIT)))
+        .route("/buys", post(buy::record_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)))
+        .route_layer(from_fn_with_state(access.clone(), access::require_write));
+    let reads =
+        Router::new().route("/stats", get(stats::stats)).route_layer(from_fn_with_state(access, access::require_read));
+    let open = Router::new()
+        .route("/", get(root::index))
+        .route("/health", get(health::health))
+        .route("/health/live", get(health::live))
+        .route("/redoc", get(docs::reference_page));
+    let mut app = Router::new()
+        .merge(writes)
+        .merge(reads)
+        .merge(open)
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", docs::ApiDoc::openapi()))
+        .fallback(root::not_found)
+        .method_not_allowed_fallback(root::method_not_allowed)
+        .with_state(state);
+    if let Some(cors) = cors {
+        app = app.layer(cors);
+    }
+    app.layer(from_fn(middleware::request_id))
+}
+
+/// CORS for the configured origins; `None` leaves the API same-origin only.
+fn cors(origins: &[String]) -> Result<Option<CorsLayer>, String> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o.trim() == "*") {
+        AllowOrigin::any()
+    } else {
+        let values = origins
+            .iter()
+            .map(|o| HeaderValue::from_str(o.trim()).map_err(|_| format!("--cors-origin: '{o}' is not a valid origin")))
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(values)
+    };
+    let mut headers: Vec<HeaderName> =
+        ["content-type", "authorization", "x-api-key", "idempotency-key", "x-request-id"]
+            .into_iter()
+            .map(HeaderName::from_static)
+            .collect();
+    headers.extend(crate::request_time::TIME_HEADERS.iter().map(|h| HeaderName::from_static(h)));
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers(headers)
+            .expose_headers([
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static(crate::idempotency::REPLAYED_HEADER),
+            ]),
+    ))
+}

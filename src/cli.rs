@@ -1,0 +1,207 @@
+//! The command line and environment (SPEC §1), parsed once into [`Config`].
+
+use std::num::NonZeroUsize;
+
+use clap::{CommandFactory, Parser, ValueEnum, error::ErrorKind};
+use ipnet::IpNet;
+
+use crate::client_ip::{TrustedProxies, parse_cidr};
+use crate::store::StoreUrl;
+
+const EXAMPLES: &str = "\
+Examples:
+  buy-tracker                                   # port 8080, data in data/buy-tracker.db
+  buy-tracker --dev --port 0                    # one worker, readable logs, any free port
+  buy-tracker --database-url memory:            # keep nothing (demos, tests)
+  buy-tracker --database-url sqlite:/var/lib/buy-tracker/buys.db --n-workers 4
+  buy-tracker --write-key s3cret --read-key dashboard-key
+  buy-tracker --trusted-proxy 10.0.0.0/8 --trusted-proxy 2001:db8::/32
+  BUY_TRACKER_PORT=9000 DATABASE_URL=memory: buy-tracker";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured lines.
+    Pretty,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+/// buy-tracker records purchases on e-commerce promotion pages and serves live analytics on them.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "buy-tracker", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Address to bind (an IP address or host name).
+    #[arg(long, env = "BUY_TRACKER_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+
+    /// Port to listen on; 0 picks a free one (the bound address is logged as
+    /// `listening on http://ADDR:PORT`).
+    #[arg(long, env = "BUY_TRACKER_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Runtime worker threads [default: the number of CPU cores].
+    #[arg(long = "n-workers", visible_alias = "workers", env = "BUY_TRACKER_WORKERS")]
+    pub n_workers: Option<NonZeroUsize>,
+
+    /// Development mode: one worker and human-readable debug logs. Refuses --n-workers other than 1.
+    #[arg(long)]
+    pub dev: bool,
+
+    /// Where buys are stored: sqlite:PATH (file and folder created if missing), memory: (nothing
+    /// kept) or postgres://USER@HOST/DB.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/buy-tracker.db", value_parser = StoreUrl::parse)]
+    pub database_url: StoreUrl,
+
+    /// A key that allows writes (repeatable; env: comma-separated). When any is set, POST /buy and
+    /// POST /buys need one, sent as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+    #[arg(long = "write-key", env = "BUY_TRACKER_WRITE_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub write_keys: Vec<String>,
+
+    /// A key that allows analytics reads (repeatable; env: comma-separated). A write key also reads.
+    #[arg(long = "read-key", env = "BUY_TRACKER_READ_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub read_keys: Vec<String>,
+
+    /// A peer (CIDR or address) whose forwarding headers are believed (repeatable; env:
+    /// comma-separated) [default: loopback, private and link-local ranges].
+    #[arg(long = "trusted-proxy", env = "BUY_TRACKER_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// An origin whose browser pages may call the API, such as https://shop.example (repeatable;
+    /// env: comma-separated; `*` for any) [default: none, same origin only].
+    #[arg(long = "cors-origin", env = "BUY_TRACKER_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Log format [default: pretty with --dev, else json].
+    #[arg(long, env = "BUY_TRACKER_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The validated configuration the rest of the program reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to bind.
+    pub host: String,
+    /// Port to bind (0: any free one).
+    pub port: u16,
+    /// Runtime worker threads.
+    pub workers: usize,
+    /// Development mode.
+    pub dev: bool,
+    /// The store.
+    pub database_url: StoreUrl,
+    /// Keys that allow writes (and reads); empty: writes are open.
+    pub write_keys: Vec<String>,
+    /// Keys that allow reads; with no read and no write keys, reads are open.
+    pub read_keys: Vec<String>,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: TrustedProxies,
+    /// Origins allowed by CORS.
+    pub cors_origins: Vec<String>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Cli {
+    /// Check the rules clap cannot express and build the [`Config`]; a broken rule is a usage
+    /// error (exit code 2) naming the option.
+    pub fn into_config(self) -> Result<Config, clap::Error> {
+        if self.dev && self.n_workers.is_some_and(|n| n.get() != 1) {
+            return Err(Cli::command().error(
+                ErrorKind::ArgumentConflict,
+                "--dev runs exactly one worker: drop --n-workers (or set it to 1)",
+            ));
+        }
+        let workers = match (self.dev, self.n_workers) {
+            (true, _) => 1,
+            (false, Some(n)) => n.get(),
+            (false, None) => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+        };
+        let keys = |v: Vec<String>| v.into_iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+        let trusted = if self.trusted_proxies.is_empty() {
+            TrustedProxies::default()
+        } else {
+            TrustedProxies::new(self.trusted_proxies)
+        };
+        Ok(Config {
+            host: self.host,
+            port: self.port,
+            workers,
+            dev: self.dev,
+            database_url: self.database_url,
+            write_keys: keys(self.write_keys),
+            read_keys: keys(self.read_keys),
+            trusted_proxies: trusted,
+            cors_origins: self.cors_origins.into_iter().filter(|o| !o.trim().is_empty()).collect(),
+            log_format: self.log_format.unwrap_or(if self.dev { LogFormat::Pretty } else { LogFormat::Json }),
+        })
+    }
+}
+
+impl Config {
+    /// A configuration for tests and embedding: the given store, port 0 on loopback, no keys.
+    pub fn for_tests(database_url: StoreUrl) -> Config {
+        Config {
+            host: "127.0.0.1".into(),
+            port: 0,
+            workers: 2,
+            dev: false,
+            database_url,
+            write_keys: Vec::new(),
+            read_keys: Vec::new(),
+            trusted_proxies: TrustedProxies::default(),
+            cors_origins: Vec::new(),
+            log_format: LogFormat::Json,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut argv = vec!["buy-tracker"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv)?.into_config()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("0.0.0.0", 8080));
+        assert_eq!(c.database_url, StoreUrl::Sqlite("data/buy-tracker.db".into()));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(c.workers >= 1);
+    }
+
+    #[test]
+    fn dev_refuses_other_worker_counts() {
+        let e = parse(&["--dev", "--n-workers", "4"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--n-workers"));
+        assert_eq!(parse(&["--dev", "--workers", "1"]).unwrap().workers, 1);
+        let c = parse(&["--dev"]).unwrap();
+        assert_eq!((c.workers, c.log_format), (1, LogFormat::Pretty));
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        for (args, option) in [
+            (&["--port", "70000"][..], "--port"),
+            (&["--database-url", "mysql://x"][..], "--database-url"),
+            (&["--trusted-proxy", "10.0.0.0/33"][..], "--trusted-proxy"),
+            (&["--n-workers", "0"][..], "--n-workers"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.to_string().contains(option), "{e}");
+        }
+    }
+
+    #[test]
+    fn repeatable_keys_and_alias() {
+        let c = parse(&["--write-key", "a", "--write-key", "b", "--workers", "3"]).unwrap();
+        assert_eq!(c.write_keys, vec!["a", "b"]);
+        assert_eq!(c.workers, 3);
+    }
+}

@@ -1,0 +1,204 @@
+//! One error type for the HTTP layer, turned into JSON responses in one place (SPEC §6).
+//!
+//! Validation problems keep the original (FastAPI/pydantic) shape:
+//! `{"detail": [{"type", "loc", "msg", "input", "ctx"?}]}` so existing clients can read them.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// One problem with one input field, in pydantic's error shape.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldError {
+    /// Machine-readable kind (`missing`, `int_type`, `greater_than_equal`, ...).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Where the problem is: `["body", "product_quantity"]`, `["query", "timeframe_hours"]`.
+    pub loc: Vec<Value>,
+    /// Human-readable message.
+    pub msg: String,
+    /// The offending input.
+    pub input: Value,
+    /// Extra context such as the violated bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ctx: Option<Box<Value>>,
+}
+
+impl FieldError {
+    fn new(kind: &'static str, loc: &[Value], msg: impl Into<String>, input: &Value) -> Self {
+        FieldError { kind, loc: loc.to_vec(), msg: msg.into(), input: input.clone(), ctx: None }
+    }
+
+    fn with_ctx(mut self, ctx: Value) -> Self {
+        self.ctx = Some(Box::new(ctx));
+        self
+    }
+
+    /// A required field is absent; `input` is the enclosing object.
+    pub fn missing(loc: &[Value], input: &Value) -> Self {
+        Self::new("missing", loc, "Field required", input)
+    }
+
+    /// The value is not a JSON integer.
+    pub fn not_an_int(loc: &[Value], input: &Value) -> Self {
+        Self::new("int_type", loc, "Input should be a valid integer", input)
+    }
+
+    /// The integer does not fit in signed 64 bits.
+    pub fn int_too_large(loc: &[Value], input: &Value) -> Self {
+        Self::new("int_too_large", loc, "Input should be a valid integer within the signed 64-bit range", input)
+    }
+
+    /// Below the lower bound `ge`.
+    pub fn too_small(loc: &[Value], input: &Value, ge: impl Into<Value> + std::fmt::Display + Copy) -> Self {
+        Self::new("greater_than_equal", loc, format!("Input should be greater than or equal to {ge}"), input)
+            .with_ctx(json!({ "ge": ge.into() }))
+    }
+
+    /// Above the upper bound `le`.
+    pub fn too_large(loc: &[Value], input: &Value, le: impl Into<Value> + std::fmt::Display + Copy) -> Self {
+        Self::new("less_than_equal", loc, format!("Input should be less than or equal to {le}"), input)
+            .with_ctx(json!({ "le": le.into() }))
+    }
+
+    /// The value is not a JSON object.
+    pub fn not_an_object(loc: &[Value], input: &Value) -> Self {
+        Self::new(
+            "model_attributes_type",
+            loc,
+            "Input should be a valid dictionary or object to extract fields from",
+            input,
+        )
+    }
+
+    /// The value is not a JSON array.
+    pub fn not_a_list(loc: &[Value], input: &Value) -> Self {
+        Self::new("list_type", loc, "Input should be a valid list", input)
+    }
+
+    /// A list with a length outside `1..=max`.
+    pub fn list_length(loc: &[Value], len: usize, max: usize) -> Self {
+        let input = json!(format!("<list of {len} items>"));
+        if len == 0 {
+            Self::new("too_short", loc, "List should have at least 1 item after validation, not 0", &input)
+                .with_ctx(json!({"field_type": "List", "min_length": 1, "actual_length": 0}))
+        } else {
+            Self::new(
+                "too_long",
+                loc,
+                format!("List should have at most {max} items after validation, not {len}"),
+                &input,
+            )
+            .with_ctx(json!({"field_type": "List", "max_length": max, "actual_length": len}))
+        }
+    }
+
+    /// The body is not valid JSON.
+    pub fn json_invalid(error: &serde_json::Error) -> Self {
+        Self::new("json_invalid", &[json!("body"), json!(error.column())], "JSON decode error", &json!({}))
+            .with_ctx(json!({ "error": error.to_string() }))
+    }
+
+    /// The body could not be read (for a reason other than its size).
+    pub fn json_invalid_text(reason: &str) -> Self {
+        Self::new("json_invalid", &[json!("body")], "JSON decode error", &json!({}))
+            .with_ctx(json!({ "error": reason }))
+    }
+
+    /// A query string that cannot be decoded.
+    pub fn query_invalid(reason: &str, input: &str) -> Self {
+        Self::new("query_invalid", &[json!("query")], format!("Malformed query string: {reason}"), &json!(input))
+    }
+
+    /// A query parameter that is not a number.
+    pub fn not_a_number(loc: &[Value], input: &Value) -> Self {
+        Self::new("float_parsing", loc, "Input should be a valid number, unable to parse string as a number", input)
+    }
+
+    /// A header value that breaks its rules.
+    pub fn bad_header(name: &str, msg: &str, input: &Value) -> Self {
+        Self::new("value_error", &[json!("header"), json!(name)], msg, input)
+    }
+}
+
+/// Everything a handler can fail with; each variant maps to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 422: the request's body, query or headers break the contract.
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    /// 413: the body is over the route's limit.
+    #[error("payload too large")]
+    PayloadTooLarge { limit: usize },
+    /// 401: a key is required and was missing or wrong.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// 409: the same Idempotency-Key is still being processed.
+    #[error("idempotency key in flight")]
+    IdempotencyInFlight,
+    /// 422: the same Idempotency-Key was used with another body.
+    #[error("idempotency key reused")]
+    IdempotencyMismatch,
+    /// 503: the store or the write queue cannot take the request now.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// 500: a bug or an unexpected failure; details are logged, never sent.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Marker attached to 500 responses: the request-id middleware logs the cause with the request id
+/// and fills the id into the body, so handlers need not know it.
+#[derive(Debug, Clone)]
+pub struct InternalFailure(pub String);
+
+/// The body of every 500, with the request id the failure was logged under.
+pub fn internal_error_body(request_id: &str) -> Value {
+    json!({"detail": "Internal server error", "request_id": request_id})
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match &self {
+            ApiError::Validation(errors) => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "detail": errors })),
+            ApiError::PayloadTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"detail": format!("Request body too large: the limit for this endpoint is {limit} bytes")}),
+            ),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                json!({"detail": "Missing or invalid API key: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"}),
+            ),
+            ApiError::IdempotencyInFlight => (
+                StatusCode::CONFLICT,
+                json!({"detail": "A request with this Idempotency-Key is still being processed; retry later"}),
+            ),
+            ApiError::IdempotencyMismatch => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"detail": [{
+                    "type": "idempotency_key_reused",
+                    "loc": ["header", "idempotency-key"],
+                    "msg": "This Idempotency-Key was already used with a different request body",
+                    "input": null,
+                }]}),
+            ),
+            ApiError::Unavailable(why) => {
+                (StatusCode::SERVICE_UNAVAILABLE, json!({"detail": format!("Service unavailable: {why}")}))
+            }
+            ApiError::Internal(cause) => {
+                let mut response =
+                    (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(internal_error_body(""))).into_response();
+                response.extensions_mut().insert(InternalFailure(cause.clone()));
+                return response;
+            }
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"buy-tracker\""));
+        }
+        response
+    }
+}

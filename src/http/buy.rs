@@ -1,0 +1,185 @@
+//! `POST /buy` and `POST /buys`: parse, stamp with time and client IP, hand to the writer, and
+//! answer only after the commit (SPEC §2, §5).
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::{AppState, body_bytes, json_body};
+use crate::client_ip::client_ip;
+use crate::domain::{Buy, BuyRecord, parse_batch};
+use crate::error::ApiError;
+use crate::idempotency;
+use crate::request_time;
+use crate::store::{Write, WriteOutcome};
+
+/// Largest `POST /buy` body (SPEC §6).
+pub const BUY_BODY_LIMIT: usize = 16 * 1024;
+/// Largest `POST /buys` body (SPEC §6).
+pub const BATCH_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// A purchase, as clients send it. Unknown extra fields are ignored; integers must be JSON
+/// integer literals (not strings, not `5.0`).
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the body for OpenAPI; parsing is done by `Buy::parse`.
+pub struct BuyRequest {
+    /// The buying customer (signed 64-bit integer).
+    user_id: i64,
+    /// The promotion page the buy came from (signed 64-bit integer).
+    promotion_id: i64,
+    /// The product bought (signed 64-bit integer).
+    product_id: i64,
+    /// Units bought.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    product_quantity: i64,
+    /// Price of one unit in cents, for revenue analytics (optional).
+    #[schema(minimum = 0)]
+    unit_price_cents: Option<i64>,
+}
+
+/// A batch of purchases, recorded atomically.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the body for OpenAPI; parsing is done by `parse_batch`.
+pub struct BatchRequest {
+    /// 1 to 1000 buys.
+    #[schema(min_items = 1, max_items = 1000)]
+    buys: Vec<BuyRequest>,
+}
+
+/// The answer to a recorded buy.
+#[derive(Serialize, ToSchema)]
+pub struct BuyResponse {
+    /// Always true.
+    success: bool,
+    /// This buy's sequence number: the total number of buys once it was recorded.
+    buy_count: i64,
+    /// `Buy logged successfully. Total buys: N`.
+    message: String,
+}
+
+/// The answer to a recorded batch.
+#[derive(Serialize, ToSchema)]
+pub struct BatchResponse {
+    /// Always true.
+    success: bool,
+    /// How many buys were recorded.
+    recorded: usize,
+    /// The sequence number of the batch's last buy.
+    buy_count: i64,
+}
+
+/// Record one buy.
+#[utoipa::path(
+    post, path = "/buy", tag = "buys",
+    request_body(content = BuyRequest, description = "The buy. Body limit 16 KiB."),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters. A repeat with the same body within 24 h is answered with the original response and `Idempotent-Replayed: true`; with another body, 422; while the first is in flight, 409."),
+        ("x-timestamp" = Option<String>, Header, description = "Request generation time (also x-client-time, x-request-time, timestamp, x-request-start, x-queue-start, x-request-received, x-forwarded-start): RFC 3339, HTTP-date or epoch seconds/ms/µs/ns."),
+    ),
+    responses(
+        (status = 200, description = "Committed durably before this answer", body = BuyResponse),
+        (status = 401, description = "Write keys are set and none was sent"),
+        (status = 409, description = "The same Idempotency-Key is in flight"),
+        (status = 413, description = "Body over 16 KiB"),
+        (status = 422, description = "Invalid body or header", body = crate::http::docs::ValidationErrors),
+        (status = 503, description = "The store is unavailable or the write queue is full; nothing recorded"),
+    )
+)]
+pub async fn record_buy(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body, BUY_BODY_LIMIT)?;
+    let buy = Buy::parse(&json_body(&body)?, &[json!("body")]).map_err(ApiError::Validation)?;
+    let (outcome, replayed) = record(&state, peer, &headers, "/buy", vec![buy]).await?;
+    let response = BuyResponse {
+        success: true,
+        buy_count: outcome.0,
+        message: format!("Buy logged successfully. Total buys: {}", outcome.0),
+    };
+    Ok(with_replay_header(Json(response).into_response(), replayed))
+}
+
+/// Record 1 to 1000 buys atomically.
+#[utoipa::path(
+    post, path = "/buys", tag = "buys",
+    request_body(content = BatchRequest, description = "The buys. Body limit 2 MiB."),
+    params(("Idempotency-Key" = Option<String>, Header, description = "As for POST /buy.")),
+    responses(
+        (status = 200, description = "All buys committed durably, with consecutive sequence numbers", body = BatchResponse),
+        (status = 401, description = "Write keys are set and none was sent"),
+        (status = 409, description = "The same Idempotency-Key is in flight"),
+        (status = 413, description = "Body over 2 MiB"),
+        (status = 422, description = "Some items invalid (each named by index); nothing recorded", body = crate::http::docs::ValidationErrors),
+        (status = 503, description = "The store is unavailable; nothing recorded"),
+    )
+)]
+pub async fn record_batch(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body, BATCH_BODY_LIMIT)?;
+    let buys = parse_batch(&json_body(&body)?).map_err(ApiError::Validation)?;
+    let ((buy_count, recorded), replayed) = record(&state, peer, &headers, "/buys", buys).await?;
+    let response = BatchResponse { success: true, recorded, buy_count };
+    Ok(with_replay_header(Json(response).into_response(), replayed))
+}
+
+fn with_replay_header(mut response: Response, replayed: bool) -> Response {
+    if replayed {
+        response.headers_mut().insert(idempotency::REPLAYED_HEADER, HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// Stamp `buys` with the request's time, client IP and key, commit them as one write, and
+/// return `((last sequence number, buys recorded), replayed)`.
+async fn record(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    endpoint: &str,
+    buys: Vec<Buy>,
+) -> Result<((i64, usize), bool), ApiError> {
+    let key = idempotency::key_from(headers)?;
+    // Held until the answer is sent, so a concurrent retry with the same key gets 409.
+    let _in_flight = key.as_deref().map(|k| state.in_flight.enter(k)).transpose()?;
+    let now = state.clock.now();
+    let time = request_time::resolve(headers, now);
+    let ip = client_ip(peer.ip(), headers, &state.trusted_proxies).to_string();
+    let claim = key.clone().map(|k| idempotency::claim(k, endpoint, &buys));
+    let records = buys
+        .into_iter()
+        .map(|buy| BuyRecord {
+            buy,
+            ip_address: ip.clone(),
+            timestamp_us: time.at.timestamp_micros(),
+            received_at_us: now.timestamp_micros(),
+            timestamp_source: time.source,
+            idempotency_key: key.clone(),
+        })
+        .collect();
+    // Every submit error means "not acknowledged": nothing, or nothing known, was committed.
+    let outcome = state
+        .writer
+        .submit(Write { buys: records, idempotency: claim })
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    match outcome {
+        WriteOutcome::Recorded { last_seq, recorded } => Ok(((last_seq, recorded), false)),
+        WriteOutcome::Replayed { last_seq, recorded } => Ok(((last_seq, recorded), true)),
+        WriteOutcome::KeyMismatch => Err(ApiError::IdempotencyMismatch),
+    }
+}

@@ -1,0 +1,59 @@
+//! `GET /health` (the store answers) and `GET /health/live` (the process runs), SPEC §2.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use crate::clock::format_time;
+
+/// Health of the service and its store.
+#[derive(Serialize, ToSchema)]
+pub struct HealthResponse {
+    /// `healthy`, or `degraded` when the store does not answer.
+    status: &'static str,
+    /// Server time, RFC 3339 UTC with microseconds.
+    timestamp: String,
+    /// Seconds since the service started.
+    uptime_seconds: f64,
+    /// Why the service is degraded (only when it is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+/// Readiness: 200 when the store answers, 503 `degraded` when not (for load balancers).
+#[utoipa::path(get, path = "/health", tag = "health", responses(
+    (status = 200, description = "The store answers", body = HealthResponse),
+    (status = 503, description = "The store does not answer (status `degraded`, with `detail`)", body = HealthResponse),
+))]
+pub async fn health(State(state): State<AppState>) -> Response {
+    let result = state.read_store(|store| store.ping()).await;
+    let (code, status, detail) = match result {
+        Ok(()) => (StatusCode::OK, "healthy", None),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, "degraded", Some(format!("store unavailable: {e}"))),
+    };
+    let body = HealthResponse {
+        status,
+        timestamp: format_time(state.clock.now()),
+        uptime_seconds: state.uptime_seconds(),
+        detail,
+    };
+    (code, Json(body)).into_response()
+}
+
+/// Liveness: 200 whenever the process runs, whatever the store does (so an orchestrator does
+/// not restart replicas because a shared store is down).
+#[utoipa::path(get, path = "/health/live", tag = "health", responses(
+    (status = 200, description = "The process runs", body = HealthResponse),
+))]
+pub async fn live(State(state): State<AppState>) -> Json<HealthResponse> {
+    Json(HealthResponse {
+        status: "healthy",
+        timestamp: format_time(state.clock.now()),
+        uptime_seconds: state.uptime_seconds(),
+        detail: None,
+    })
+}

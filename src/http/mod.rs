@@ -1,0 +1,81 @@
+//! The HTTP layer: one module per resource, plus the state and helpers they share.
+//! Handlers parse requests into domain types, call the writer or the store, and shape responses;
+//! every failure goes through [`crate::error::ApiError`].
+
+pub mod access;
+pub mod buy;
+pub mod docs;
+pub mod health;
+pub mod middleware;
+pub mod query;
+pub mod root;
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use crate::clock::Clock;
+use crate::error::{ApiError, FieldError};
+use crate::idempotency::InFlight;
+use crate::store::{Store, StoreError};
+use crate::writer::WriterHandle;
+
+/// What every handler can reach. Cheap to clone: everything is behind an `Arc` or a handle.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store, for reads (writes go through `writer`).
+    pub store: Arc<dyn Store>,
+    /// The group-commit writer.
+    pub writer: WriterHandle,
+    /// The time source.
+    pub clock: Arc<dyn Clock>,
+    /// When the service started (for uptime).
+    pub started: Instant,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Arc<crate::client_ip::TrustedProxies>,
+    /// Idempotency-Keys being processed.
+    pub in_flight: InFlight,
+}
+
+impl AppState {
+    /// Seconds since start.
+    pub fn uptime_seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Run a blocking store read on tokio's blocking pool, answering 503 if the store fails or
+    /// takes longer than [`READ_TIMEOUT`] (SPEC §6: never a hang).
+    pub async fn read_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let store = self.store.clone();
+        let task = tokio::task::spawn_blocking(move || f(store.as_ref()));
+        match tokio::time::timeout(READ_TIMEOUT, task).await {
+            Err(_) => Err(ApiError::Unavailable("the store did not answer in time".into())),
+            Ok(Err(join)) => Err(ApiError::Internal(format!("store read task failed: {join}"))),
+            Ok(Ok(result)) => result.map_err(|e| ApiError::Unavailable(e.to_string())),
+        }
+    }
+}
+
+/// How long a read may wait for the store before answering 503.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// The body bytes, or 413 when over `limit` (set per route with `DefaultBodyLimit`).
+pub fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit },
+        _ => ApiError::Validation(vec![FieldError::json_invalid_text(&rejection.body_text())]),
+    })
+}
+
+/// The body as JSON, or 422 `json_invalid` (serde_json also bounds nesting depth at 128).
+pub fn json_body(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::Validation(vec![FieldError::json_invalid(&e)]))
+}

@@ -1,0 +1,88 @@
+//! Query parameters, parsed into bounded types with 422 errors in the original's shape.
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, FieldError};
+
+/// Smallest and largest `timeframe_hours` (SPEC §2).
+pub const TIMEFRAME_MIN: f64 = 0.1;
+/// See [`TIMEFRAME_MIN`].
+pub const TIMEFRAME_MAX: f64 = 168.0;
+
+/// A window length in hours, within [`TIMEFRAME_MIN`]..=[`TIMEFRAME_MAX`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeframe(f64);
+
+impl Timeframe {
+    /// The hours.
+    pub fn hours(self) -> f64 {
+        self.0
+    }
+
+    /// The window in microseconds (rounded to the nearest microsecond).
+    pub fn micros(self) -> i64 {
+        (self.0 * 3_600_000_000.0).round() as i64
+    }
+}
+
+/// The decoded query string, keyed by parameter name (the last value wins when repeated).
+#[derive(Debug, Default)]
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    /// Decode a raw query string; a malformed one is a 422.
+    pub fn parse(raw: Option<&str>) -> Result<Params, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+            .map_err(|e| ApiError::Validation(vec![FieldError::query_invalid(&e.to_string(), raw.unwrap_or(""))]))?;
+        Ok(Params(pairs.into_iter().collect()))
+    }
+
+    /// `timeframe_hours`, default 1.0.
+    pub fn timeframe(&self) -> Result<Timeframe, ApiError> {
+        let name = "timeframe_hours";
+        let Some(raw) = self.0.get(name) else { return Ok(Timeframe(1.0)) };
+        let loc = [json!("query"), json!(name)];
+        let input = Value::from(raw.as_str());
+        let hours: f64 = raw
+            .trim()
+            .parse()
+            .ok()
+            .filter(|h: &f64| !h.is_nan())
+            .ok_or_else(|| ApiError::Validation(vec![FieldError::not_a_number(&loc, &input)]))?;
+        if hours < TIMEFRAME_MIN {
+            return Err(ApiError::Validation(vec![FieldError::too_small(&loc, &input, TIMEFRAME_MIN)]));
+        }
+        if hours > TIMEFRAME_MAX {
+            return Err(ApiError::Validation(vec![FieldError::too_large(&loc, &input, TIMEFRAME_MAX)]));
+        }
+        Ok(Timeframe(hours))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeframe(q: &str) -> Result<f64, ApiError> {
+        Params::parse(Some(q))?.timeframe().map(Timeframe::hours)
+    }
+
+    #[test]
+    fn timeframe_default_bounds_and_errors() {
+        assert_eq!(Params::parse(None).unwrap().timeframe().unwrap().hours(), 1.0);
+        assert_eq!(timeframe("timeframe_hours=0.1").unwrap(), 0.1);
+        assert_eq!(timeframe("timeframe_hours=168").unwrap(), 168.0);
+        assert_eq!(timeframe("timeframe_hours=2.5&x=1").unwrap(), 2.5);
+        for bad in ["0.09", "168.01", "-1", "abc", "", "nan", "inf", "1e9"] {
+            assert!(timeframe(&format!("timeframe_hours={bad}")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn micros() {
+        assert_eq!(timeframe("timeframe_hours=0.1").map(|h| (h * 3.6e9).round() as i64).unwrap(), 360_000_000);
+        assert_eq!(Params::parse(None).unwrap().timeframe().unwrap().micros(), 3_600_000_000);
+    }
+}

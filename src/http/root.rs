@@ -1,0 +1,53 @@
+//! `GET /` (what the API offers), and the JSON answers for unknown paths (404) and wrong
+//! methods (405), SPEC §2 and §6.
+
+use axum::Json;
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+/// Every endpoint with a one-line description, listed by `GET /` and in 404 answers.
+pub const ENDPOINTS: &[(&str, &str)] = &[
+    ("POST /buy", "Record one buy (durable before the answer)"),
+    ("POST /buys", "Record 1 to 1000 buys atomically"),
+    ("GET /stats", "Total buys and buys in the last timeframe_hours (0.1 to 168, default 1)"),
+    ("GET /health", "Readiness: 200 when the store answers, 503 when degraded"),
+    ("GET /health/live", "Liveness: 200 while the process runs"),
+    ("GET /", "This overview"),
+    ("GET /docs", "Swagger UI"),
+    ("GET /redoc", "API reference"),
+    ("GET /openapi.json", "OpenAPI 3 document"),
+];
+
+/// The API's name, version and endpoints.
+#[utoipa::path(get, path = "/", tag = "health", responses(
+    (status = 200, description = "`{\"message\": \"Buy Tracker API\", \"version\", \"endpoints\": {...}}`"),
+))]
+pub async fn index() -> Json<Value> {
+    let endpoints: Map<String, Value> = ENDPOINTS.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    Json(json!({
+        "message": "Buy Tracker API",
+        "version": env!("CARGO_PKG_VERSION"),
+        "endpoints": endpoints,
+    }))
+}
+
+/// 404 in the original's shape, plus `detail`.
+pub async fn not_found(uri: Uri) -> Response {
+    let body = json!({
+        "detail": "Not Found",
+        "error": "Not Found",
+        "message": format!("The requested path '{}' was not found", uri.path()),
+        "available_endpoints": ENDPOINTS.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+    });
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+/// 405 for a known path with another method.
+pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let body = json!({
+        "detail": "Method Not Allowed",
+        "message": format!("{method} is not allowed on '{}'", uri.path()),
+    });
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}

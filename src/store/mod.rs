@@ -1,0 +1,134 @@
+//! The storage interface: the few operations the service needs, behind one trait so that the
+//! embedded SQLite store, the in-memory store and (later) PostgreSQL are interchangeable.
+//!
+//! Calls are blocking: the single writer runs on its own thread and reads run on tokio's blocking
+//! pool, so a slow disk never stalls the async workers.
+
+pub mod sqlite;
+
+use std::path::PathBuf;
+
+use crate::domain::BuyRecord;
+
+/// Where the data lives, parsed from `--database-url` (SPEC §1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `sqlite:PATH`: a durable file (WAL, `synchronous=FULL`).
+    Sqlite(PathBuf),
+    /// `memory:`: nothing kept after the process ends.
+    Memory,
+    /// `postgres://…`: the shared store (not built yet).
+    Postgres(String),
+}
+
+impl StoreUrl {
+    /// Parse a database URL; the error is one line naming what is wrong.
+    pub fn parse(url: &str) -> Result<StoreUrl, String> {
+        let url = url.trim();
+        if url == "memory:" || url == "memory://" {
+            Ok(StoreUrl::Memory)
+        } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            if path.is_empty() {
+                Err("sqlite: needs a file path, as in sqlite:data/buy-tracker.db".into())
+            } else {
+                Ok(StoreUrl::Sqlite(PathBuf::from(path)))
+            }
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(StoreUrl::Postgres(url.to_string()))
+        } else {
+            Err(format!("'{url}' is not a database URL: use sqlite:PATH, memory: or postgres://..."))
+        }
+    }
+}
+
+/// A failure of the store; the HTTP layer answers 503 for these.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or refused the operation (disk full, locked, I/O error).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// An Idempotency-Key claimed by a write, with the fingerprint of the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyClaim {
+    /// The client's key (1–255 visible ASCII characters).
+    pub key: String,
+    /// SHA-256 of the request's canonical form (endpoint and buys).
+    pub fingerprint: [u8; 32],
+}
+
+/// One request's worth of buys, to be recorded atomically (all or none).
+#[derive(Debug, Clone)]
+pub struct Write {
+    /// The buys, in request order.
+    pub buys: Vec<BuyRecord>,
+    /// The key this write claims, if the request carried one.
+    pub idempotency: Option<IdempotencyClaim>,
+}
+
+/// What happened to one [`Write`] inside a committed transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Recorded; `last_seq` is the sequence number of its last buy.
+    Recorded { last_seq: i64, recorded: usize },
+    /// The key was already used with the same request within 24 hours: nothing recorded, here
+    /// is what the first request was answered.
+    Replayed { last_seq: i64, recorded: usize },
+    /// The key was already used with a different request: nothing recorded.
+    KeyMismatch,
+}
+
+/// Counts for `GET /stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Every buy in the store.
+    pub total_buys: i64,
+    /// Buys whose timestamp is at or after the cutoff asked for.
+    pub recent_buys: i64,
+}
+
+/// How long an Idempotency-Key is remembered (SPEC §2).
+pub const IDEMPOTENCY_TTL_US: i64 = 24 * 3600 * 1_000_000;
+
+/// The operations the service needs from a store.
+pub trait Store: Send + Sync + 'static {
+    /// Record `writes` in one transaction, assigning consecutive sequence numbers in order.
+    /// Returns one outcome per write. When this returns `Ok`, everything is durable.
+    fn commit(&self, writes: &[Write], now_us: i64) -> Result<Vec<WriteOutcome>, StoreError>;
+
+    /// The total and the number of buys with `timestamp >= since_us`, exactly, without scanning
+    /// the buys (rollups maintained with the inserts).
+    fn counts(&self, since_us: i64) -> Result<Counts, StoreError>;
+
+    /// Forget Idempotency-Keys older than `before_us`.
+    fn prune_idempotency(&self, before_us: i64) -> Result<usize, StoreError>;
+
+    /// Check that the store answers (for `/health`).
+    fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Open the store a URL names.
+pub fn open(url: &StoreUrl) -> Result<std::sync::Arc<dyn Store>, String> {
+    match url {
+        StoreUrl::Sqlite(path) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open_file(path)?)),
+        StoreUrl::Memory => Ok(std::sync::Arc::new(sqlite::SqliteStore::open_memory()?)),
+        StoreUrl::Postgres(_) => Err("the PostgreSQL store is not available in this build yet".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        assert_eq!(StoreUrl::parse("memory:"), Ok(StoreUrl::Memory));
+        assert_eq!(StoreUrl::parse("sqlite:data/x.db"), Ok(StoreUrl::Sqlite("data/x.db".into())));
+        assert_eq!(StoreUrl::parse("sqlite:///tmp/x.db"), Ok(StoreUrl::Sqlite("/tmp/x.db".into())));
+        assert!(matches!(StoreUrl::parse("postgres://u@h/db"), Ok(StoreUrl::Postgres(_))));
+        assert!(StoreUrl::parse("sqlite:").is_err());
+        assert!(StoreUrl::parse("mysql://x").is_err());
+        assert!(StoreUrl::parse("").is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! Logging, set up once from the configuration: JSON lines in production, readable lines in
+//! `--dev`. `RUST_LOG` overrides the level.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::LogFormat;
+
+/// Install the global subscriber. Logs go to standard output.
+pub fn init(format: LogFormat, dev: bool) {
+    let default = if dev { "debug,hyper=info,h2=info" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(dev);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}

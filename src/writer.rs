@@ -1,0 +1,172 @@
+//! The group-commit writer: the one place that writes to the store.
+//!
+//! Requests hand their [`Write`]s to a bounded queue and wait. A dedicated thread takes whatever
+//! is queued (up to [`MAX_BATCH_BUYS`] buys), commits it in one transaction, and only then answers
+//! each request. One fsync thus covers many requests: under load batches grow by themselves,
+//! and an idle server commits each request at once.
+//!
+//! Nothing is dropped silently: a full queue makes a request wait up to [`ENQUEUE_TIMEOUT`],
+//! then it gets an error (503); a failed commit answers every request in the batch with an
+//! error, and none of them is acknowledged.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::Clock;
+use crate::store::{IDEMPOTENCY_TTL_US, Store, StoreError, Write, WriteOutcome};
+
+/// Jobs the queue holds before senders wait.
+pub const QUEUE_CAPACITY: usize = 16_384;
+/// Upper bound on the buys in one transaction, so a commit's latency stays bounded.
+pub const MAX_BATCH_BUYS: usize = 8_192;
+/// How long a request waits for room in the queue before it is refused.
+pub const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long a request waits for its commit before it is answered 503 (outcome unknown).
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(4);
+/// How often expired Idempotency-Keys are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Why a write was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue stayed full for [`ENQUEUE_TIMEOUT`].
+    #[error("the write queue is full; retry shortly")]
+    QueueFull,
+    /// The writer has stopped (shutting down).
+    #[error("the service is shutting down")]
+    Closed,
+    /// The commit failed; nothing of this request was recorded.
+    #[error("the store failed to commit: {0}")]
+    Store(#[from] StoreError),
+    /// No answer within [`COMMIT_TIMEOUT`]: the outcome is unknown, so it is not acknowledged.
+    #[error("the store did not confirm the commit in time")]
+    Timeout,
+}
+
+enum Job {
+    Write {
+        write: Write,
+        reply: oneshot::Sender<Result<WriteOutcome, String>>,
+    },
+    /// Commit what is queued, then stop.
+    Shutdown,
+}
+
+/// A cheap, cloneable handle for submitting writes.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Job>,
+    depth: Arc<AtomicUsize>,
+}
+
+impl WriterHandle {
+    /// Queue `write`, wait for its commit, and return its outcome.
+    pub async fn submit(&self, write: Write) -> Result<WriteOutcome, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        let permit = tokio::time::timeout(ENQUEUE_TIMEOUT, self.tx.reserve())
+            .await
+            .map_err(|_| SubmitError::QueueFull)?
+            .map_err(|_| SubmitError::Closed)?;
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        permit.send(Job::Write { write, reply });
+        match tokio::time::timeout(COMMIT_TIMEOUT, answer).await {
+            Err(_) => Err(SubmitError::Timeout),
+            Ok(Err(_)) => Err(SubmitError::Closed),
+            Ok(Ok(result)) => result.map_err(|e| SubmitError::Store(StoreError::Unavailable(e))),
+        }
+    }
+
+    /// Writes waiting in the queue (for metrics).
+    pub fn queue_depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+}
+
+/// The running writer: its handle and its thread.
+pub struct Writer {
+    handle: WriterHandle,
+    thread: JoinHandle<()>,
+}
+
+impl Writer {
+    /// Start the writer thread over `store`.
+    pub fn start(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Writer {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let depth = Arc::new(AtomicUsize::new(0));
+        let thread_depth = depth.clone();
+        let thread = std::thread::Builder::new()
+            .name("buy-writer".into())
+            .spawn(move || run(rx, store, clock, thread_depth))
+            .expect("spawning the writer thread");
+        Writer { handle: WriterHandle { tx, depth }, thread }
+    }
+
+    /// A handle for submitting writes.
+    pub fn handle(&self) -> WriterHandle {
+        self.handle.clone()
+    }
+
+    /// Commit everything already queued, then stop the thread. Writes submitted afterwards get
+    /// [`SubmitError::Closed`].
+    pub async fn shutdown(self) {
+        // Shutdown is queued behind every write already accepted, so those are committed first.
+        if self.handle.tx.send(Job::Shutdown).await.is_ok() {
+            let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
+        }
+    }
+}
+
+fn run(mut rx: mpsc::Receiver<Job>, store: Arc<dyn Store>, clock: Arc<dyn Clock>, depth: Arc<AtomicUsize>) {
+    let mut last_prune = Instant::now();
+    // After `close`, `blocking_recv` still yields what was queued, then `None`: the loop drains.
+    while let Some(first) = rx.blocking_recv() {
+        let mut writes = Vec::new();
+        let mut replies = Vec::new();
+        let mut buys = 0;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Write { write, reply } => {
+                    buys += write.buys.len();
+                    writes.push(write);
+                    replies.push(reply);
+                }
+                Job::Shutdown => rx.close(),
+            }
+            if buys < MAX_BATCH_BUYS {
+                next = rx.try_recv().ok();
+            }
+        }
+        if writes.is_empty() {
+            continue;
+        }
+        depth.fetch_sub(writes.len(), Ordering::Relaxed);
+        let now_us = clock.now_us();
+        let started = Instant::now();
+        let result = store.commit(&writes, now_us);
+        tracing::trace!(writes = writes.len(), buys, elapsed = ?started.elapsed(), "commit");
+        match result {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, writes = writes.len(), "commit failed; nothing in this batch was recorded");
+                for reply in replies {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = Instant::now();
+            if let Err(e) = store.prune_idempotency(now_us - IDEMPOTENCY_TTL_US) {
+                tracing::warn!(error = %e, "pruning expired idempotency keys failed");
+            }
+        }
+    }
+}
