@@ -1,0 +1,356 @@
+//! Black-box tests of the HTTP contract (SPEC §2, §5 writes, §6), run on every store.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{StoreKind, TestApp, buy};
+use serde_json::{Value, json};
+
+async fn records_a_buy_with_the_original_shape(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    for n in 1..=3 {
+        let response = app.post("/buy", &buy(1, 2, 3, 4)).await;
+        assert_eq!(response.status(), 200);
+        assert!(response.headers().contains_key("x-request-id"));
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body,
+            json!({"success": true, "buy_count": n, "message": format!("Buy logged successfully. Total buys: {n}")})
+        );
+    }
+}
+
+async fn ignores_unknown_fields_and_accepts_a_price(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    let mut body = buy(1, 2, 3, 4);
+    body["unit_price_cents"] = json!(1999);
+    body["campaign"] = json!("summer");
+    assert_eq!(app.post("/buy", &body).await.status(), 200);
+}
+
+async fn rejects_bad_bodies_with_field_locations(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    let cases = [
+        (json!({"promotion_id": 1, "product_id": 1, "product_quantity": 1}), "user_id", "missing"),
+        (json!({"user_id": "1", "promotion_id": 1, "product_id": 1, "product_quantity": 1}), "user_id", "int_type"),
+        (
+            json!({"user_id": 1, "promotion_id": 1.5, "product_id": 1, "product_quantity": 1}),
+            "promotion_id",
+            "int_type",
+        ),
+        (
+            json!({"user_id": 1, "promotion_id": 1, "product_id": 1, "product_quantity": 0}),
+            "product_quantity",
+            "greater_than_equal",
+        ),
+        (
+            json!({"user_id": 1, "promotion_id": 1, "product_id": 1, "product_quantity": 1_000_001}),
+            "product_quantity",
+            "less_than_equal",
+        ),
+        (
+            json!({"user_id": 1, "promotion_id": 1, "product_id": 1, "product_quantity": 1, "unit_price_cents": -5}),
+            "unit_price_cents",
+            "greater_than_equal",
+        ),
+    ];
+    for (body, field, kind) in cases {
+        let response = app.post("/buy", &body).await;
+        assert_eq!(response.status(), 422, "{body}");
+        let detail: Value = response.json().await.unwrap();
+        let first = &detail["detail"][0];
+        assert_eq!(first["loc"], json!(["body", field]), "{body}");
+        assert_eq!(first["type"], json!(kind), "{body}");
+        assert!(first["msg"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // Nothing was recorded by any of them.
+    assert_eq!(app.get_json("/stats").await["total_buys"], 0);
+}
+
+async fn rejects_malformed_json_and_non_objects(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    for raw in ["{bad", "", "[1,2]", "null", "\"text\"", "{\"user_id\": 1,}"] {
+        let response =
+            app.client.post(app.url("/buy")).header("content-type", "application/json").body(raw).send().await.unwrap();
+        assert_eq!(response.status(), 422, "{raw:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["detail"][0]["loc"][0], "body", "{raw:?}");
+    }
+    let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+    let response = app.client.post(app.url("/buy")).body(deep).send().await.unwrap();
+    assert_eq!(response.status(), 413);
+    let nested = "[".repeat(1_000) + &"]".repeat(1_000);
+    let response = app.client.post(app.url("/buy")).body(nested).send().await.unwrap();
+    assert_eq!(response.status(), 422, "deep nesting is refused, not a crash");
+}
+
+async fn enforces_body_limits(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    let mut body = buy(1, 2, 3, 4);
+    body["padding"] = json!("x".repeat(17 * 1024));
+    let response = app.post("/buy", &body).await;
+    assert_eq!(response.status(), 413);
+    let detail: Value = response.json().await.unwrap();
+    assert!(detail["detail"].as_str().unwrap().contains("16384"));
+    let mut body = json!({"buys": [buy(1, 2, 3, 4)]});
+    body["padding"] = json!("x".repeat(2 * 1024 * 1024 + 1));
+    assert_eq!(app.post("/buys", &body).await.status(), 413);
+    let mut body = json!({"buys": [buy(1, 2, 3, 4)]});
+    body["padding"] = json!("x".repeat(1024 * 1024));
+    assert_eq!(app.post("/buys", &body).await.status(), 200, "1 MiB is within the batch limit");
+}
+
+async fn stats_have_the_original_shape_and_bounds(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    app.post("/buy", &buy(1, 2, 3, 4)).await;
+    let stats = app.get_json("/stats").await;
+    for key in ["uptime_seconds", "timeframe_hours"] {
+        assert!(stats[key].is_f64(), "{key} is a float: {stats}");
+    }
+    assert_eq!(stats["timeframe_hours"], 1.0);
+    assert_eq!(stats["total_buys"], 1);
+    assert_eq!(stats["n_recent_buys"], 1);
+    assert_eq!(stats["server_status"], "healthy");
+    assert!(stats["uptime_formatted"].as_str().unwrap().ends_with('s'));
+    let time = stats["current_time"].as_str().unwrap();
+    assert!(time.ends_with('Z') && time.len() == "2025-06-27T20:14:12.123456Z".len(), "{time}");
+    for (query, status) in [("0.1", 200), ("168", 200), ("0.09", 422), ("168.5", 422), ("abc", 422), ("-1", 422)] {
+        let response = app.get(&format!("/stats?timeframe_hours={query}")).await;
+        assert_eq!(response.status(), status, "{query}");
+        if status == 422 {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["detail"][0]["loc"], json!(["query", "timeframe_hours"]));
+        }
+    }
+}
+
+/// n_recent_buys counts by the request generation time of SPEC §3, inclusive of future skew.
+async fn recent_buys_follow_the_timestamp_headers(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    let now = chrono::Utc::now();
+    let post_at = |header: &'static str, value: String| {
+        let request = app.client.post(app.url("/buy")).header(header, value).json(&buy(1, 2, 3, 1));
+        async move { assert_eq!(request.send().await.unwrap().status(), 200) }
+    };
+    post_at("x-timestamp", (now - chrono::Duration::minutes(90)).to_rfc3339()).await;
+    post_at("x-client-time", (now - chrono::Duration::hours(30)).timestamp().to_string()).await;
+    post_at("x-request-start", format!("t={}", (now - chrono::Duration::minutes(10)).timestamp_millis())).await;
+    post_at("x-timestamp", (now + chrono::Duration::minutes(3)).to_rfc3339()).await;
+    // Ten minutes ahead is beyond the allowed skew: the server time is used instead.
+    post_at("x-timestamp", (now + chrono::Duration::minutes(10)).to_rfc3339()).await;
+    post_at("x-timestamp", "not a time".into()).await;
+    let recent = |hours: f64| {
+        let path = format!("/stats?timeframe_hours={hours}");
+        let app = &app;
+        async move { app.get_json(&path).await["n_recent_buys"].as_i64().unwrap() }
+    };
+    assert_eq!(recent(1.0).await, 4, "10 min ago, 3 min ahead, and two at server time");
+    assert_eq!(recent(2.0).await, 5);
+    assert_eq!(recent(24.0).await, 5);
+    assert_eq!(recent(31.0).await, 6);
+    assert_eq!(app.get_json("/stats").await["total_buys"], 6);
+}
+
+async fn health_root_and_docs(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    let health = app.get_json("/health").await;
+    assert_eq!(health["status"], "healthy");
+    assert!(health["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert!(health["uptime_seconds"].is_f64());
+    assert_eq!(app.get("/health/live").await.status(), 200);
+    let root = app.get_json("/").await;
+    assert_eq!(root["message"], "Buy Tracker API");
+    assert_eq!(root["version"], env!("CARGO_PKG_VERSION"));
+    for endpoint in ["POST /buy", "POST /buys", "GET /stats", "GET /health"] {
+        assert!(root["endpoints"][endpoint].is_string(), "{endpoint}");
+    }
+    let openapi = app.get_json("/openapi.json").await;
+    assert!(openapi["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/buy", "/buys", "/stats", "/health", "/health/live", "/"] {
+        assert!(openapi["paths"][path].is_object(), "{path} documented");
+    }
+    for page in ["/docs/", "/redoc"] {
+        let response = app.get(page).await;
+        assert_eq!(response.status(), 200, "{page}");
+        let html = response.text().await.unwrap();
+        assert!(html.contains("<html") || html.contains("<!DOCTYPE"), "{page}");
+        for external in ["src=\"http", "href=\"http", "src='http", "@import url(http", "cdn."] {
+            assert!(!html.contains(external), "{page} loads nothing from another host ({external})");
+        }
+    }
+    let swagger_js = app.get("/docs/swagger-ui-bundle.js").await;
+    assert_eq!(swagger_js.status(), 200, "Swagger UI assets are served by the binary");
+}
+
+async fn unknown_paths_and_methods_answer_json(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    let response = app.get("/nope").await;
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["detail"], "Not Found");
+    assert_eq!(body["error"], "Not Found");
+    assert_eq!(body["message"], "The requested path '/nope' was not found");
+    assert!(body["available_endpoints"].as_array().unwrap().contains(&json!("POST /buy")));
+    let response = app.client.delete(app.url("/buy")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert!(response.headers().contains_key("x-request-id"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["detail"], "Method Not Allowed");
+    assert_eq!(app.get("/buy").await.status(), 405);
+}
+
+async fn request_ids_are_echoed_or_made(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    let response = app.client.get(app.url("/health")).header("x-request-id", "trace-42").send().await.unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-42");
+    let a = app.get("/nope").await.headers()["x-request-id"].clone();
+    let b = app.get("/nope").await.headers()["x-request-id"].clone();
+    assert_ne!(a, b);
+}
+
+async fn batches_are_atomic_and_name_bad_items(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    let response = app.post("/buys", &json!({"buys": [buy(1, 1, 1, 1), buy(2, 1, 1, 2), buy(3, 1, 1, 3)]})).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap(), json!({"success": true, "recorded": 3, "buy_count": 3}));
+    let bad = json!({"buys": [buy(1, 1, 1, 1), buy(1, 1, 1, 0), buy(1, 1, 1, 1), {"user_id": "x"}]});
+    let response = app.post("/buys", &bad).await;
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    let indices: HashSet<i64> =
+        body["detail"].as_array().unwrap().iter().map(|e| e["loc"][2].as_i64().unwrap()).collect();
+    assert_eq!(indices, HashSet::from([1, 3]));
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "buys", 1, "product_quantity"]));
+    assert_eq!(app.get_json("/stats").await["total_buys"], 3, "nothing of the bad batch was recorded");
+    assert_eq!(app.post("/buys", &json!({"buys": []})).await.status(), 422);
+    let over: Vec<Value> = (0..1001).map(|i| buy(i, 1, 1, 1)).collect();
+    assert_eq!(app.post("/buys", &json!({ "buys": over })).await.status(), 422);
+    let full: Vec<Value> = (0..1000).map(|i| buy(i, 1, 1, 1)).collect();
+    let response = app.post("/buys", &json!({ "buys": full })).await;
+    assert_eq!(response.json::<Value>().await.unwrap()["buy_count"], 1003);
+}
+
+async fn idempotency_keys_replay_and_refuse_other_bodies(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    let send =
+        |key: &str, body: Value| app.client.post(app.url("/buy")).header("Idempotency-Key", key).json(&body).send();
+    let first = send("order-1", buy(1, 2, 3, 4)).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(!first.headers().contains_key("idempotent-replayed"));
+    let first: Value = first.json().await.unwrap();
+    let again = send("order-1", buy(1, 2, 3, 4)).await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    let other = send("order-1", buy(1, 2, 3, 5)).await.unwrap();
+    assert_eq!(other.status(), 422);
+    assert_eq!(send("order-2", buy(1, 2, 3, 4)).await.unwrap().status(), 200);
+    assert_eq!(send("", buy(1, 2, 3, 4)).await.unwrap().status(), 422);
+    assert_eq!(send(&"k".repeat(256), buy(1, 2, 3, 4)).await.unwrap().status(), 422);
+    assert_eq!(app.get_json("/stats").await["total_buys"], 2);
+    // Batches replay too, and a key used on /buy is a different request on /buys.
+    let batch = json!({"buys": [buy(1, 1, 1, 1), buy(2, 2, 2, 2)]});
+    let send_batch = |key: &str| app.client.post(app.url("/buys")).header("Idempotency-Key", key).json(&batch).send();
+    let b1: Value = send_batch("batch-1").await.unwrap().json().await.unwrap();
+    let b2 = send_batch("batch-1").await.unwrap();
+    assert_eq!(b2.headers()["idempotent-replayed"], "true");
+    assert_eq!(b2.json::<Value>().await.unwrap(), b1);
+    assert_eq!(send_batch("order-1").await.unwrap().status(), 422);
+    assert_eq!(app.get_json("/stats").await["total_buys"], 4);
+}
+
+/// Concurrent requests with one key: one is recorded; the others are replays or 409s.
+async fn concurrent_requests_with_one_key_record_once(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let request = app.client.post(app.url("/buy")).header("Idempotency-Key", "same").json(&buy(1, 2, 3, 4));
+            tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 409), "{statuses:?}");
+    assert!(statuses.contains(&200));
+    assert_eq!(app.get_json("/stats").await["total_buys"], 1);
+}
+
+/// Thousands of concurrent buys get unique, gap-free sequence numbers and an exact total.
+async fn concurrent_buys_get_gap_free_sequence_numbers(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    let n = 3000;
+    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let request = app.client.post(app.url("/buy")).json(&buy(i, i % 7, i % 11, 1 + i % 3));
+            let semaphore = semaphore.clone();
+            tokio::spawn(async move {
+                let _permit = semaphore.acquire().await.unwrap();
+                let response = request.send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                response.json::<Value>().await.unwrap()["buy_count"].as_i64().unwrap()
+            })
+        })
+        .collect();
+    let mut counts = Vec::with_capacity(n as usize);
+    for task in tasks {
+        counts.push(task.await.unwrap());
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=n).collect::<Vec<_>>());
+    let stats = app.get_json("/stats").await;
+    assert_eq!(stats["total_buys"], n);
+    assert_eq!(stats["n_recent_buys"], n);
+}
+
+async fn keys_guard_writes_and_reads(kind: StoreKind) {
+    let app = TestApp::spawn_with(kind, |c| {
+        c.write_keys = vec!["w-key".into()];
+        c.read_keys = vec!["r-key".into()];
+    })
+    .await;
+    let response = app.post("/buy", &buy(1, 2, 3, 4)).await;
+    assert_eq!(response.status(), 401);
+    assert!(response.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    let with_key = |key: &str| app.client.post(app.url("/buy")).bearer_auth(key).json(&buy(1, 2, 3, 4)).send();
+    assert_eq!(with_key("wrong").await.unwrap().status(), 401);
+    assert_eq!(with_key("r-key").await.unwrap().status(), 401);
+    assert_eq!(with_key("w-key").await.unwrap().status(), 200);
+    let api_key = app.client.post(app.url("/buy")).header("x-api-key", "w-key").json(&buy(1, 2, 3, 4));
+    assert_eq!(api_key.send().await.unwrap().status(), 200);
+    assert_eq!(app.get("/stats").await.status(), 401);
+    for key in ["r-key", "w-key"] {
+        let stats = app.client.get(app.url("/stats")).header("x-api-key", key).send().await.unwrap();
+        assert_eq!(stats.status(), 200, "{key}");
+    }
+    assert_eq!(app.get("/health").await.status(), 200, "health stays open for load balancers");
+}
+
+async fn graceful_stop_keeps_acknowledged_buys(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    let response = app.post("/buy", &buy(1, 2, 3, 4)).await;
+    assert_eq!(response.status(), 200);
+    app.stop().await;
+}
+
+on_every_store!(
+    records_a_buy_with_the_original_shape,
+    ignores_unknown_fields_and_accepts_a_price,
+    rejects_bad_bodies_with_field_locations,
+    rejects_malformed_json_and_non_objects,
+    enforces_body_limits,
+    stats_have_the_original_shape_and_bounds,
+    recent_buys_follow_the_timestamp_headers,
+    health_root_and_docs,
+    unknown_paths_and_methods_answer_json,
+    request_ids_are_echoed_or_made,
+    batches_are_atomic_and_name_bad_items,
+    idempotency_keys_replay_and_refuse_other_bodies,
+    concurrent_requests_with_one_key_record_once,
+    concurrent_buys_get_gap_free_sequence_numbers,
+    keys_guard_writes_and_reads,
+    graceful_stop_keeps_acknowledged_buys,
+);

@@ -1,0 +1,179 @@
+//! Test harness: the real service bound to port 0 on a fresh store in its own temp dir, either
+//! in-process (fast, most tests) or as the real binary (signals, kills, CLI).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use buy_tracker::app::Application;
+use buy_tracker::cli::Config;
+use buy_tracker::store::StoreUrl;
+use serde_json::{Value, json};
+
+/// Which store a test body runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum StoreKind {
+    Sqlite,
+    Memory,
+}
+
+/// A running in-process service.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    /// Start on `kind` with default settings.
+    pub async fn spawn(kind: StoreKind) -> TestApp {
+        Self::spawn_with(kind, |_| {}).await
+    }
+
+    /// Start on `kind`, letting the test adjust the configuration.
+    pub async fn spawn_with(kind: StoreKind, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = match kind {
+            StoreKind::Sqlite => StoreUrl::Sqlite(dir.path().join("data/buys.db")),
+            StoreKind::Memory => StoreUrl::Memory,
+        };
+        let mut config = Config::for_tests(url);
+        adjust(&mut config);
+        let app = Application::build(&config).await.expect("app builds");
+        let addr = app.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until(async {
+            let _ = rx.await;
+        }));
+        TestApp { addr, client: reqwest::Client::new(), dir, shutdown: Some(tx), task: Some(task) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client.post(self.url(path)).json(body).send().await.expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("request")
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.expect("json")
+    }
+
+    /// Graceful shutdown, as on SIGTERM.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server result");
+        }
+    }
+}
+
+/// A valid buy body.
+pub fn buy(user_id: i64, promotion_id: i64, product_id: i64, quantity: i64) -> Value {
+    json!({"user_id": user_id, "promotion_id": promotion_id, "product_id": product_id, "product_quantity": quantity})
+}
+
+/// Generate one `#[tokio::test]` per store for a test body `async fn name(kind: StoreKind)`.
+#[macro_export]
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::common::StoreKind::Sqlite).await })*
+        }
+        mod memory {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::common::StoreKind::Memory).await })*
+        }
+    };
+}
+
+/// The real binary, started as a child process.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub lines: mpsc::Receiver<String>,
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_buy-tracker"))
+}
+
+impl Server {
+    /// Start the binary on port 0 with a SQLite file at `db`, plus `extra` arguments; waits for
+    /// the `listening on http://ADDR:PORT` line.
+    pub fn start(db: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(binary())
+            .args(["--host", "127.0.0.1", "--port", "0", "--database-url"])
+            .arg(format!("sqlite:{}", db.display()))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary starts");
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let line = lines
+                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                .expect("the server logs its address within 20 s");
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr: String = rest.chars().take_while(|c| !matches!(c, '"' | ' ')).collect();
+                return Server { child, addr: addr.parse().expect("address"), lines };
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Send a signal (by name, e.g. "TERM", "KILL") to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status();
+        assert!(status.expect("kill runs").success());
+    }
+
+    /// Wait for exit; returns the exit code (None if killed by a signal).
+    pub fn wait(mut self, timeout: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "server did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
