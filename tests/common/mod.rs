@@ -137,15 +137,21 @@ impl Server {
             });
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let line = lines
-                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-                .expect("the server logs its address within 20 s");
+        let addr = loop {
+            let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) else {
+                break None;
+            };
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let addr: String = rest.chars().take_while(|c| !matches!(c, '"' | ' ')).collect();
-                return Server { child, addr: addr.parse().expect("address"), lines };
+                break addr.parse().ok();
             }
-        }
+        };
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server did not log a valid `listening on` address within 20 s");
+        };
+        Server { child, addr, lines }
     }
 
     pub fn url(&self, path: &str) -> String {
