@@ -8,7 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -63,6 +64,38 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     /// `None` for an in-memory database.
     readers: Option<ReadPool>,
+    /// Set on drop to stop the checkpointer thread.
+    stop: Arc<AtomicBool>,
+}
+
+/// How often the checkpointer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Copy committed WAL frames into the database file from a connection of its own, so that the
+/// writer's automatic checkpoint (which runs between commits, stalling the requests waiting on the
+/// next one) finds little left to copy. PASSIVE never blocks the writer. The writer's own
+/// checkpoint stays on: only a checkpoint that completes just before a write lets SQLite restart
+/// the WAL from its beginning, which keeps the file from growing under sustained load.
+fn start_checkpointer(path: PathBuf, stop: Arc<AtomicBool>) -> Result<(), String> {
+    let conn = Connection::open(&path).map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Idle read connections to the same file; a reader is opened when none is idle.
@@ -94,12 +127,19 @@ impl SqliteStore {
             return Err(describe(&format!("WAL mode refused (journal_mode is {mode})")));
         }
         // FULL: the WAL is fsynced at every commit, so an acknowledged buy survives power loss.
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;").map_err(|e| describe(&e))?;
+        conn.execute_batch(
+            "PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;
+             PRAGMA cache_size=-65536;",
+        )
+        .map_err(|e| describe(&e))?;
         let mut conn = conn;
         migrate(&mut conn).map_err(|e| describe(&e))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        start_checkpointer(path.to_path_buf(), stop.clone()).map_err(|e| describe(&e))?;
         Ok(SqliteStore {
             writer: Mutex::new(conn),
             readers: Some(ReadPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }),
+            stop,
         })
     }
 
@@ -107,7 +147,7 @@ impl SqliteStore {
     pub fn open_memory() -> Result<Self, String> {
         let mut conn = Connection::open_in_memory().map_err(|e| e.to_string())?;
         migrate(&mut conn).map_err(|e| e.to_string())?;
-        Ok(SqliteStore { writer: Mutex::new(conn), readers: None })
+        Ok(SqliteStore { writer: Mutex::new(conn), readers: None, stop: Arc::new(AtomicBool::new(true)) })
     }
 
     /// Run `f` on a read connection.

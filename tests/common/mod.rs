@@ -120,6 +120,14 @@ impl Server {
             .args(["--host", "127.0.0.1", "--port", "0", "--database-url"])
             .arg(format!("sqlite:{}", db.display()))
             .args(extra)
+            // The machine's settings must not leak in (keys would make writes 401; a quieter
+            // RUST_LOG would hide the address line).
+            .env_remove("DATABASE_URL")
+            .env_remove("RUST_LOG")
+            .env_remove("BUY_TRACKER_WRITE_KEYS")
+            .env_remove("BUY_TRACKER_READ_KEYS")
+            .env_remove("BUY_TRACKER_TRUSTED_PROXIES")
+            .env_remove("BUY_TRACKER_LOG_FORMAT")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
