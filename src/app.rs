@@ -20,7 +20,7 @@ use crate::cli::Config;
 use crate::clock::{Clock, SystemClock};
 use crate::http::access::{self, Access};
 use crate::http::buy::{BATCH_BODY_LIMIT, BUY_BODY_LIMIT};
-use crate::http::{AppState, buy, docs, health, middleware, root, stats};
+use crate::http::{AppState, buy, docs, health, metrics, middleware, root, stats};
 use crate::writer::Writer;
 
 /// A bound, ready-to-run service.
@@ -39,6 +39,7 @@ impl Application {
 
     /// As [`Application::build`], with the given clock (tests pin time with it).
     pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Application, String> {
+        crate::metrics::handle();
         let store = crate::store::open(&config.database_url)?;
         let writer = Writer::start(store.clone(), clock.clone());
         let state = AppState {
@@ -87,6 +88,7 @@ pub fn router(state: AppState, access: Access, cors: Option<CorsLayer>) -> Route
         .route("/", get(root::index))
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
+        .route("/metrics", get(metrics::metrics))
         .route("/redoc", get(docs::reference_page));
     let mut app = Router::new()
         .merge(writes)

@@ -40,7 +40,39 @@ pub struct Buy {
     pub unit_price_cents: Option<i64>,
 }
 
+/// The shape of a valid buy, for the fast path of [`Buy::from_json`]. serde_json refuses strings
+/// and floats for `i64` fields, as the contract does.
+#[derive(serde::Deserialize)]
+struct WellFormed {
+    user_id: i64,
+    promotion_id: i64,
+    product_id: i64,
+    product_quantity: i64,
+    unit_price_cents: Option<i64>,
+}
+
 impl Buy {
+    /// Parse a `POST /buy` body. Valid bodies (nearly all of them) are read straight into a
+    /// struct; anything else is parsed again as a JSON value to report every problem with its
+    /// location.
+    pub fn from_json(bytes: &[u8]) -> Result<Buy, Vec<FieldError>> {
+        if let Ok(w) = serde_json::from_slice::<WellFormed>(bytes)
+            && (1..=MAX_QUANTITY).contains(&w.product_quantity)
+            && w.unit_price_cents.is_none_or(|p| p >= 0)
+        {
+            return Ok(Buy {
+                user_id: w.user_id,
+                promotion_id: w.promotion_id,
+                product_id: w.product_id,
+                // In range 1..=MAX_QUANTITY, checked above.
+                quantity: Quantity(w.product_quantity as u32),
+                unit_price_cents: w.unit_price_cents,
+            });
+        }
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| vec![FieldError::json_invalid(&e)])?;
+        Buy::parse(&value, &[Value::from("body")])
+    }
+
     /// Parse one buy object; `loc` is where it sits in the request (`["body"]` or
     /// `["body", "buys", 3]`), so errors name the exact field.
     pub fn parse(value: &Value, loc: &[Value]) -> Result<Buy, Vec<FieldError>> {
@@ -245,6 +277,31 @@ mod tests {
         let errors = Buy::parse(&v, &body()).unwrap_err();
         assert_eq!(errors[0].kind, "greater_than_equal");
         assert_eq!(errors[0].loc, vec![json!("body"), json!("unit_price_cents")]);
+    }
+
+    #[test]
+    fn fast_and_slow_paths_agree() {
+        let bodies = [
+            r#"{"user_id": 1, "promotion_id": 2, "product_id": 3, "product_quantity": 4}"#,
+            r#"{"user_id": 1, "promotion_id": 2, "product_id": 3, "product_quantity": 4, "unit_price_cents": null}"#,
+            r#"{"user_id": 1, "promotion_id": 2, "product_id": 3, "product_quantity": 4, "x": [1, {"y": 2}]}"#,
+            r#"{"user_id": 1, "promotion_id": 2, "product_id": 3, "product_quantity": 0}"#,
+            r#"{"user_id": 1, "promotion_id": 2, "product_id": 3, "product_quantity": 1000001}"#,
+            r#"{"user_id": 1, "promotion_id": 2, "product_id": 3, "product_quantity": 4, "unit_price_cents": -1}"#,
+            r#"{"user_id": "1", "promotion_id": 2, "product_id": 3, "product_quantity": 4}"#,
+            r#"{"user_id": 1.0, "promotion_id": 2, "product_id": 3, "product_quantity": 4}"#,
+            r#"{"promotion_id": 2, "product_id": 3, "product_quantity": 4}"#,
+            r#"[1, 2]"#,
+        ];
+        for body in bodies {
+            let value: Value = serde_json::from_str(body).unwrap();
+            assert_eq!(Buy::from_json(body.as_bytes()), Buy::parse(&value, &body_loc()), "{body}");
+        }
+        assert_eq!(Buy::from_json(b"{oops").unwrap_err()[0].kind, "json_invalid");
+    }
+
+    fn body_loc() -> Vec<Value> {
+        vec![json!("body")]
     }
 
     #[test]

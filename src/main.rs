@@ -6,6 +6,11 @@ use buy_tracker::app::Application;
 use buy_tracker::cli::Cli;
 use clap::Parser;
 
+// The request path allocates many small, short-lived buffers across threads; mimalloc handles
+// that with less contention than glibc's allocator (malloc/free were ~10% of a profile under load).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let config = match Cli::parse().into_config() {
         Ok(config) => config,

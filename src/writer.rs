@@ -144,11 +144,12 @@ fn run(mut rx: mpsc::Receiver<Job>, store: Arc<dyn Store>, clock: Arc<dyn Clock>
         if writes.is_empty() {
             continue;
         }
-        depth.fetch_sub(writes.len(), Ordering::Relaxed);
+        let waiting = depth.fetch_sub(writes.len(), Ordering::Relaxed) - writes.len();
+        crate::metrics::queue_depth(waiting);
         let now_us = clock.now_us();
         let started = Instant::now();
         let result = store.commit(&writes, now_us);
-        tracing::trace!(writes = writes.len(), buys, elapsed = ?started.elapsed(), "commit");
+        crate::metrics::commit(started.elapsed(), buys, result.is_ok());
         match result {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {

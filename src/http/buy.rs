@@ -10,7 +10,6 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::json;
 use utoipa::ToSchema;
 
 use super::{AppState, body_bytes, json_body};
@@ -100,7 +99,7 @@ pub async fn record_buy(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body, BUY_BODY_LIMIT)?;
-    let buy = Buy::parse(&json_body(&body)?, &[json!("body")]).map_err(ApiError::Validation)?;
+    let buy = Buy::from_json(&body).map_err(ApiError::Validation)?;
     let (outcome, replayed) = record(&state, peer, &headers, "/buy", vec![buy]).await?;
     let response = BuyResponse {
         success: true,

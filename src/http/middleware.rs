@@ -2,9 +2,12 @@
 //! unexpected failures (errors and panics) are logged and turned into a 500 that names the id.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use axum::Json;
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -19,6 +22,14 @@ pub const REQUEST_ID: &str = "x-request-id";
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// A fresh id: a random per-process prefix and a counter. Unique across restarts and replicas
+/// (the prefix is random), cheaper than a random UUID per request (one getrandom call each).
+fn new_request_id() -> String {
+    static PREFIX: LazyLock<String> = LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_string());
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{:08x}", *PREFIX, COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
 /// Take the client's `x-request-id` when it is a sane token, else make one.
 fn request_id_for(request: &Request) -> String {
     request
@@ -27,15 +38,18 @@ fn request_id_for(request: &Request) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 200 && v.bytes().all(|b| (0x21..=0x7e).contains(&b)))
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .unwrap_or_else(new_request_id)
 }
 
-/// Tag every response with the request id; log and hide the cause of every 500.
+/// Tag every response with the request id; log and hide the cause of every 500; count and time
+/// the request by its route pattern (never the raw path, which would make labels unbounded).
 pub async fn request_id(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
     let id = request_id_for(&request);
     request.extensions_mut().insert(RequestId(id.clone()));
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_string();
     // A panicking handler must not take the connection (or the process) down: answer 500.
     let mut response = match AssertUnwindSafe(next.run(request)).catch_unwind().await {
         Ok(response) => response,
@@ -56,6 +70,7 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
+    crate::metrics::request(method.as_str(), &route, response.status().as_u16(), started.elapsed());
     response
 }
 

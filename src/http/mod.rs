@@ -6,6 +6,7 @@ pub mod access;
 pub mod buy;
 pub mod docs;
 pub mod health;
+pub mod metrics;
 pub mod middleware;
 pub mod query;
 pub mod root;

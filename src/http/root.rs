@@ -13,6 +13,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("GET /stats", "Total buys and buys in the last timeframe_hours (0.1 to 168, default 1)"),
     ("GET /health", "Readiness: 200 when the store answers, 503 when degraded"),
     ("GET /health/live", "Liveness: 200 while the process runs"),
+    ("GET /metrics", "Prometheus metrics"),
     ("GET /", "This overview"),
     ("GET /docs", "Swagger UI"),
     ("GET /redoc", "API reference"),
