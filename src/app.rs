@@ -20,7 +20,7 @@ use crate::cli::Config;
 use crate::clock::{Clock, SystemClock};
 use crate::http::access::{self, Access};
 use crate::http::buy::{BATCH_BODY_LIMIT, BUY_BODY_LIMIT};
-use crate::http::{AppState, buy, docs, health, metrics, middleware, root, stats};
+use crate::http::{AppState, buy, docs, events, export, health, metrics, middleware, promotions, root, stats};
 use crate::writer::Writer;
 
 /// A bound, ready-to-run service.
@@ -29,6 +29,7 @@ pub struct Application {
     router: Router,
     writer: Writer,
     addr: SocketAddr,
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl Application {
@@ -42,6 +43,7 @@ impl Application {
         crate::metrics::handle();
         let store = crate::store::open(&config.database_url)?;
         let writer = Writer::start(store.clone(), clock.clone());
+        let (shutdown, stopping) = tokio::sync::watch::channel(false);
         let state = AppState {
             store,
             writer: writer.handle(),
@@ -49,6 +51,7 @@ impl Application {
             started: Instant::now(),
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             in_flight: Default::default(),
+            shutdown: stopping,
         };
         let access = Access::new(&config.write_keys, &config.read_keys);
         let router = router(state, access, cors(&config.cors_origins)?);
@@ -56,7 +59,7 @@ impl Application {
             .await
             .map_err(|e| format!("cannot listen on --host {} --port {}: {e}", config.host, config.port))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        Ok(Application { listener, router, writer, addr })
+        Ok(Application { listener, router, writer, addr, shutdown })
     }
 
     /// The address actually bound (the port is the real one when 0 was asked for).
@@ -69,7 +72,13 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!("listening on http://{}", self.addr);
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await;
+        let streams = self.shutdown;
+        let signal = async move {
+            shutdown.await;
+            // End event streams, or graceful shutdown would wait for them forever.
+            let _ = streams.send(true);
+        };
+        let served = axum::serve(self.listener, service).with_graceful_shutdown(signal).await;
         self.writer.shutdown().await;
         tracing::info!("stopped; every acknowledged buy is committed");
         served
@@ -82,14 +91,21 @@ pub fn router(state: AppState, access: Access, cors: Option<CorsLayer>) -> Route
         .route("/buy", post(buy::record_buy).layer(DefaultBodyLimit::max(BUY_BODY_LIMIT)))
         .route("/buys", post(buy::record_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)))
         .route_layer(from_fn_with_state(access.clone(), access::require_write));
-    let reads =
-        Router::new().route("/stats", get(stats::stats)).route_layer(from_fn_with_state(access, access::require_read));
+    let reads = Router::new()
+        .route("/stats", get(stats::stats))
+        .route("/stats/timeseries", get(stats::timeseries))
+        .route("/promotions", get(promotions::list))
+        .route("/promotions/{promotion_id}/stats", get(promotions::stats))
+        .route("/export", get(export::export))
+        .route("/events", get(events::events))
+        .route_layer(from_fn_with_state(access, access::require_read));
     let open = Router::new()
         .route("/", get(root::index))
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
         .route("/metrics", get(metrics::metrics))
-        .route("/redoc", get(docs::reference_page));
+        .route("/redoc", get(docs::reference_page))
+        .route("/dashboard", get(docs::dashboard_page));
     let mut app = Router::new()
         .merge(writes)
         .merge(reads)

@@ -116,6 +116,22 @@ impl FieldError {
         Self::new("float_parsing", loc, "Input should be a valid number, unable to parse string as a number", input)
     }
 
+    /// A query parameter that is not an integer.
+    pub fn not_an_int_string(loc: &[Value], input: &Value) -> Self {
+        Self::new("int_parsing", loc, "Input should be a valid integer, unable to parse string as an integer", input)
+    }
+
+    /// A query parameter outside its allowed values.
+    pub fn not_a_choice(loc: &[Value], input: &Value, choices: &[&str]) -> Self {
+        let expected = choices.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(" or ");
+        Self::new("enum", loc, format!("Input should be {expected}"), input).with_ctx(json!({ "expected": expected }))
+    }
+
+    /// A query parameter that is not an RFC 3339 time.
+    pub fn not_a_time(loc: &[Value], input: &Value) -> Self {
+        Self::new("datetime_parsing", loc, "Input should be an RFC 3339 time, such as 2025-06-27T20:14:12Z", input)
+    }
+
     /// A header value that breaks its rules.
     pub fn bad_header(name: &str, msg: &str, input: &Value) -> Self {
         Self::new("value_error", &[json!("header"), json!(name)], msg, input)

@@ -9,7 +9,7 @@ use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::error::FieldError;
-use crate::http::{buy, health, metrics, root, stats};
+use crate::http::{buy, events, export, health, metrics, promotions, root, stats};
 
 /// A 422 answer: one entry per problem, in the original (FastAPI) shape.
 #[derive(Serialize, ToSchema)]
@@ -56,7 +56,7 @@ The buy's `timestamp` is the request generation time from the first valid header
 x-request-start, x-queue-start, x-request-received, x-forwarded-start (RFC 3339, HTTP-date or epoch numbers, optionally `t=`-prefixed), \
 not before 2000 and at most 5 minutes ahead; else the server time. The client IP is read from forwarding headers only when the peer is a trusted proxy.",
     ),
-    paths(root::index, buy::record_buy, buy::record_batch, stats::stats, health::health, health::live, metrics::metrics),
+    paths(root::index, buy::record_buy, buy::record_batch, stats::stats, stats::timeseries, promotions::list, promotions::stats, export::export, events::events, health::health, health::live, metrics::metrics),
     components(schemas(ValidationErrors, ValidationError)),
     tags(
         (name = "buys", description = "Recording purchases"),
@@ -65,6 +65,11 @@ not before 2000 and at most 5 minutes ahead; else the server time. The client IP
     )
 )]
 pub struct ApiDoc;
+
+/// The live dashboard served at `/dashboard` (our own page; it loads nothing from another host).
+pub async fn dashboard_page() -> Html<&'static str> {
+    Html(include_str!("../../assets/dashboard.html"))
+}
 
 /// The reference page served at `/redoc`.
 pub async fn reference_page() -> Html<&'static str> {

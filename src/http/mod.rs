@@ -5,9 +5,12 @@
 pub mod access;
 pub mod buy;
 pub mod docs;
+pub mod events;
+pub mod export;
 pub mod health;
 pub mod metrics;
 pub mod middleware;
+pub mod promotions;
 pub mod query;
 pub mod root;
 pub mod stats;
@@ -41,6 +44,8 @@ pub struct AppState {
     pub trusted_proxies: Arc<crate::client_ip::TrustedProxies>,
     /// Idempotency-Keys being processed.
     pub in_flight: InFlight,
+    /// Turns true when the service starts shutting down (ends long-lived streams).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {

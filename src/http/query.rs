@@ -16,6 +16,9 @@ pub const TIMEFRAME_MAX: f64 = 168.0;
 pub struct Timeframe(f64);
 
 impl Timeframe {
+    /// One hour (the default window).
+    pub const ONE_HOUR: Timeframe = Timeframe(1.0);
+
     /// The hours.
     pub fn hours(self) -> f64 {
         self.0
@@ -59,6 +62,45 @@ impl Params {
         }
         Ok(Timeframe(hours))
     }
+
+    /// An optional integer parameter within `min..=max`.
+    pub fn int(&self, name: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+        let Some(raw) = self.0.get(name) else { return Ok(None) };
+        let loc = [json!("query"), json!(name)];
+        let input = Value::from(raw.as_str());
+        let n: i64 =
+            raw.trim().parse().map_err(|_| ApiError::Validation(vec![FieldError::not_an_int_string(&loc, &input)]))?;
+        if n < min {
+            return Err(ApiError::Validation(vec![FieldError::too_small(&loc, &input, min)]));
+        }
+        if n > max {
+            return Err(ApiError::Validation(vec![FieldError::too_large(&loc, &input, max)]));
+        }
+        Ok(Some(n))
+    }
+
+    /// `promotion_id`, if given.
+    pub fn promotion_id(&self) -> Result<Option<i64>, ApiError> {
+        self.int("promotion_id", i64::MIN, i64::MAX)
+    }
+
+    /// An optional parameter that must be one of `choices`.
+    pub fn choice(&self, name: &str, choices: &[&'static str]) -> Result<Option<&'static str>, ApiError> {
+        let Some(raw) = self.0.get(name) else { return Ok(None) };
+        choices.iter().find(|c| **c == raw.as_str()).map(|c| Some(*c)).ok_or_else(|| {
+            let loc = [json!("query"), json!(name)];
+            ApiError::Validation(vec![FieldError::not_a_choice(&loc, &Value::from(raw.as_str()), choices)])
+        })
+    }
+
+    /// An optional RFC 3339 time, in microseconds since the epoch.
+    pub fn time(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        let Some(raw) = self.0.get(name) else { return Ok(None) };
+        chrono::DateTime::parse_from_rfc3339(raw.trim()).map(|t| Some(t.timestamp_micros())).map_err(|_| {
+            let loc = [json!("query"), json!(name)];
+            ApiError::Validation(vec![FieldError::not_a_time(&loc, &Value::from(raw.as_str()))])
+        })
+    }
 }
 
 #[cfg(test)]
@@ -78,6 +120,20 @@ mod tests {
         for bad in ["0.09", "168.01", "-1", "abc", "", "nan", "inf", "1e9"] {
             assert!(timeframe(&format!("timeframe_hours={bad}")).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn integers_choices_and_times() {
+        let p = Params::parse(Some("limit=5&offset=x&bucket=hour&since=2025-06-27T20:14:12Z&until=yesterday")).unwrap();
+        assert_eq!(p.int("limit", 1, 1000).unwrap(), Some(5));
+        assert!(p.int("offset", 0, i64::MAX).is_err());
+        assert_eq!(p.int("missing", 0, 1).unwrap(), None);
+        assert!(Params::parse(Some("limit=0")).unwrap().int("limit", 1, 1000).is_err());
+        assert!(Params::parse(Some("limit=1001")).unwrap().int("limit", 1, 1000).is_err());
+        assert_eq!(p.choice("bucket", &["minute", "hour"]).unwrap(), Some("hour"));
+        assert!(Params::parse(Some("bucket=day")).unwrap().choice("bucket", &["minute", "hour"]).is_err());
+        assert_eq!(p.time("since").unwrap(), Some(1_751_055_252_000_000));
+        assert!(p.time("until").is_err());
     }
 
     #[test]

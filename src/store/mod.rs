@@ -79,13 +79,107 @@ pub enum WriteOutcome {
     KeyMismatch,
 }
 
-/// Counts for `GET /stats`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Counts over all buys or one promotion.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Every buy in the store.
+    /// Every buy in scope.
     pub total_buys: i64,
+    /// Units over every buy in scope.
+    pub total_units: i64,
     /// Buys whose timestamp is at or after the cutoff asked for.
     pub recent_buys: i64,
+    /// Units of those buys.
+    pub recent_units: i64,
+}
+
+/// One promotion in the ranking of `GET /promotions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromotionSummary {
+    /// The promotion.
+    pub promotion_id: i64,
+    /// Its buys.
+    pub total_buys: i64,
+    /// Its units.
+    pub total_units: i64,
+    /// Its buys at or after the cutoff.
+    pub recent_buys: i64,
+    /// Sum of quantity × unit price over its priced buys.
+    pub revenue_cents: i64,
+}
+
+/// One product of a promotion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProductCount {
+    /// The product.
+    pub product_id: i64,
+    /// Its buys in the promotion.
+    pub buys: i64,
+    /// Its units in the promotion.
+    pub units: i64,
+}
+
+/// Everything `GET /promotions/{id}/stats` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PromotionStats {
+    /// Counts, total and recent.
+    pub counts: Counts,
+    /// Sum of quantity × unit price over priced buys.
+    pub revenue_cents: i64,
+    /// Distinct user ids that bought (exact).
+    pub unique_buyers: i64,
+    /// Earliest and latest buy `timestamp`, microseconds; `None` without buys.
+    pub first_buy_us: Option<i64>,
+    /// See `first_buy_us`.
+    pub last_buy_us: Option<i64>,
+    /// Top 10 products by units (ties by product id).
+    pub top_products: Vec<ProductCount>,
+}
+
+/// Buys and units in one time bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    /// Bucket start, seconds since the epoch.
+    pub start_s: i64,
+    /// Buys in it.
+    pub buys: i64,
+    /// Units in it.
+    pub units: i64,
+}
+
+/// Which buys `GET /export` selects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportFilter {
+    /// Only this promotion.
+    pub promotion_id: Option<i64>,
+    /// `timestamp >= since` (microseconds).
+    pub since_us: Option<i64>,
+    /// `timestamp < until` (microseconds).
+    pub until_us: Option<i64>,
+}
+
+/// Every stored field of one buy, as exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportRow {
+    /// The sequence number.
+    pub buy_count: i64,
+    /// See [`crate::domain::Buy`].
+    pub user_id: i64,
+    /// See [`crate::domain::Buy`].
+    pub promotion_id: i64,
+    /// See [`crate::domain::Buy`].
+    pub product_id: i64,
+    /// See [`crate::domain::Buy`].
+    pub product_quantity: i64,
+    /// See [`crate::domain::Buy`].
+    pub unit_price_cents: Option<i64>,
+    /// Client IP.
+    pub ip_address: String,
+    /// Request generation time, microseconds.
+    pub timestamp_us: i64,
+    /// Server receive time, microseconds.
+    pub received_at_us: i64,
+    /// Header the timestamp came from, or `server`.
+    pub timestamp_source: String,
 }
 
 /// How long an Idempotency-Key is remembered (SPEC §2).
@@ -97,9 +191,35 @@ pub trait Store: Send + Sync + 'static {
     /// Returns one outcome per write. When this returns `Ok`, everything is durable.
     fn commit(&self, writes: &[Write], now_us: i64) -> Result<Vec<WriteOutcome>, StoreError>;
 
-    /// The total and the number of buys with `timestamp >= since_us`, exactly, without scanning
-    /// the buys (rollups maintained with the inserts).
-    fn counts(&self, since_us: i64) -> Result<Counts, StoreError>;
+    /// Totals and the buys with `timestamp >= since_us`, over all buys or one promotion, exactly,
+    /// without scanning the buys (rollups maintained with the inserts).
+    fn counts(&self, since_us: i64, promotion_id: Option<i64>) -> Result<Counts, StoreError>;
+
+    /// Promotions ranked by buys (ties by id), one page, and the number of promotions.
+    fn promotions(&self, since_us: i64, limit: i64, offset: i64) -> Result<(Vec<PromotionSummary>, i64), StoreError>;
+
+    /// One promotion's analytics (zeros for a promotion without buys).
+    fn promotion_stats(&self, promotion_id: i64, since_us: i64) -> Result<PromotionStats, StoreError>;
+
+    /// Non-empty buckets of `granularity_s` seconds (60 or 3600) starting in `from_s..=to_s`,
+    /// oldest first.
+    fn timeseries(
+        &self,
+        granularity_s: i64,
+        from_s: i64,
+        to_s: i64,
+        promotion_id: Option<i64>,
+    ) -> Result<Vec<Bucket>, StoreError>;
+
+    /// Up to `limit` selected buys with `after < buy_count <= up_to`, in sequence order (export
+    /// pages through with this, so memory stays flat and no snapshot is held for long).
+    fn export_page(
+        &self,
+        filter: &ExportFilter,
+        after: i64,
+        up_to: i64,
+        limit: usize,
+    ) -> Result<Vec<ExportRow>, StoreError>;
 
     /// Forget Idempotency-Keys older than `before_us`.
     fn prune_idempotency(&self, before_us: i64) -> Result<usize, StoreError>;

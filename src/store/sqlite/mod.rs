@@ -6,58 +6,26 @@
 //! from a small pool, which WAL lets run beside the writer without blocking it. An in-memory
 //! database cannot be shared between connections, so there reads take the writer's connection.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::Connection;
 
-use super::{Counts, IDEMPOTENCY_TTL_US, Store, StoreError, Write, WriteOutcome};
+mod read;
+mod schema;
+mod write;
 
-/// The schema, applied once per version (tracked in `PRAGMA user_version`).
-const MIGRATIONS: &[&str] = &[r#"
-CREATE TABLE buys (
-    buy_count        INTEGER PRIMARY KEY,
-    user_id          INTEGER NOT NULL,
-    promotion_id     INTEGER NOT NULL,
-    product_id       INTEGER NOT NULL,
-    product_quantity INTEGER NOT NULL,
-    unit_price_cents INTEGER,
-    ip_address       TEXT    NOT NULL,
-    timestamp_us     INTEGER NOT NULL,
-    received_at_us   INTEGER NOT NULL,
-    timestamp_source TEXT    NOT NULL,
-    idempotency_key  TEXT
-);
--- Bounds the exact count of the partial second at the edge of a /stats window, and /export ranges.
-CREATE INDEX buys_timestamp ON buys (timestamp_us);
--- The sequence counter: the last sequence number handed out, which is also the total.
-CREATE TABLE counter (id INTEGER PRIMARY KEY CHECK (id = 1), total INTEGER NOT NULL);
-INSERT INTO counter (id, total) VALUES (1, 0);
--- Buys and units per bucket of 1, 60 and 3600 seconds of `timestamp`, written in the same
--- transaction as the buys, so that recent counts read a few hundred rows at most.
-CREATE TABLE rollup (
-    granularity_s INTEGER NOT NULL,
-    bucket_s      INTEGER NOT NULL,
-    buys          INTEGER NOT NULL,
-    units         INTEGER NOT NULL,
-    PRIMARY KEY (granularity_s, bucket_s)
-) WITHOUT ROWID;
-CREATE TABLE idempotency (
-    key          TEXT PRIMARY KEY,
-    fingerprint  BLOB    NOT NULL,
-    last_seq     INTEGER NOT NULL,
-    recorded     INTEGER NOT NULL,
-    created_at_us INTEGER NOT NULL
-);
-CREATE INDEX idempotency_created ON idempotency (created_at_us);
-"#];
+use schema::migrate;
+
+use super::{
+    Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, Write, WriteOutcome,
+};
 
 /// Bucket sizes kept in the `rollup` table, in seconds.
-const GRANULARITIES: [i64; 3] = [1, 60, 3600];
-const US: i64 = 1_000_000;
+pub(crate) const GRANULARITIES: [i64; 3] = [1, 60, 3600];
+pub(crate) const US: i64 = 1_000_000;
 
 /// SQLite behind the [`Store`] interface.
 pub struct SqliteStore {
@@ -169,139 +137,56 @@ impl SqliteStore {
     }
 }
 
-fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i + 1)?;
-        tx.commit()?;
-    }
-    Ok(())
-}
-
-/// Buys and units per (granularity, bucket) accumulated over one commit, so each bucket is
-/// upserted once per transaction however many buys fall in it.
-#[derive(Default)]
-struct RollupDelta(BTreeMap<(i64, i64), (i64, i64)>);
-
-impl RollupDelta {
-    fn add(&mut self, timestamp_us: i64, units: i64) {
-        let second = timestamp_us.div_euclid(US);
-        for g in GRANULARITIES {
-            let slot = self.0.entry((g, second - second.rem_euclid(g))).or_default();
-            slot.0 += 1;
-            slot.1 += units;
-        }
-    }
-
-    fn flush(&self, tx: &Transaction) -> rusqlite::Result<()> {
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO rollup (granularity_s, bucket_s, buys, units) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (granularity_s, bucket_s)
-             DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units",
-        )?;
-        for ((g, bucket), (buys, units)) in &self.0 {
-            upsert.execute(params![g, bucket, buys, units])?;
-        }
-        Ok(())
-    }
-}
-
-/// Apply `writes` inside `tx`; returns the outcomes and the new total.
-fn apply(tx: &Transaction, writes: &[Write], now_us: i64) -> rusqlite::Result<Vec<WriteOutcome>> {
-    let mut seq: i64 = tx.query_row("SELECT total FROM counter WHERE id = 1", [], |r| r.get(0))?;
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO buys (buy_count, user_id, promotion_id, product_id, product_quantity,
-            unit_price_cents, ip_address, timestamp_us, received_at_us, timestamp_source, idempotency_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?;
-    let mut find_key = tx.prepare_cached(
-        "SELECT fingerprint, last_seq, recorded FROM idempotency WHERE key = ?1 AND created_at_us >= ?2",
-    )?;
-    let mut claim_key = tx.prepare_cached(
-        "INSERT INTO idempotency (key, fingerprint, last_seq, recorded, created_at_us) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, last_seq = excluded.last_seq,
-             recorded = excluded.recorded, created_at_us = excluded.created_at_us",
-    )?;
-    let mut rollups = RollupDelta::default();
-    let mut outcomes = Vec::with_capacity(writes.len());
-    for write in writes {
-        if let Some(claim) = &write.idempotency {
-            let earlier = find_key
-                .query_row(params![claim.key, now_us - IDEMPOTENCY_TTL_US], |r| {
-                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-                })
-                .optional()?;
-            if let Some((fingerprint, last_seq, recorded)) = earlier {
-                outcomes.push(if fingerprint == claim.fingerprint {
-                    WriteOutcome::Replayed { last_seq, recorded: recorded as usize }
-                } else {
-                    WriteOutcome::KeyMismatch
-                });
-                continue;
-            }
-        }
-        for record in &write.buys {
-            seq += 1;
-            let buy = &record.buy;
-            insert.execute(params![
-                seq,
-                buy.user_id,
-                buy.promotion_id,
-                buy.product_id,
-                buy.quantity.get(),
-                buy.unit_price_cents,
-                record.ip_address,
-                record.timestamp_us,
-                record.received_at_us,
-                record.timestamp_source.as_str(),
-                record.idempotency_key,
-            ])?;
-            rollups.add(record.timestamp_us, buy.quantity.get());
-        }
-        if let Some(claim) = &write.idempotency {
-            claim_key.execute(params![claim.key, &claim.fingerprint[..], seq, write.buys.len() as i64, now_us])?;
-        }
-        outcomes.push(WriteOutcome::Recorded { last_seq: seq, recorded: write.buys.len() });
-    }
-    rollups.flush(tx)?;
-    tx.execute("UPDATE counter SET total = ?1 WHERE id = 1", [seq])?;
-    Ok(outcomes)
-}
-
-/// Second, minute and hour boundaries at or after `since_us`, splitting `[since, ∞)` into a
-/// partial second counted from the index and whole buckets summed from the rollups.
-fn window_edges(since_us: i64) -> (i64, i64, i64) {
-    let second = since_us.div_euclid(US) + i64::from(since_us.rem_euclid(US) != 0);
-    let ceil_to = |x: i64, g: i64| x + (g - x.rem_euclid(g)) % g;
-    let minute = ceil_to(second, 60);
-    (second, minute, ceil_to(minute, 3600))
-}
-
 impl Store for SqliteStore {
     fn commit(&self, writes: &[Write], now_us: i64) -> Result<Vec<WriteOutcome>, StoreError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction().map_err(unavailable)?;
-        let outcomes = apply(&tx, writes, now_us).map_err(unavailable)?;
+        let outcomes = write::apply(&tx, writes, now_us).map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
         Ok(outcomes)
     }
 
-    fn counts(&self, since_us: i64) -> Result<Counts, StoreError> {
-        let (second, minute, hour) = window_edges(since_us);
+    fn counts(&self, since_us: i64, promotion_id: Option<i64>) -> Result<Counts, StoreError> {
+        self.read(|conn| read::counts(conn, since_us, promotion_id))
+    }
+
+    fn promotions(&self, since_us: i64, limit: i64, offset: i64) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
+        // One read transaction: the page and its recent counts come from one snapshot.
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT (SELECT total FROM counter WHERE id = 1),
-                   (SELECT count(*) FROM buys WHERE timestamp_us >= ?1 AND timestamp_us < ?2)
-                 + (SELECT coalesce(sum(buys), 0) FROM rollup WHERE granularity_s = 1 AND bucket_s >= ?3 AND bucket_s < ?4)
-                 + (SELECT coalesce(sum(buys), 0) FROM rollup WHERE granularity_s = 60 AND bucket_s >= ?4 AND bucket_s < ?5)
-                 + (SELECT coalesce(sum(buys), 0) FROM rollup WHERE granularity_s = 3600 AND bucket_s >= ?5)",
-            )?;
-            stmt.query_row(params![since_us, second * US, second, minute, hour], |r| {
-                Ok(Counts { total_buys: r.get(0)?, recent_buys: r.get(1)? })
-            })
+            let tx = conn.unchecked_transaction()?;
+            let page = read::promotions(&tx, since_us, limit, offset)?;
+            tx.finish()?;
+            Ok(page)
         })
+    }
+
+    fn promotion_stats(&self, promotion_id: i64, since_us: i64) -> Result<PromotionStats, StoreError> {
+        self.read(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let stats = read::promotion_stats(&tx, promotion_id, since_us)?;
+            tx.finish()?;
+            Ok(stats)
+        })
+    }
+
+    fn timeseries(
+        &self,
+        granularity_s: i64,
+        from_s: i64,
+        to_s: i64,
+        promotion_id: Option<i64>,
+    ) -> Result<Vec<Bucket>, StoreError> {
+        self.read(|conn| read::timeseries(conn, granularity_s, from_s, to_s, promotion_id))
+    }
+
+    fn export_page(
+        &self,
+        filter: &ExportFilter,
+        after: i64,
+        up_to: i64,
+        limit: usize,
+    ) -> Result<Vec<ExportRow>, StoreError> {
+        self.read(|conn| read::export_page(conn, filter, after, up_to, limit))
     }
 
     fn prune_idempotency(&self, before_us: i64) -> Result<usize, StoreError> {
@@ -315,6 +200,7 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use super::read::window_edges;
     use super::*;
     use crate::domain::{Buy, BuyRecord};
     use crate::request_time::TimestampSource;
@@ -354,7 +240,7 @@ mod tests {
         cutoffs.extend([base - 1, base + 3600 * US, base + 60 * US, base + 10 * 3600 * US]);
         for cutoff in cutoffs {
             let expected = stamps.iter().filter(|&&t| t >= cutoff).count() as i64;
-            let counts = store.counts(cutoff).unwrap();
+            let counts = store.counts(cutoff, None).unwrap();
             assert_eq!(counts.recent_buys, expected, "cutoff {cutoff}");
             assert_eq!(counts.total_buys, 400);
         }
@@ -373,6 +259,6 @@ mod tests {
         let store = SqliteStore::open_file(&path).unwrap();
         let outcomes = store.commit(&[one], 0).unwrap();
         assert_eq!(outcomes, vec![WriteOutcome::Recorded { last_seq: 6, recorded: 3 }]);
-        assert_eq!(store.counts(0).unwrap().total_buys, 6);
+        assert_eq!(store.counts(0, None).unwrap().total_buys, 6);
     }
 }

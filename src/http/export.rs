@@ -1,0 +1,142 @@
+//! `GET /export?format=csv|ndjson` (SPEC §5): the selected buys in sequence order, streamed.
+//!
+//! A blocking task pages through the store by sequence number and hands formatted chunks to the
+//! response through a small bounded channel, so memory stays flat however many rows there are,
+//! and a client that stops reading stops the task.
+
+use std::fmt::Write as _;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::query::Params;
+use crate::clock::format_micros;
+use crate::error::ApiError;
+use crate::store::{ExportFilter, ExportRow};
+
+/// Rows read per store call.
+const PAGE: usize = 2_000;
+/// Chunks buffered between the reader and the socket.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+const COLUMNS: &str = "buy_count,user_id,promotion_id,product_id,product_quantity,unit_price_cents,ip_address,timestamp,received_at,timestamp_source";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Csv,
+    Ndjson,
+}
+
+impl Format {
+    /// Append one row. No CSV field can hold a comma, quote or newline (integers, IP addresses,
+    /// RFC 3339 times, header names), so none needs quoting.
+    fn write(self, out: &mut String, r: &ExportRow) {
+        let price = r.unit_price_cents.map(|p| p.to_string());
+        let (timestamp, received_at) = (format_micros(r.timestamp_us), format_micros(r.received_at_us));
+        let _ = match self {
+            Format::Csv => writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{}",
+                r.buy_count,
+                r.user_id,
+                r.promotion_id,
+                r.product_id,
+                r.product_quantity,
+                price.as_deref().unwrap_or(""),
+                r.ip_address,
+                timestamp,
+                received_at,
+                r.timestamp_source
+            ),
+            Format::Ndjson => writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "buy_count": r.buy_count, "user_id": r.user_id, "promotion_id": r.promotion_id,
+                    "product_id": r.product_id, "product_quantity": r.product_quantity,
+                    "unit_price_cents": r.unit_price_cents, "ip_address": r.ip_address,
+                    "timestamp": timestamp, "received_at": received_at, "timestamp_source": r.timestamp_source,
+                })
+            ),
+        };
+    }
+}
+
+/// Every stored field of the selected buys.
+#[utoipa::path(
+    get, path = "/export", tag = "analytics",
+    params(
+        ("format" = Option<String>, Query, description = "`csv` (default, with a header row) or `ndjson`"),
+        ("promotion_id" = Option<i64>, Query, description = "Only this promotion"),
+        ("since" = Option<String>, Query, description = "RFC 3339: buys with timestamp at or after this time"),
+        ("until" = Option<String>, Query, description = "RFC 3339: buys with timestamp before this time"),
+    ),
+    responses(
+        (status = 200, description = "Streamed in sequence order: buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents, ip_address, timestamp, received_at, timestamp_source. Buys recorded after the request started are not included. If the store fails mid-stream the transfer is cut off (never silently truncated).", content_type = "text/csv"),
+        (status = 401, description = "Read keys are set and none was sent"),
+        (status = 422, description = "A parameter is invalid", body = crate::http::docs::ValidationErrors),
+        (status = 503, description = "The store is unavailable"),
+    )
+)]
+pub async fn export(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref())?;
+    let format = match params.choice("format", &["csv", "ndjson"])? {
+        Some("ndjson") => Format::Ndjson,
+        _ => Format::Csv,
+    };
+    let filter = ExportFilter {
+        promotion_id: params.promotion_id()?,
+        since_us: params.time("since")?,
+        until_us: params.time("until")?,
+    };
+    // Fix the end now, so an export under constant writes still ends.
+    let now = state.clock.now_us();
+    let up_to = state.read_store(move |store| store.counts(now, None)).await?.total_buys;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut after = 0;
+        let mut out = String::new();
+        if format == Format::Csv {
+            out.push_str(COLUMNS);
+            out.push('\n');
+        }
+        loop {
+            let rows = match store.export_page(&filter, after, up_to, PAGE) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::error!(error = %e, "export failed mid-stream; cutting the response off");
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            };
+            for row in &rows {
+                format.write(&mut out, row);
+            }
+            let last_page = rows.len() < PAGE;
+            after = rows.last().map_or(after, |r| r.buy_count);
+            // A closed channel means the client went away: stop reading.
+            if tx.blocking_send(Ok(Bytes::from(std::mem::take(&mut out)))).is_err() || last_page {
+                return;
+            }
+        }
+    });
+    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }));
+    let (content_type, name) = match format {
+        Format::Csv => ("text/csv; charset=utf-8", "buys.csv"),
+        Format::Ndjson => ("application/x-ndjson", "buys.ndjson"),
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+        ],
+        body,
+    )
+        .into_response())
+}

@@ -1,0 +1,142 @@
+//! `GET /promotions` and `GET /promotions/{promotion_id}/stats` (SPEC §5), read from per-promotion
+//! aggregates maintained with the inserts.
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::query::Params;
+use crate::clock::format_micros;
+use crate::error::{ApiError, FieldError};
+
+/// One promotion in the ranking.
+#[derive(Serialize, ToSchema)]
+pub struct PromotionRank {
+    promotion_id: i64,
+    total_buys: i64,
+    total_units: i64,
+    /// Buys with timestamp at or after now − timeframe_hours.
+    n_recent_buys: i64,
+    /// Sum of quantity × unit_price_cents over buys that carry a price.
+    revenue_cents: i64,
+}
+
+/// A page of promotions ranked by buys.
+#[derive(Serialize, ToSchema)]
+pub struct PromotionList {
+    /// Ranked by total_buys descending, ties by promotion_id ascending.
+    promotions: Vec<PromotionRank>,
+    /// The number of promotions with at least one buy.
+    total: i64,
+}
+
+/// One product of a promotion.
+#[derive(Serialize, ToSchema)]
+pub struct TopProduct {
+    product_id: i64,
+    buys: i64,
+    units: i64,
+}
+
+/// One promotion's analytics.
+#[derive(Serialize, ToSchema)]
+pub struct PromotionStatsResponse {
+    promotion_id: i64,
+    total_buys: i64,
+    total_units: i64,
+    /// Sum of quantity × unit_price_cents over buys that carry a price (saturates at 2^63 − 1).
+    revenue_cents: i64,
+    /// Distinct user_id values that bought in this promotion. Exact, not an estimate.
+    unique_buyers: i64,
+    n_recent_buys: i64,
+    recent_units: i64,
+    /// Earliest buy timestamp, RFC 3339; null without buys.
+    first_buy_at: Option<String>,
+    /// Latest buy timestamp, RFC 3339; null without buys.
+    last_buy_at: Option<String>,
+    timeframe_hours: f64,
+    /// Top 10 products by units, ties by product_id.
+    top_products: Vec<TopProduct>,
+}
+
+/// Promotions ranked by buys.
+#[utoipa::path(
+    get, path = "/promotions", tag = "analytics",
+    params(
+        ("timeframe_hours" = Option<f64>, Query, minimum = 0.1, maximum = 168.0, description = "Window for n_recent_buys (default 1.0)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)"),
+        ("offset" = Option<i64>, Query, minimum = 0, description = "Promotions to skip (default 0)"),
+    ),
+    responses(
+        (status = 200, description = "One page of the ranking", body = PromotionList),
+        (status = 401, description = "Read keys are set and none was sent"),
+        (status = 422, description = "A parameter is invalid", body = crate::http::docs::ValidationErrors),
+        (status = 503, description = "The store is unavailable"),
+    )
+)]
+pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<PromotionList>, ApiError> {
+    let params = Params::parse(query.as_deref())?;
+    let timeframe = params.timeframe()?;
+    let limit = params.int("limit", 1, 1000)?.unwrap_or(50);
+    let offset = params.int("offset", 0, i64::MAX)?.unwrap_or(0);
+    let since = state.clock.now_us() - timeframe.micros();
+    let (page, total) = state.read_store(move |store| store.promotions(since, limit, offset)).await?;
+    let promotions = page
+        .into_iter()
+        .map(|p| PromotionRank {
+            promotion_id: p.promotion_id,
+            total_buys: p.total_buys,
+            total_units: p.total_units,
+            n_recent_buys: p.recent_buys,
+            revenue_cents: p.revenue_cents,
+        })
+        .collect();
+    Ok(Json(PromotionList { promotions, total }))
+}
+
+/// One promotion's analytics; a promotion without buys answers zeros.
+#[utoipa::path(
+    get, path = "/promotions/{promotion_id}/stats", tag = "analytics",
+    params(
+        ("promotion_id" = i64, Path, description = "The promotion"),
+        ("timeframe_hours" = Option<f64>, Query, minimum = 0.1, maximum = 168.0, description = "Window for the recent counts (default 1.0)"),
+    ),
+    responses(
+        (status = 200, description = "The promotion's numbers (zeros, nulls and an empty list without buys)", body = PromotionStatsResponse),
+        (status = 401, description = "Read keys are set and none was sent"),
+        (status = 422, description = "promotion_id is not an integer, or timeframe_hours is invalid", body = crate::http::docs::ValidationErrors),
+        (status = 503, description = "The store is unavailable"),
+    )
+)]
+pub async fn stats(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<PromotionStatsResponse>, ApiError> {
+    let promotion_id: i64 = raw_id.parse().map_err(|_| {
+        let loc = [serde_json::json!("path"), serde_json::json!("promotion_id")];
+        ApiError::Validation(vec![FieldError::not_an_int_string(&loc, &serde_json::json!(raw_id))])
+    })?;
+    let timeframe = Params::parse(query.as_deref())?.timeframe()?;
+    let since = state.clock.now_us() - timeframe.micros();
+    let s = state.read_store(move |store| store.promotion_stats(promotion_id, since)).await?;
+    Ok(Json(PromotionStatsResponse {
+        promotion_id,
+        total_buys: s.counts.total_buys,
+        total_units: s.counts.total_units,
+        revenue_cents: s.revenue_cents,
+        unique_buyers: s.unique_buyers,
+        n_recent_buys: s.counts.recent_buys,
+        recent_units: s.counts.recent_units,
+        first_buy_at: s.first_buy_us.map(format_micros),
+        last_buy_at: s.last_buy_us.map(format_micros),
+        timeframe_hours: timeframe.hours(),
+        top_products: s
+            .top_products
+            .into_iter()
+            .map(|p| TopProduct { product_id: p.product_id, buys: p.buys, units: p.units })
+            .collect(),
+    }))
+}

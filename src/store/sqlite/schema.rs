@@ -1,0 +1,96 @@
+//! The SQLite schema, applied once per version (tracked in `PRAGMA user_version`).
+//!
+//! Besides the buys themselves, every table here is an aggregate maintained in the same
+//! transaction as the inserts, so that analytics read a bounded number of rows however many buys
+//! are stored.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE buys (
+    buy_count        INTEGER PRIMARY KEY,
+    user_id          INTEGER NOT NULL,
+    promotion_id     INTEGER NOT NULL,
+    product_id       INTEGER NOT NULL,
+    product_quantity INTEGER NOT NULL,
+    unit_price_cents INTEGER,
+    ip_address       TEXT    NOT NULL,
+    timestamp_us     INTEGER NOT NULL,
+    received_at_us   INTEGER NOT NULL,
+    timestamp_source TEXT    NOT NULL,
+    idempotency_key  TEXT
+);
+-- Bounds the exact count of the partial second at the edge of a window, and /export ranges.
+CREATE INDEX buys_timestamp ON buys (timestamp_us);
+-- The last sequence number handed out (which is also the number of buys) and the units.
+CREATE TABLE counter (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    total       INTEGER NOT NULL,
+    total_units INTEGER NOT NULL
+);
+INSERT INTO counter (id, total, total_units) VALUES (1, 0, 0);
+-- Buys and units per bucket of 1, 60 and 3600 seconds of `timestamp`: recent counts read a few
+-- hundred rows at most, and timeseries read one row per bucket.
+CREATE TABLE rollup (
+    granularity_s INTEGER NOT NULL,
+    bucket_s      INTEGER NOT NULL,
+    buys          INTEGER NOT NULL,
+    units         INTEGER NOT NULL,
+    PRIMARY KEY (granularity_s, bucket_s)
+) WITHOUT ROWID;
+-- The same per promotion.
+CREATE TABLE promotion_rollup (
+    promotion_id  INTEGER NOT NULL,
+    granularity_s INTEGER NOT NULL,
+    bucket_s      INTEGER NOT NULL,
+    buys          INTEGER NOT NULL,
+    units         INTEGER NOT NULL,
+    PRIMARY KEY (promotion_id, granularity_s, bucket_s)
+) WITHOUT ROWID;
+CREATE TABLE promotion_totals (
+    promotion_id  INTEGER PRIMARY KEY,
+    total_buys    INTEGER NOT NULL,
+    total_units   INTEGER NOT NULL,
+    revenue_cents INTEGER NOT NULL,
+    unique_buyers INTEGER NOT NULL,
+    first_buy_us  INTEGER NOT NULL,
+    last_buy_us   INTEGER NOT NULL
+);
+-- Ranking for GET /promotions: buys descending, ties by id.
+CREATE INDEX promotion_rank ON promotion_totals (total_buys DESC, promotion_id);
+CREATE TABLE promotion_products (
+    promotion_id INTEGER NOT NULL,
+    product_id   INTEGER NOT NULL,
+    buys         INTEGER NOT NULL,
+    units        INTEGER NOT NULL,
+    PRIMARY KEY (promotion_id, product_id)
+) WITHOUT ROWID;
+-- Top products of a promotion by units without sorting all of them.
+CREATE INDEX promotion_products_rank ON promotion_products (promotion_id, units DESC, product_id);
+-- Who bought in each promotion: unique buyers are counted exactly.
+CREATE TABLE promotion_buyers (
+    promotion_id INTEGER NOT NULL,
+    user_id      INTEGER NOT NULL,
+    PRIMARY KEY (promotion_id, user_id)
+) WITHOUT ROWID;
+CREATE TABLE idempotency (
+    key           TEXT PRIMARY KEY,
+    fingerprint   BLOB    NOT NULL,
+    last_seq      INTEGER NOT NULL,
+    recorded      INTEGER NOT NULL,
+    created_at_us INTEGER NOT NULL
+);
+CREATE INDEX idempotency_created ON idempotency (created_at_us);
+"#];
+
+/// Bring the schema up to date, one transaction per version.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! The write transaction: buys, sequence numbers, idempotency keys and every aggregate, together.
+//!
+//! Aggregates are first summed in memory over the whole group commit, so each bucket, promotion
+//! and product row is upserted once per transaction however many buys touch it.
+
+use std::collections::{BTreeMap, HashSet};
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::{GRANULARITIES, US};
+use crate::domain::BuyRecord;
+use crate::store::{IDEMPOTENCY_TTL_US, Write, WriteOutcome};
+
+/// Buys and units.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    buys: i64,
+    units: i64,
+}
+
+impl Tally {
+    fn add(&mut self, units: i64) {
+        self.buys += 1;
+        self.units += units;
+    }
+}
+
+/// What one promotion gains in this transaction.
+struct PromotionDelta {
+    tally: Tally,
+    revenue_cents: i64,
+    new_buyers: i64,
+    first_us: i64,
+    last_us: i64,
+}
+
+/// All aggregate changes of one transaction.
+#[derive(Default)]
+struct Deltas {
+    /// (granularity, bucket) → tally, for all buys.
+    rollup: BTreeMap<(i64, i64), Tally>,
+    /// (promotion, granularity, bucket) → tally.
+    promotion_rollup: BTreeMap<(i64, i64, i64), Tally>,
+    promotions: BTreeMap<i64, PromotionDelta>,
+    /// (promotion, product) → tally.
+    products: BTreeMap<(i64, i64), Tally>,
+    /// (promotion, user) pairs seen in this transaction, to try each once.
+    buyers: HashSet<(i64, i64)>,
+    units: i64,
+}
+
+impl Deltas {
+    fn add(&mut self, record: &BuyRecord) {
+        let buy = &record.buy;
+        let units = buy.quantity.get();
+        let second = record.timestamp_us.div_euclid(US);
+        for g in GRANULARITIES {
+            let bucket = second - second.rem_euclid(g);
+            self.rollup.entry((g, bucket)).or_default().add(units);
+            self.promotion_rollup.entry((buy.promotion_id, g, bucket)).or_default().add(units);
+        }
+        let promotion = self.promotions.entry(buy.promotion_id).or_insert(PromotionDelta {
+            tally: Tally::default(),
+            revenue_cents: 0,
+            new_buyers: 0,
+            first_us: record.timestamp_us,
+            last_us: record.timestamp_us,
+        });
+        promotion.tally.add(units);
+        // Saturating: a hostile price cannot wrap the revenue around.
+        let revenue = buy.unit_price_cents.map_or(0, |p| p.saturating_mul(units));
+        promotion.revenue_cents = promotion.revenue_cents.saturating_add(revenue);
+        promotion.first_us = promotion.first_us.min(record.timestamp_us);
+        promotion.last_us = promotion.last_us.max(record.timestamp_us);
+        self.products.entry((buy.promotion_id, buy.product_id)).or_default().add(units);
+        self.buyers.insert((buy.promotion_id, buy.user_id));
+        self.units += units;
+    }
+
+    fn flush(mut self, tx: &Transaction) -> rusqlite::Result<()> {
+        let mut new_buyer = tx.prepare_cached(
+            "INSERT INTO promotion_buyers (promotion_id, user_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        )?;
+        for (promotion_id, user_id) in &self.buyers {
+            if new_buyer.execute(params![promotion_id, user_id])? == 1
+                && let Some(p) = self.promotions.get_mut(promotion_id)
+            {
+                p.new_buyers += 1;
+            }
+        }
+        let mut rollup = tx.prepare_cached(
+            "INSERT INTO rollup (granularity_s, bucket_s, buys, units) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (granularity_s, bucket_s)
+             DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units",
+        )?;
+        for ((g, bucket), t) in &self.rollup {
+            rollup.execute(params![g, bucket, t.buys, t.units])?;
+        }
+        let mut promotion_rollup = tx.prepare_cached(
+            "INSERT INTO promotion_rollup (promotion_id, granularity_s, bucket_s, buys, units)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (promotion_id, granularity_s, bucket_s)
+             DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units",
+        )?;
+        for ((promotion_id, g, bucket), t) in &self.promotion_rollup {
+            promotion_rollup.execute(params![promotion_id, g, bucket, t.buys, t.units])?;
+        }
+        let mut totals = tx.prepare_cached(
+            "INSERT INTO promotion_totals
+                 (promotion_id, total_buys, total_units, revenue_cents, unique_buyers, first_buy_us, last_buy_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (promotion_id) DO UPDATE SET
+                 total_buys = total_buys + excluded.total_buys,
+                 total_units = total_units + excluded.total_units,
+                 revenue_cents = CASE WHEN revenue_cents > 9223372036854775807 - excluded.revenue_cents
+                     THEN 9223372036854775807 ELSE revenue_cents + excluded.revenue_cents END,
+                 unique_buyers = unique_buyers + excluded.unique_buyers,
+                 first_buy_us = min(first_buy_us, excluded.first_buy_us),
+                 last_buy_us = max(last_buy_us, excluded.last_buy_us)",
+        )?;
+        for (promotion_id, p) in &self.promotions {
+            totals.execute(params![
+                promotion_id,
+                p.tally.buys,
+                p.tally.units,
+                p.revenue_cents,
+                p.new_buyers,
+                p.first_us,
+                p.last_us
+            ])?;
+        }
+        let mut products = tx.prepare_cached(
+            "INSERT INTO promotion_products (promotion_id, product_id, buys, units) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (promotion_id, product_id)
+             DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units",
+        )?;
+        for ((promotion_id, product_id), t) in &self.products {
+            products.execute(params![promotion_id, product_id, t.buys, t.units])?;
+        }
+        Ok(())
+    }
+}
+
+/// Apply `writes` inside `tx`, in order, and return one outcome per write.
+pub fn apply(tx: &Transaction, writes: &[Write], now_us: i64) -> rusqlite::Result<Vec<WriteOutcome>> {
+    let mut seq: i64 = tx.query_row("SELECT total FROM counter WHERE id = 1", [], |r| r.get(0))?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO buys (buy_count, user_id, promotion_id, product_id, product_quantity,
+            unit_price_cents, ip_address, timestamp_us, received_at_us, timestamp_source, idempotency_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    let mut find_key = tx.prepare_cached(
+        "SELECT fingerprint, last_seq, recorded FROM idempotency WHERE key = ?1 AND created_at_us >= ?2",
+    )?;
+    let mut claim_key = tx.prepare_cached(
+        "INSERT INTO idempotency (key, fingerprint, last_seq, recorded, created_at_us) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, last_seq = excluded.last_seq,
+             recorded = excluded.recorded, created_at_us = excluded.created_at_us",
+    )?;
+    let mut deltas = Deltas::default();
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for write in writes {
+        if let Some(claim) = &write.idempotency {
+            // An unexpired earlier use of the key decides: replay or refuse, record nothing.
+            let earlier = find_key
+                .query_row(params![claim.key, now_us - IDEMPOTENCY_TTL_US], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                })
+                .optional()?;
+            if let Some((fingerprint, last_seq, recorded)) = earlier {
+                outcomes.push(if fingerprint == claim.fingerprint {
+                    WriteOutcome::Replayed { last_seq, recorded: recorded as usize }
+                } else {
+                    WriteOutcome::KeyMismatch
+                });
+                continue;
+            }
+        }
+        for record in &write.buys {
+            seq += 1;
+            let buy = &record.buy;
+            insert.execute(params![
+                seq,
+                buy.user_id,
+                buy.promotion_id,
+                buy.product_id,
+                buy.quantity.get(),
+                buy.unit_price_cents,
+                record.ip_address,
+                record.timestamp_us,
+                record.received_at_us,
+                record.timestamp_source.as_str(),
+                record.idempotency_key,
+            ])?;
+            deltas.add(record);
+        }
+        if let Some(claim) = &write.idempotency {
+            claim_key.execute(params![claim.key, &claim.fingerprint[..], seq, write.buys.len() as i64, now_us])?;
+        }
+        outcomes.push(WriteOutcome::Recorded { last_seq: seq, recorded: write.buys.len() });
+    }
+    let units = deltas.units;
+    deltas.flush(tx)?;
+    tx.execute("UPDATE counter SET total = ?1, total_units = total_units + ?2 WHERE id = 1", [seq, units])?;
+    Ok(outcomes)
+}
