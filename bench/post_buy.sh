@@ -11,28 +11,34 @@ command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2
 
 cargo build --release --quiet --bin buy-tracker --example baseline
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
 
-start() { # name command... ; waits for the "listening on" line and prints the URL
+pids=()
+start() { # name command... ; starts it in the background (in this shell, so the trap can stop it)
   local log="$work/$1.log"; shift
   "$@" >"$log" 2>&1 &
+  pids+=($!)
+}
+url_of() { # name ; waits for the "listening on" line and prints the URL
   for _ in $(seq 100); do
-    if url=$(grep -o 'listening on http://[0-9.:]*' "$log" | head -1 | sed 's/listening on //'); [ -n "$url" ]; then
-      echo "$url"; return; fi
+    url=$(grep -o 'listening on http://[0-9.:]*' "$work/$1.log" | head -1 | sed 's/listening on //')
+    if [ -n "$url" ]; then echo "$url"; return; fi
     sleep 0.1
   done
-  echo "server did not start: $(cat "$log")" >&2; exit 1
+  echo "$1 did not start: $(cat "$work/$1.log")" >&2; exit 1
 }
 
-base_url=$(start baseline ./target/release/examples/baseline 0)
-bt_url=$(start buy-tracker ./target/release/buy-tracker --host 127.0.0.1 --port 0 --database-url "sqlite:$work/bench.db")
+start baseline ./target/release/examples/baseline 0
+start buy-tracker ./target/release/buy-tracker --host 127.0.0.1 --port 0 --database-url "sqlite:$work/bench.db"
+base_url=$(url_of baseline)
+bt_url=$(url_of buy-tracker)
 
 run() { wrk -t1 -c"$conns" -d"${seconds}s" -s bench/post_buy.lua "$1/buy" | grep '^RESULT'; }
 for r in $(seq "$rounds"); do
   echo "round $r baseline    $(run "$base_url")" | tee -a "$work/results"
   echo "round $r buy-tracker $(run "$bt_url")" | tee -a "$work/results"
 done
-echo "buy-tracker RSS after the runs: $(ps -o rss= -p "$(pgrep -f "buy-tracker --host 127.0.0.1 --port 0 --database-url sqlite:$work" | head -1)") KiB"
+echo "buy-tracker peak RSS: $(grep VmHWM "/proc/${pids[1]}/status" | awk '{print $2}') KiB"
 echo "stored: $(curl -s "$bt_url/stats")"
 
 python3 - "$work/results" <<'PY'

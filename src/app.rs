@@ -13,6 +13,7 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -30,6 +31,7 @@ pub struct Application {
     writer: Writer,
     addr: SocketAddr,
     shutdown: tokio::sync::watch::Sender<bool>,
+    header_timeout: std::time::Duration,
 }
 
 impl Application {
@@ -54,12 +56,12 @@ impl Application {
             shutdown: stopping,
         };
         let access = Access::new(&config.write_keys, &config.read_keys);
-        let router = router(state, access, cors(&config.cors_origins)?);
+        let router = router(state, access, cors(&config.cors_origins)?, config.body_timeout);
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await
             .map_err(|e| format!("cannot listen on --host {} --port {}: {e}", config.host, config.port))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        Ok(Application { listener, router, writer, addr, shutdown })
+        Ok(Application { listener, router, writer, addr, shutdown, header_timeout: config.header_timeout })
     }
 
     /// The address actually bound (the port is the real one when 0 was asked for).
@@ -71,14 +73,13 @@ impl Application {
     /// received, commit every queued write, and return.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!("listening on http://{}", self.addr);
-        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
         let streams = self.shutdown;
         let signal = async move {
             shutdown.await;
             // End event streams, or graceful shutdown would wait for them forever.
             let _ = streams.send(true);
         };
-        let served = axum::serve(self.listener, service).with_graceful_shutdown(signal).await;
+        let served = crate::server::serve(self.listener, self.router, self.header_timeout, signal).await;
         self.writer.shutdown().await;
         tracing::info!("stopped; every acknowledged buy is committed");
         served
@@ -86,7 +87,7 @@ impl Application {
 }
 
 /// All routes with their limits, access rules and middleware.
-pub fn router(state: AppState, access: Access, cors: Option<CorsLayer>) -> Router {
+pub fn router(state: AppState, access: Access, cors: Option<CorsLayer>, body_timeout: std::time::Duration) -> Router {
     let writes = Router::new()
         .route("/buy", post(buy::record_buy).layer(DefaultBodyLimit::max(BUY_BODY_LIMIT)))
         .route("/buys", post(buy::record_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)))
@@ -117,7 +118,7 @@ pub fn router(state: AppState, access: Access, cors: Option<CorsLayer>) -> Route
     if let Some(cors) = cors {
         app = app.layer(cors);
     }
-    app.layer(from_fn(middleware::request_id))
+    app.layer(RequestBodyTimeoutLayer::new(body_timeout)).layer(from_fn(middleware::request_id))
 }
 
 /// CORS for the configured origins; `None` leaves the API same-origin only.

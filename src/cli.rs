@@ -100,6 +100,11 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Time allowed for request headers and idle keep-alive connections (not a CLI option:
+    /// tests shorten it).
+    pub header_timeout: std::time::Duration,
+    /// Time allowed for a request body.
+    pub body_timeout: std::time::Duration,
 }
 
 impl Cli {
@@ -134,6 +139,8 @@ impl Cli {
             trusted_proxies: trusted,
             cors_origins: self.cors_origins.into_iter().filter(|o| !o.trim().is_empty()).collect(),
             log_format: self.log_format.unwrap_or(if self.dev { LogFormat::Pretty } else { LogFormat::Json }),
+            header_timeout: crate::server::HEADER_READ_TIMEOUT,
+            body_timeout: crate::server::BODY_READ_TIMEOUT,
         })
     }
 }
@@ -152,6 +159,8 @@ impl Config {
             trusted_proxies: TrustedProxies::default(),
             cors_origins: Vec::new(),
             log_format: LogFormat::Json,
+            header_timeout: crate::server::HEADER_READ_TIMEOUT,
+            body_timeout: crate::server::BODY_READ_TIMEOUT,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod http;
 pub mod idempotency;
 pub mod metrics;
 pub mod request_time;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod writer;

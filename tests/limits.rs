@@ -1,0 +1,105 @@
+//! Slow and idle clients, and oversized requests: the service stays available and answers (or
+//! closes) instead of hanging or crashing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{StoreKind, TestApp, buy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn app_with_short_timeouts() -> TestApp {
+    TestApp::spawn_with(StoreKind::Memory, |c| {
+        c.header_timeout = Duration::from_secs(1);
+        c.body_timeout = Duration::from_secs(1);
+    })
+    .await
+}
+
+/// Reads until the server closes the connection (or `limit` passes); returns what was read.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline.into(), stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&out).into_owned()),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let app = app_with_short_timeouts().await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(b"POST /buy HTTP/1.1\r\nHost: x\r\nContent-Type: app").await.unwrap();
+    let closed = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(closed.is_some(), "the server closes a connection whose headers never end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed() {
+    let app = app_with_short_timeouts().await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    assert!(read_until_closed(&mut stream, Duration::from_secs(10)).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_arrives_is_given_up() {
+    let app = app_with_short_timeouts().await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"POST /buy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"user_id\"")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    let answer = answer.expect("the server answers or closes within the body timeout");
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(app.get_json("/stats").await["total_buys"], 0);
+}
+
+/// Hundreds of idle and slow connections do not stop others from being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_connections_do_not_block_others() {
+    let app = app_with_short_timeouts().await;
+    let mut idle = Vec::new();
+    for i in 0..500 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        if i % 2 == 0 {
+            stream.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        }
+        idle.push(stream);
+    }
+    let started = Instant::now();
+    for i in 0..20 {
+        assert_eq!(app.post("/buy", &buy(i, 1, 1, 1)).await.status(), 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "served while 500 connections idle");
+    assert_eq!(app.get_json("/stats").await["total_buys"], 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_and_queries_are_refused_not_fatal() {
+    let app = TestApp::spawn(StoreKind::Memory).await;
+    let huge = "x".repeat(200 * 1024);
+    // Over the 64 KiB head limit: 431 (or the connection is closed before the answer is read).
+    let response = app.client.get(app.url("/stats")).header("x-big", &huge).send().await;
+    if let Ok(response) = response {
+        assert_eq!(response.status(), 431);
+    }
+    let response = app.client.get(app.url(&format!("/stats?timeframe_hours=1&pad={huge}"))).send().await;
+    if let Ok(response) = response {
+        assert_eq!(response.status(), 431);
+    }
+    let within = "x".repeat(16 * 1024);
+    let response = app.client.get(app.url("/stats")).header("x-big", &within).send().await.unwrap();
+    assert_eq!(response.status(), 200, "16 KiB of headers is fine");
+    let many: Vec<String> = (0..200).map(|i| format!("p{i}=1")).collect();
+    let response = app.get(&format!("/stats?{}", many.join("&"))).await;
+    assert_eq!(response.status(), 200, "unknown query parameters are ignored");
+    // Still healthy afterwards.
+    assert_eq!(app.get("/health").await.status(), 200);
+}
