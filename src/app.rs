@@ -21,6 +21,7 @@ use crate::cli::Config;
 use crate::clock::{Clock, SystemClock};
 use crate::http::access::{self, Access};
 use crate::http::buy::{BATCH_BODY_LIMIT, BUY_BODY_LIMIT};
+use crate::http::rate_limit::{self, RateLimiter};
 use crate::http::{AppState, buy, docs, events, export, health, metrics, middleware, promotions, root, stats};
 use crate::writer::Writer;
 
@@ -56,7 +57,8 @@ impl Application {
             shutdown: stopping,
         };
         let access = Access::new(&config.write_keys, &config.read_keys);
-        let router = router(state, access, cors(&config.cors_origins)?, config.body_timeout);
+        let limiter = config.rate_limit.map(|rate| RateLimiter::new(rate, state.trusted_proxies.clone()));
+        let router = router(state, access, limiter, cors(&config.cors_origins)?, config.body_timeout);
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await
             .map_err(|e| format!("cannot listen on --host {} --port {}: {e}", config.host, config.port))?;
@@ -87,12 +89,18 @@ impl Application {
 }
 
 /// All routes with their limits, access rules and middleware.
-pub fn router(state: AppState, access: Access, cors: Option<CorsLayer>, body_timeout: std::time::Duration) -> Router {
-    let writes = Router::new()
+pub fn router(
+    state: AppState,
+    access: Access,
+    limiter: Option<RateLimiter>,
+    cors: Option<CorsLayer>,
+    body_timeout: std::time::Duration,
+) -> Router {
+    let mut writes = Router::new()
         .route("/buy", post(buy::record_buy).layer(DefaultBodyLimit::max(BUY_BODY_LIMIT)))
         .route("/buys", post(buy::record_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)))
         .route_layer(from_fn_with_state(access.clone(), access::require_write));
-    let reads = Router::new()
+    let mut reads = Router::new()
         .route("/stats", get(stats::stats))
         .route("/stats/timeseries", get(stats::timeseries))
         .route("/promotions", get(promotions::list))
@@ -100,6 +108,12 @@ pub fn router(state: AppState, access: Access, cors: Option<CorsLayer>, body_tim
         .route("/export", get(export::export))
         .route("/events", get(events::events))
         .route_layer(from_fn_with_state(access, access::require_read));
+    // Outermost on the API routes, so floods are refused before any other work (keys included);
+    // health, metrics and pages stay reachable.
+    if let Some(limiter) = limiter {
+        writes = writes.route_layer(from_fn_with_state(limiter.clone(), rate_limit::limit));
+        reads = reads.route_layer(from_fn_with_state(limiter, rate_limit::limit));
+    }
     let open = Router::new()
         .route("/", get(root::index))
         .route("/health", get(health::health))

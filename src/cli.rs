@@ -72,6 +72,16 @@ pub struct Cli {
     #[arg(long = "cors-origin", env = "BUY_TRACKER_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
+    /// Per-client rate limit in requests per second, keyed by client IP (off by default). Over it,
+    /// requests get 429 with Retry-After. /health, /health/live and /metrics are never limited.
+    #[arg(long, env = "BUY_TRACKER_RATE_LIMIT", value_parser = parse_rate)]
+    pub rate_limit: Option<f64>,
+
+    /// Requests a client may send at once before the rate limit applies [default: 2 × the rate,
+    /// at least 1].
+    #[arg(long, env = "BUY_TRACKER_RATE_LIMIT_BURST", requires = "rate_limit", value_parser = parse_rate)]
+    pub rate_limit_burst: Option<f64>,
+
     /// Log format [default: pretty with --dev, else json].
     #[arg(long, env = "BUY_TRACKER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -100,11 +110,21 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Per-client rate limit, if any.
+    pub rate_limit: Option<crate::http::rate_limit::Rate>,
     /// Time allowed for request headers and idle keep-alive connections (not a CLI option:
     /// tests shorten it).
     pub header_timeout: std::time::Duration,
     /// Time allowed for a request body.
     pub body_timeout: std::time::Duration,
+}
+
+/// A positive, finite number (rates and bursts).
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a positive number")),
+    }
 }
 
 impl Cli {
@@ -139,6 +159,10 @@ impl Cli {
             trusted_proxies: trusted,
             cors_origins: self.cors_origins.into_iter().filter(|o| !o.trim().is_empty()).collect(),
             log_format: self.log_format.unwrap_or(if self.dev { LogFormat::Pretty } else { LogFormat::Json }),
+            rate_limit: self.rate_limit.map(|per_second| crate::http::rate_limit::Rate {
+                per_second,
+                burst: self.rate_limit_burst.unwrap_or((2.0 * per_second).max(1.0)),
+            }),
             header_timeout: crate::server::HEADER_READ_TIMEOUT,
             body_timeout: crate::server::BODY_READ_TIMEOUT,
         })
@@ -159,6 +183,7 @@ impl Config {
             trusted_proxies: TrustedProxies::default(),
             cors_origins: Vec::new(),
             log_format: LogFormat::Json,
+            rate_limit: None,
             header_timeout: crate::server::HEADER_READ_TIMEOUT,
             body_timeout: crate::server::BODY_READ_TIMEOUT,
         }
@@ -201,6 +226,7 @@ mod tests {
             (&["--database-url", "mysql://x"][..], "--database-url"),
             (&["--trusted-proxy", "10.0.0.0/33"][..], "--trusted-proxy"),
             (&["--n-workers", "0"][..], "--n-workers"),
+            (&["--rate-limit", "-1"][..], "--rate-limit"),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.to_string().contains(option), "{e}");

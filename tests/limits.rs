@@ -103,3 +103,36 @@ async fn oversized_headers_and_queries_are_refused_not_fatal() {
     // Still healthy afterwards.
     assert_eq!(app.get("/health").await.status(), 200);
 }
+
+/// With a rate limit set, a client over it gets 429 with Retry-After; other clients (told apart
+/// by the forwarding headers a trusted proxy sets) and the health check are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_answers_429_with_retry_after() {
+    let app = TestApp::spawn_with(StoreKind::Memory, |c| {
+        c.rate_limit = Some(buy_tracker::http::rate_limit::Rate { per_second: 0.5, burst: 3.0 })
+    })
+    .await;
+    let send = |client: &'static str| {
+        app.client.post(app.url("/buy")).header("x-forwarded-for", client).json(&buy(1, 1, 1, 1)).send()
+    };
+    for _ in 0..3 {
+        assert_eq!(send("203.0.113.7").await.unwrap().status(), 200);
+    }
+    let limited = send("203.0.113.7").await.unwrap();
+    assert_eq!(limited.status(), 429);
+    let retry: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert!(limited.json::<serde_json::Value>().await.unwrap()["detail"].is_string());
+    assert_eq!(send("203.0.113.8").await.unwrap().status(), 200, "another client has its own bucket");
+    assert_eq!(app.get("/health").await.status(), 200);
+    assert_eq!(app.get_json("/stats?timeframe_hours=1").await["total_buys"], 4, "nothing recorded for the 429");
+}
+
+/// Without a rate limit (the default), a burst is never refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_rate_limit_by_default() {
+    let app = TestApp::spawn(StoreKind::Memory).await;
+    for i in 0..50 {
+        assert_eq!(app.post("/buy", &buy(i, 1, 1, 1)).await.status(), 200);
+    }
+}

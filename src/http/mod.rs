@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod promotions;
 pub mod query;
+pub mod rate_limit;
 pub mod root;
 pub mod stats;
 
