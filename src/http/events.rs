@@ -8,6 +8,8 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
@@ -50,7 +52,7 @@ async fn snapshot(state: &AppState) -> Result<StatsEvent, ApiError> {
     (status = 200, description = "text/event-stream: every second an `event: stats` whose data is GET /stats for the last hour plus `buys_last_minute` and `total_units`; `event: error` with a `detail` when the store does not answer; comment lines keep idle proxies open", body = StatsEvent, content_type = "text/event-stream"),
     (status = 401, description = "Read keys are set and none was sent"),
 ))]
-pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub async fn events(State(state): State<AppState>) -> impl IntoResponse {
     let mut shutdown = state.shutdown.clone();
     let ticks = tokio_stream_interval(Duration::from_secs(1));
     let stream = ticks
@@ -61,13 +63,15 @@ pub async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Res
                     Ok(data) => Event::default().event("stats").json_data(data),
                     Err(e) => Event::default().event("error").json_data(serde_json::json!({"detail": e.to_string()})),
                 };
-                Ok(event.unwrap_or_else(|_| Event::default().comment("unserialisable event skipped")))
+                Ok::<_, Infallible>(event.unwrap_or_else(|_| Event::default().comment("unserialisable event skipped")))
             }
         })
         .take_until(async move {
             let _ = shutdown.wait_for(|stopping| *stopping).await;
         });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive"))
+    let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive"));
+    // Tell buffering proxies (nginx) to pass events through as they come.
+    ([("x-accel-buffering", "no"), (header::CACHE_CONTROL.as_str(), "no-cache")], sse)
 }
 
 /// A stream yielding now and then every `period`.
