@@ -80,7 +80,7 @@ pub struct BatchResponse {
     post, path = "/buy", tag = "buys",
     request_body(content = BuyRequest, description = "The buy. Body limit 16 KiB."),
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters. A repeat with the same body within 24 h is answered with the original response and `Idempotent-Replayed: true`; with another body, 422; while the first is in flight, 409."),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "1–255 visible ASCII characters. A repeat with the same body within 24 h is answered with the original response and `Idempotent-Replayed: true`; with another body, 422; while the first is in flight, 409."),
         ("x-timestamp" = Option<String>, Header, description = "Request generation time (also x-client-time, x-request-time, timestamp, x-request-start, x-queue-start, x-request-received, x-forwarded-start): RFC 3339, HTTP-date or epoch seconds/ms/µs/ns."),
     ),
     responses(
@@ -113,7 +113,7 @@ pub async fn record_buy(
 #[utoipa::path(
     post, path = "/buys", tag = "buys",
     request_body(content = BatchRequest, description = "The buys. Body limit 2 MiB."),
-    params(("Idempotency-Key" = Option<String>, Header, description = "As for POST /buy.")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "As for POST /buy.")),
     responses(
         (status = 200, description = "All buys committed durably, with consecutive sequence numbers", body = BatchResponse),
         (status = 401, description = "Write keys are set and none was sent"),

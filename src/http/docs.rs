@@ -6,6 +6,7 @@
 
 use axum::response::Html;
 use serde::Serialize;
+use utoipa::openapi::schema::{ArrayBuilder, Object, OneOfBuilder, SchemaType, Type};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::error::FieldError;
@@ -24,16 +25,31 @@ pub struct ValidationError {
     #[serde(rename = "type")]
     kind: String,
     /// Location: `["body", "product_quantity"]`, `["body", "buys", 3, "user_id"]`, `["query", "timeframe_hours"]`.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(schema_with = loc_schema)]
     loc: Vec<serde_json::Value>,
     /// Human-readable message.
     msg: String,
-    /// The offending input.
-    #[schema(value_type = Object)]
+    /// The offending input (any JSON value).
+    #[schema(schema_with = any_value)]
     input: serde_json::Value,
     /// Context such as the violated bound.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = any_object)]
     ctx: Option<serde_json::Value>,
+}
+
+/// `loc` items are field names and list indices.
+fn loc_schema() -> ArrayBuilder {
+    ArrayBuilder::new().items(
+        OneOfBuilder::new().item(Object::with_type(Type::String)).item(Object::with_type(Type::Integer)),
+    )
+}
+
+fn any_value() -> Object {
+    Object::with_type(SchemaType::AnyValue)
+}
+
+fn any_object() -> Object {
+    Object::with_type(Type::Object)
 }
 
 // Keeps the documented shape tied to the real one: this fails to compile if fields drift.

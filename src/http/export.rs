@@ -71,11 +71,14 @@ impl Format {
     params(
         ("format" = Option<String>, Query, description = "`csv` (default, with a header row) or `ndjson`"),
         ("promotion_id" = Option<i64>, Query, description = "Only this promotion"),
-        ("since" = Option<String>, Query, description = "RFC 3339: buys with timestamp at or after this time"),
-        ("until" = Option<String>, Query, description = "RFC 3339: buys with timestamp before this time"),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339: buys with timestamp at or after this time"),
+        ("until" = Option<String>, Query, format = DateTime, description = "RFC 3339: buys with timestamp before this time"),
     ),
     responses(
-        (status = 200, description = "Streamed in sequence order: buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents, ip_address, timestamp, received_at, timestamp_source. Buys recorded after the request started are not included. If the store fails mid-stream the transfer is cut off (never silently truncated).", content_type = "text/csv"),
+        (status = 200, description = "Streamed in sequence order: buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents, ip_address, timestamp, received_at, timestamp_source. Buys recorded after the request started are not included. If the store fails mid-stream the transfer is cut off (never silently truncated).", content(
+            (String = "text/csv"),
+            (String = "application/x-ndjson"),
+        )),
         (status = 401, description = "Read keys are set and none was sent"),
         (status = 422, description = "A parameter is invalid", body = crate::http::docs::ValidationErrors),
         (status = 503, description = "The store is unavailable"),
