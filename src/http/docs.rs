@@ -39,9 +39,8 @@ pub struct ValidationError {
 
 /// `loc` items are field names and list indices.
 fn loc_schema() -> ArrayBuilder {
-    ArrayBuilder::new().items(
-        OneOfBuilder::new().item(Object::with_type(Type::String)).item(Object::with_type(Type::Integer)),
-    )
+    ArrayBuilder::new()
+        .items(OneOfBuilder::new().item(Object::with_type(Type::String)).item(Object::with_type(Type::Integer)))
 }
 
 fn any_value() -> Object {
