@@ -226,7 +226,7 @@ mod tests {
             (&["--database-url", "mysql://x"][..], "--database-url"),
             (&["--trusted-proxy", "10.0.0.0/33"][..], "--trusted-proxy"),
             (&["--n-workers", "0"][..], "--n-workers"),
-            (&["--rate-limit", "-1"][..], "--rate-limit"),
+            (&["--rate-limit", "0"][..], "--rate-limit"),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.to_string().contains(option), "{e}");
