@@ -38,15 +38,20 @@ CREATE TABLE rollup (
     units         INTEGER NOT NULL,
     PRIMARY KEY (granularity_s, bucket_s)
 ) WITHOUT ROWID;
--- The same per promotion.
+-- The same per promotion. The key starts with the bucket so that the rows a commit updates (the
+-- current second, minute and hour of every promotion) sit side by side on a few pages: keyed by
+-- promotion first, each commit rewrote a page per promotion and granularity to the WAL.
 CREATE TABLE promotion_rollup (
-    promotion_id  INTEGER NOT NULL,
     granularity_s INTEGER NOT NULL,
     bucket_s      INTEGER NOT NULL,
+    promotion_id  INTEGER NOT NULL,
     buys          INTEGER NOT NULL,
     units         INTEGER NOT NULL,
-    PRIMARY KEY (promotion_id, granularity_s, bucket_s)
+    PRIMARY KEY (granularity_s, bucket_s, promotion_id)
 ) WITHOUT ROWID;
+-- One promotion's buckets for reads; its entries never change after a bucket's first buy, so
+-- updating counts does not touch it.
+CREATE INDEX promotion_rollup_by_promotion ON promotion_rollup (promotion_id, granularity_s, bucket_s);
 CREATE TABLE promotion_totals (
     promotion_id  INTEGER PRIMARY KEY,
     total_buys    INTEGER NOT NULL,
@@ -56,8 +61,8 @@ CREATE TABLE promotion_totals (
     first_buy_us  INTEGER NOT NULL,
     last_buy_us   INTEGER NOT NULL
 );
--- Ranking for GET /promotions: buys descending, ties by id.
-CREATE INDEX promotion_rank ON promotion_totals (total_buys DESC, promotion_id);
+-- No ranking index: its entries would move on every commit; GET /promotions sorts this table,
+-- whose size is the number of promotions, not of buys.
 CREATE TABLE promotion_products (
     promotion_id INTEGER NOT NULL,
     product_id   INTEGER NOT NULL,
@@ -65,8 +70,8 @@ CREATE TABLE promotion_products (
     units        INTEGER NOT NULL,
     PRIMARY KEY (promotion_id, product_id)
 ) WITHOUT ROWID;
--- Top products of a promotion by units without sorting all of them.
-CREATE INDEX promotion_products_rank ON promotion_products (promotion_id, units DESC, product_id);
+-- Top products are found by sorting one promotion's products (bounded by the catalogue); an index
+-- on units would be rewritten on every commit.
 -- Who bought in each promotion: unique buyers are counted exactly.
 CREATE TABLE promotion_buyers (
     promotion_id INTEGER NOT NULL,

@@ -99,7 +99,7 @@ impl Deltas {
         let mut promotion_rollup = tx.prepare_cached(
             "INSERT INTO promotion_rollup (promotion_id, granularity_s, bucket_s, buys, units)
              VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (promotion_id, granularity_s, bucket_s)
+             ON CONFLICT (granularity_s, bucket_s, promotion_id)
              DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units",
         )?;
         for ((promotion_id, g, bucket), t) in &self.promotion_rollup {
