@@ -7,7 +7,8 @@ use crate::cli::LogFormat;
 
 /// Install the global subscriber. Logs go to standard output.
 pub fn init(format: LogFormat, dev: bool) {
-    let default = if dev { "debug,hyper=info,h2=info" } else { "info" };
+    // tokio_postgres logs query parameters (client IPs among them) at debug: keep it at info.
+    let default = if dev { "debug,hyper=info,tokio_postgres=info,postgres=info" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(dev);
     let _ = match format {

@@ -1,9 +1,10 @@
 //! The storage interface: the few operations the service needs, behind one trait so that the
-//! embedded SQLite store, the in-memory store and (later) PostgreSQL are interchangeable.
+//! embedded SQLite store, the in-memory store and PostgreSQL are interchangeable.
 //!
 //! Calls are blocking: the single writer runs on its own thread and reads run on tokio's blocking
 //! pool, so a slow disk never stalls the async workers.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ pub enum StoreUrl {
     Sqlite(PathBuf),
     /// `memory:`: nothing kept after the process ends.
     Memory,
-    /// `postgres://…`: the shared store (not built yet).
+    /// `postgres://…`: the shared store, for several replicas.
     Postgres(String),
 }
 
@@ -233,7 +234,7 @@ pub fn open(url: &StoreUrl) -> Result<std::sync::Arc<dyn Store>, String> {
     match url {
         StoreUrl::Sqlite(path) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open_file(path)?)),
         StoreUrl::Memory => Ok(std::sync::Arc::new(sqlite::SqliteStore::open_memory()?)),
-        StoreUrl::Postgres(_) => Err("the PostgreSQL store is not available in this build yet".into()),
+        StoreUrl::Postgres(url) => Ok(std::sync::Arc::new(postgres::PostgresStore::open(url)?)),
     }
 }
 

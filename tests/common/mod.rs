@@ -14,11 +14,16 @@ use buy_tracker::cli::Config;
 use buy_tracker::store::StoreUrl;
 use serde_json::{Value, json};
 
+pub mod postgres_db;
+
 /// Which store a test body runs on.
 #[derive(Debug, Clone, Copy)]
 pub enum StoreKind {
     Sqlite,
     Memory,
+    /// A fresh database on the server named by `BUY_TRACKER_TEST_POSTGRES_URL` (see
+    /// [`postgres_db`]), dropped when the test ends.
+    Postgres,
 }
 
 /// A running in-process service.
@@ -42,6 +47,7 @@ impl TestApp {
         let url = match kind {
             StoreKind::Sqlite => StoreUrl::Sqlite(dir.path().join("data/buys.db")),
             StoreKind::Memory => StoreUrl::Memory,
+            StoreKind::Postgres => StoreUrl::Postgres(postgres_db::fresh_database_url()),
         };
         let mut config = Config::for_tests(url);
         adjust(&mut config);
@@ -97,6 +103,15 @@ macro_rules! on_every_store {
         mod memory {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name($crate::common::StoreKind::Memory).await })*
+        }
+        /// Skipped (with a SKIP line) unless `BUY_TRACKER_TEST_POSTGRES_URL` names a server.
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if $crate::common::postgres_db::server_or_skip().is_some() {
+                    $crate::common::postgres_db::scope(super::$name($crate::common::StoreKind::Postgres)).await
+                }
+            })*
         }
     };
 }

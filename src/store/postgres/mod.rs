@@ -1,0 +1,580 @@
+//! The shared store: PostgreSQL, so that several replicas behind a load balancer act as one
+//! service (SPEC §7). Same tables, same transaction and same answers as the SQLite store; only
+//! the concurrency differs, since other processes now write too (see `write.rs` for how sequence
+//! numbers and idempotency keys stay global).
+//!
+//! Connections: the writer thread owns one connection (one transaction at a time, so one is all
+//! it needs), driven through `tokio-postgres` so that a commit's statements are pipelined (see
+//! `write.rs`); reads take one from a small pool of their own, opened on demand, at most
+//! [`MAX_READERS`], with the blocking `postgres` crate, as the [`Store`] trait is blocking: the
+//! writer is a dedicated thread and reads run on tokio's blocking pool. Both drive each
+//! connection with a small runtime of its own, which must never run (nor be dropped) on an async
+//! worker; hence the threads in [`PostgresStore::open`] and in `Drop`.
+//!
+//! Failures: a store that is down must answer quickly and never hang a request (SPEC §6), so every
+//! connection has a connect timeout, a statement timeout and TCP keepalives (all overridable in
+//! the URL), the writer also gives up on a commit after 4 s whatever the server does, and a
+//! connection that failed is dropped, not returned to the pool: when PostgreSQL comes back, the
+//! next call opens a fresh one by itself (a read that meets a pooled connection killed by a
+//! restart runs again on a fresh one; so does a commit, when it is known to have recorded
+//! nothing). A commit whose outcome is unknown (the connection failed once COMMIT was sent) is
+//! reported as an error, never as Ok, and never retried.
+
+mod read;
+mod schema;
+mod write;
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use postgres::error::SqlState;
+use postgres::{Client, NoTls};
+
+use read::ReadConn;
+use write::{Failure, WriterConn};
+
+use super::{
+    Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, Write, WriteOutcome,
+};
+
+/// How long opening a connection may take before the call fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a statement may run (or wait for a lock) on the server: below the HTTP layer's 4 s.
+const STATEMENT_TIMEOUT: &str = "3s";
+/// A replica that stalls inside a transaction (paused, partitioned) would hold the counter row
+/// and stop every other replica; PostgreSQL ends such a session after this long.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "5s";
+/// Keepalives notice a dead server or network on an idle-looking socket within about 4 s...
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(2);
+const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVES_RETRIES: u32 = 2;
+/// ...and this bounds how long sent data may stay unacknowledged (Linux `TCP_USER_TIMEOUT`).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(4);
+/// Read connections per process; the writer has one more. With PostgreSQL's default of 100
+/// connections, that leaves room for five replicas.
+pub const MAX_READERS: usize = 16;
+/// How long a read waits for a pooled connection when all are busy.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Attempts at a commit that recorded nothing and failed with a transient error.
+const COMMIT_ATTEMPTS: u32 = 3;
+/// Expired idempotency keys deleted per statement, so pruning never holds many locks at once.
+const PRUNE_CHUNK: i64 = 10_000;
+
+/// PostgreSQL behind the [`Store`] interface.
+pub struct PostgresStore {
+    /// For the writer (`tokio-postgres`).
+    config: tokio_postgres::Config,
+    /// The same, for readers (`postgres`).
+    read_config: postgres::Config,
+    /// Run on every new connection: the timeouts the URL did not set.
+    session: String,
+    /// The writer's connection; `None` until (re)opened by the next commit.
+    writer: Mutex<Option<WriterConn>>,
+    readers: ReadPool,
+}
+
+/// Read connections: idle ones, and how many are open in all (idle or in use).
+struct ReadPool {
+    state: Mutex<PoolState>,
+    /// Signalled when a connection is returned or closed.
+    freed: Condvar,
+}
+
+struct PoolState {
+    idle: Vec<ReadConn>,
+    open: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing guarded here is left half-updated by a panic (a connection is either in the
+    // collection or not), so the poison flag carries no information.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One line for an error: PostgreSQL's own message when the server sent one.
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("PostgreSQL {}: {}", db.code().code(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("PostgreSQL: {e}: {cause}"),
+            None => format!("PostgreSQL: {e}"),
+        },
+    }
+}
+
+fn unavailable(e: &postgres::Error) -> StoreError {
+    StoreError::Unavailable(describe(e))
+}
+
+/// Whether the connection is unusable after `e` (closed, I/O failure, server shutting down); a
+/// statement error such as a timeout leaves it usable.
+fn is_broken(e: &postgres::Error, client_closed: bool) -> bool {
+    if client_closed || e.is_closed() {
+        return true;
+    }
+    match e.as_db_error() {
+        None => true,
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || code.starts_with("57P")
+        }
+    }
+}
+
+/// Errors after which the same transaction may succeed when run again.
+fn is_retryable(e: &postgres::Error) -> bool {
+    matches!(e.code(), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
+}
+
+/// The URL's configuration plus our timeouts where it sets none. TLS is not built in: use a
+/// local network or a TLS-terminating proxy such as pgbouncer.
+fn configure(url: &str) -> Result<(tokio_postgres::Config, String), String> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e: postgres::Error| format!("invalid URL: {e}"))?;
+    let given = |name: &str| url.contains(name);
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if !given("keepalives_idle") {
+        config.keepalives_idle(KEEPALIVES_IDLE);
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(KEEPALIVES_INTERVAL);
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(KEEPALIVES_RETRIES);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("buy-tracker");
+    }
+    let options = config.get_options().unwrap_or_default();
+    let mut session = String::new();
+    if !options.contains("statement_timeout") {
+        session.push_str(&format!("SET statement_timeout = '{STATEMENT_TIMEOUT}';"));
+    }
+    if !options.contains("idle_in_transaction_session_timeout") {
+        session.push_str(&format!("SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}';"));
+    }
+    Ok((config, session))
+}
+
+impl PostgresStore {
+    /// Connect, bring the schema up to date (under an advisory lock, so replicas may start
+    /// together), and prepare the writer's connection. The error is one line, without the URL
+    /// (which may hold a password).
+    pub fn open(url: &str) -> Result<PostgresStore, String> {
+        let (config, session) = configure(url).map_err(|e| format!("cannot open PostgreSQL store: {e}"))?;
+        let store = PostgresStore {
+            read_config: postgres::Config::from(config.clone()),
+            config,
+            session,
+            writer: Mutex::new(None),
+            readers: ReadPool { state: Mutex::new(PoolState { idle: Vec::new(), open: 0 }), freed: Condvar::new() },
+        };
+        // `open` may be called on an async worker, where the blocking client must not run.
+        let writer = std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> Result<WriterConn, StoreError> {
+                    // Migrations get a connection of their own, closed afterwards, so that their
+                    // session settings (a longer statement timeout) end with it.
+                    let mut migrator = store.read_config.connect(NoTls).map_err(|e| unavailable(&e))?;
+                    schema::migrate(&mut migrator).map_err(|e| unavailable(&e))?;
+                    drop(migrator);
+                    store.connect_writer()
+                })
+                .join()
+        })
+        .map_err(|_| "cannot open PostgreSQL store: the connecting thread panicked".to_string())?
+        .map_err(|e| format!("cannot open PostgreSQL store: {e}"))?;
+        *lock(&store.writer) = Some(writer);
+        Ok(store)
+    }
+
+    /// A new read connection with the session settings applied.
+    fn connect(&self) -> Result<Client, postgres::Error> {
+        let mut client = self.read_config.connect(NoTls)?;
+        client.batch_execute(&self.session)?;
+        Ok(client)
+    }
+
+    fn connect_writer(&self) -> Result<WriterConn, StoreError> {
+        WriterConn::connect(&self.config, &self.session).map_err(StoreError::Unavailable)
+    }
+
+    /// Run `f` on the writer's connection, opened if there is none. A connection that `f`
+    /// reports broken is dropped; the next call opens a fresh one.
+    fn with_writer<T>(
+        &self,
+        slot: &mut Option<WriterConn>,
+        f: impl FnOnce(&mut WriterConn) -> Result<T, Failure>,
+    ) -> Result<T, (Failure, bool)> {
+        let (mut conn, pooled) = match slot.take().filter(|c| !c.is_closed()) {
+            Some(conn) => (conn, true),
+            None => match self.connect_writer() {
+                Ok(conn) => (conn, false),
+                Err(StoreError::Unavailable(message)) => {
+                    return Err((Failure { message, unknown: false, retryable: false, broken: true }, false));
+                }
+            },
+        };
+        let result = f(&mut conn);
+        if !matches!(&result, Err(failure) if failure.broken) {
+            *slot = Some(conn);
+        }
+        result.map_err(|failure| (failure, pooled))
+    }
+
+    /// A read connection and whether it was pooled (a pooled one may have gone stale).
+    fn acquire(&self) -> Result<(ReadConn, bool), StoreError> {
+        let pool = &self.readers;
+        let deadline = Instant::now() + ACQUIRE_TIMEOUT;
+        let mut state = lock(&pool.state);
+        loop {
+            if let Some(conn) = state.idle.pop() {
+                return Ok((conn, true));
+            }
+            if state.open < MAX_READERS {
+                state.open += 1;
+                drop(state);
+                return match self.connect() {
+                    Ok(client) => Ok((ReadConn::new(client), false)),
+                    Err(e) => {
+                        self.closed(1);
+                        Err(unavailable(&e))
+                    }
+                };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Unavailable(format!("all {MAX_READERS} PostgreSQL read connections are busy")));
+            }
+            state = pool.freed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Account for `n` read connections closed.
+    fn closed(&self, n: usize) {
+        lock(&self.readers.state).open -= n;
+        self.readers.freed.notify_all();
+    }
+
+    /// Run `f` on a read connection. A pooled connection that turns out broken (PostgreSQL was
+    /// restarted since it was last used) is dropped with every other idle one, which are as
+    /// stale, and `f` runs once more on a fresh connection: reads are safe to repeat.
+    fn read<T>(&self, mut f: impl FnMut(&mut ReadConn) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
+        let (mut conn, mut pooled) = self.acquire()?;
+        loop {
+            match f(&mut conn) {
+                Ok(value) => {
+                    lock(&self.readers.state).idle.push(conn);
+                    self.readers.freed.notify_one();
+                    return Ok(value);
+                }
+                Err(e) if is_broken(&e, conn.client.is_closed()) => {
+                    drop(conn);
+                    self.closed(1);
+                    if !pooled {
+                        return Err(unavailable(&e));
+                    }
+                    tracing::warn!(error = %describe(&e), "PostgreSQL read connection lost; reconnecting");
+                    let stale = std::mem::take(&mut lock(&self.readers.state).idle);
+                    let n = stale.len();
+                    drop(stale);
+                    self.closed(n);
+                    (conn, pooled) = self.acquire()?;
+                }
+                Err(e) => {
+                    lock(&self.readers.state).idle.push(conn);
+                    self.readers.freed.notify_one();
+                    return Err(unavailable(&e));
+                }
+            }
+        }
+    }
+}
+
+impl Store for PostgresStore {
+    fn commit(&self, writes: &[Write], now_us: i64) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut slot = lock(&self.writer);
+        let mut attempt = 1;
+        loop {
+            let (failure, pooled) = match self.with_writer(&mut slot, |conn| conn.commit(writes, now_us)) {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(failed) => failed,
+            };
+            // Only a transaction known to have recorded nothing runs again: after a serialization
+            // failure or deadlock, or on a fresh connection when the pooled one had died.
+            let again =
+                !failure.unknown && failure.retryable && (pooled || !failure.broken) && attempt < COMMIT_ATTEMPTS;
+            if !again {
+                return Err(StoreError::Unavailable(failure.message));
+            }
+            tracing::warn!(error = %failure.message, attempt, "PostgreSQL commit recorded nothing; retrying");
+            attempt += 1;
+        }
+    }
+
+    fn counts(&self, since_us: i64, promotion_id: Option<i64>) -> Result<Counts, StoreError> {
+        self.read(|conn| read::counts(conn, since_us, promotion_id))
+    }
+
+    fn promotions(&self, since_us: i64, limit: i64, offset: i64) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
+        self.read(|conn| read::promotions(conn, since_us, limit, offset))
+    }
+
+    fn promotion_stats(&self, promotion_id: i64, since_us: i64) -> Result<PromotionStats, StoreError> {
+        self.read(|conn| read::promotion_stats(conn, promotion_id, since_us))
+    }
+
+    fn timeseries(
+        &self,
+        granularity_s: i64,
+        from_s: i64,
+        to_s: i64,
+        promotion_id: Option<i64>,
+    ) -> Result<Vec<Bucket>, StoreError> {
+        self.read(|conn| read::timeseries(conn, granularity_s, from_s, to_s, promotion_id))
+    }
+
+    fn export_page(
+        &self,
+        filter: &ExportFilter,
+        after: i64,
+        up_to: i64,
+        limit: usize,
+    ) -> Result<Vec<ExportRow>, StoreError> {
+        self.read(|conn| read::export_page(conn, filter, after, up_to, limit))
+    }
+
+    fn prune_idempotency(&self, before_us: i64) -> Result<usize, StoreError> {
+        // Chunks keep each statement short; other replicas may prune the same keys meanwhile,
+        // which only makes a chunk smaller.
+        let mut slot = lock(&self.writer);
+        self.with_writer(&mut slot, |conn| conn.prune(before_us, PRUNE_CHUNK))
+            .map_err(|(failure, _)| StoreError::Unavailable(failure.message))
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.read(read::ping)
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        let writer = lock(&self.writer).take();
+        let idle = std::mem::take(&mut lock(&self.readers.state).idle);
+        if writer.is_none() && idle.is_empty() {
+            return;
+        }
+        // Closing a connection runs its runtime, which panics on an async worker, where the last
+        // reference to the store may well be dropped: close them on a thread of their own.
+        let closing = std::thread::Builder::new().name("postgres-close".into()).spawn(move || drop((writer, idle)));
+        if let Err(e) = closing {
+            tracing::warn!(error = %e, "could not start a thread to close PostgreSQL connections");
+        }
+    }
+}
+
+/// Store-level tests against a real server: they need `BUY_TRACKER_TEST_POSTGRES_URL` (and are
+/// skipped without it). The main one runs the same writes through this store and the SQLite store
+/// and requires identical outcomes and identical answers to every read.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Buy, BuyRecord};
+    use crate::request_time::TimestampSource;
+    use crate::store::sqlite::{SqliteStore, US};
+    use crate::store::{IDEMPOTENCY_TTL_US, IdempotencyClaim};
+
+    /// A fresh database, dropped at the end of the test.
+    struct TestDatabase {
+        server: String,
+        name: String,
+        url: String,
+    }
+
+    impl TestDatabase {
+        fn create() -> Option<TestDatabase> {
+            let Ok(server) = std::env::var("BUY_TRACKER_TEST_POSTGRES_URL") else {
+                if std::env::var("BUY_TRACKER_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
+                    panic!("BUY_TRACKER_REQUIRE_POSTGRES=1 but BUY_TRACKER_TEST_POSTGRES_URL is not set");
+                }
+                println!("SKIP postgres: set BUY_TRACKER_TEST_POSTGRES_URL");
+                return None;
+            };
+            let name = format!("bt_test_{}", uuid::Uuid::new_v4().simple());
+            let mut client = Client::connect(&server, NoTls).expect("test server");
+            client.batch_execute(&format!("CREATE DATABASE {name}")).expect("CREATE DATABASE");
+            let (base, query) = server.split_once('?').map_or((server.as_str(), ""), |(b, q)| (b, q));
+            let authority_end = base.find("://").map_or(0, |i| i + 3);
+            let base = base[authority_end..].find('/').map_or(base, |i| &base[..authority_end + i]);
+            let url = if query.is_empty() { format!("{base}/{name}") } else { format!("{base}/{name}?{query}") };
+            Some(TestDatabase { server, name, url })
+        }
+    }
+
+    impl Drop for TestDatabase {
+        fn drop(&mut self) {
+            if let Ok(mut client) = Client::connect(&self.server, NoTls) {
+                let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            }
+        }
+    }
+
+    fn record(user: i64, promotion: i64, product: i64, quantity: i64, price: Option<i64>, at_us: i64) -> BuyRecord {
+        let mut json = serde_json::json!({"user_id": user, "promotion_id": promotion, "product_id": product, "product_quantity": quantity});
+        if let Some(price) = price {
+            json["unit_price_cents"] = price.into();
+        }
+        BuyRecord {
+            buy: Buy::parse(&json, &[]).unwrap(),
+            ip_address: format!("10.0.0.{}", user % 250),
+            timestamp_us: at_us,
+            received_at_us: at_us + 7,
+            timestamp_source: if user % 2 == 0 {
+                TimestampSource::Server
+            } else {
+                TimestampSource::Header("x-timestamp")
+            },
+            idempotency_key: None,
+        }
+    }
+
+    fn keyed(mut buys: Vec<BuyRecord>, key: &str, fingerprint: u8) -> Write {
+        for buy in &mut buys {
+            buy.idempotency_key = Some(key.to_string());
+        }
+        Write { buys, idempotency: Some(IdempotencyClaim { key: key.to_string(), fingerprint: [fingerprint; 32] }) }
+    }
+
+    /// Batches mixing plain writes, new keys, keys repeated inside a batch (same and other
+    /// body), keys from an earlier batch, and an expired key.
+    fn batches(base: i64) -> Vec<(Vec<Write>, i64)> {
+        let mut out = Vec::new();
+        let mut i = 0i64;
+        for batch in 0..12i64 {
+            let mut writes = Vec::new();
+            for w in 0..25i64 {
+                i += 1;
+                let at = base + (i * 37_123_457) % (5 * 3600 * US) + i;
+                let buys: Vec<BuyRecord> = (0..1 + i % 3)
+                    .map(|j| {
+                        record(i % 40 + j, i % 6, (i + j) % 13, 1 + (i + j) % 4, (i % 5 != 0).then_some(100 + i), at)
+                    })
+                    .collect();
+                writes.push(match w % 5 {
+                    0 => keyed(buys, &format!("k{batch}-{w}"), 1),
+                    1 => keyed(buys, &format!("k{batch}-{}", w - 1), 1), // same key, same body: replay
+                    2 => keyed(buys, &format!("k{batch}-{}", w - 2), 2), // same key, other body: refused
+                    3 if batch > 0 => keyed(buys, &format!("k{}-0", batch - 1), 1), // earlier batch
+                    _ => Write { buys, idempotency: None },
+                });
+            }
+            out.push((writes, base + batch * US));
+        }
+        // The first batch's keys, a day later: expired, so recorded again.
+        let late = base + IDEMPOTENCY_TTL_US + 3600 * US;
+        out.push((vec![keyed(vec![record(1, 1, 1, 1, None, late)], "k0-0", 9)], late));
+        out
+    }
+
+    #[test]
+    fn answers_exactly_as_the_sqlite_store() {
+        let Some(database) = TestDatabase::create() else { return };
+        let pg = PostgresStore::open(&database.url).unwrap();
+        let sqlite = SqliteStore::open_memory().unwrap();
+        let base = 1_750_000_000 * US;
+        let mut seen = Vec::new();
+        for (writes, now) in batches(base) {
+            let outcomes = pg.commit(&writes, now).unwrap();
+            assert_eq!(outcomes, sqlite.commit(&writes, now).unwrap());
+            seen.extend(outcomes);
+        }
+        // Every kind of outcome was exercised, and the expired key was recorded anew.
+        assert!(seen.iter().any(|o| matches!(o, WriteOutcome::Replayed { .. })));
+        assert!(seen.contains(&WriteOutcome::KeyMismatch));
+        assert!(matches!(seen.last(), Some(WriteOutcome::Recorded { recorded: 1, .. })));
+        let mut cutoffs: Vec<i64> = (0..200).map(|i| base + i * 91_234_567 % (6 * 3600 * US)).collect();
+        cutoffs.extend([base - 1, base, base + 60 * US, base + 3600 * US, base + 10 * 3600 * US, i64::MIN / 2]);
+        for &cutoff in &cutoffs {
+            assert_eq!(pg.counts(cutoff, None).unwrap(), sqlite.counts(cutoff, None).unwrap(), "cutoff {cutoff}");
+            for p in [0, 3, 5, 77] {
+                assert_eq!(pg.counts(cutoff, Some(p)).unwrap(), sqlite.counts(cutoff, Some(p)).unwrap());
+            }
+        }
+        for &cutoff in cutoffs.iter().step_by(20) {
+            for (limit, offset) in [(50, 0), (2, 1), (1000, 5), (3, 100)] {
+                assert_eq!(
+                    pg.promotions(cutoff, limit, offset).unwrap(),
+                    sqlite.promotions(cutoff, limit, offset).unwrap()
+                );
+            }
+            for p in [0, 1, 2, 3, 4, 5, 77] {
+                assert_eq!(pg.promotion_stats(p, cutoff).unwrap(), sqlite.promotion_stats(p, cutoff).unwrap());
+            }
+        }
+        let (from, to) = (base / US - 3600, base / US + 7 * 3600);
+        for g in [60, 3600] {
+            for p in [None, Some(2), Some(77)] {
+                assert_eq!(pg.timeseries(g, from, to, p).unwrap(), sqlite.timeseries(g, from, to, p).unwrap());
+            }
+        }
+        let total = sqlite.counts(0, None).unwrap().total_buys;
+        let filters = [
+            ExportFilter::default(),
+            ExportFilter { promotion_id: Some(4), since_us: Some(base + 3600 * US), until_us: None },
+            ExportFilter { promotion_id: None, since_us: None, until_us: Some(base + 2 * 3600 * US) },
+        ];
+        for filter in &filters {
+            for (after, limit) in [(0, 1000), (10, 7), (total - 3, 100)] {
+                assert_eq!(
+                    pg.export_page(filter, after, total, limit).unwrap(),
+                    sqlite.export_page(filter, after, total, limit).unwrap()
+                );
+            }
+        }
+        assert_eq!(pg.prune_idempotency(base + 5 * US).unwrap(), sqlite.prune_idempotency(base + 5 * US).unwrap());
+        pg.ping().unwrap();
+    }
+
+    #[test]
+    fn sequence_numbers_continue_across_reopen_and_migrations_run_once() {
+        let Some(database) = TestDatabase::create() else { return };
+        let one = Write { buys: vec![record(1, 2, 3, 1, None, 1_750_000_000 * US); 3], idempotency: None };
+        {
+            let store = PostgresStore::open(&database.url).unwrap();
+            let outcomes = store.commit(std::slice::from_ref(&one), 0).unwrap();
+            assert_eq!(outcomes, vec![WriteOutcome::Recorded { last_seq: 3, recorded: 3 }]);
+        }
+        let store = PostgresStore::open(&database.url).unwrap();
+        assert_eq!(store.commit(&[one], 0).unwrap(), vec![WriteOutcome::Recorded { last_seq: 6, recorded: 3 }]);
+        assert_eq!(store.counts(0, None).unwrap().total_buys, 6);
+        let mut client = Client::connect(&database.url, NoTls).unwrap();
+        let versions: i64 = client.query_one("SELECT count(*) FROM schema_version", &[]).unwrap().get(0);
+        assert_eq!(versions, schema::MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn an_unreachable_server_fails_quickly() {
+        // Nothing listens on port 1: refused at once, whatever the machine.
+        let started = Instant::now();
+        let error = PostgresStore::open("postgres://postgres@127.0.0.1:1/none").err().unwrap();
+        assert!(error.starts_with("cannot open PostgreSQL store:"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(PostgresStore::open("postgres://host:notaport/db").is_err());
+    }
+
+    #[test]
+    fn timeouts_are_set_unless_the_url_sets_them() {
+        let (config, session) = configure("postgres://u@h/db").unwrap();
+        assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        assert_eq!(config.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+        assert!(session.contains("statement_timeout = '3s'"));
+        let (config, session) =
+            configure("postgres://u@h/db?connect_timeout=9&options=-c%20statement_timeout%3D1s").unwrap();
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(9)));
+        assert!(!session.contains("statement_timeout = "), "{session}");
+    }
+}

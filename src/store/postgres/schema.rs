@@ -1,0 +1,121 @@
+//! The PostgreSQL schema: the SQLite store's tables in portable SQL, applied at start-up, one
+//! transaction per version, with the applied versions recorded in `schema_version`.
+//!
+//! Replicas that start together must not race on DDL (two concurrent `CREATE TABLE IF NOT EXISTS`
+//! can still fail in PostgreSQL), so the whole migration runs under a session-level advisory lock:
+//! the first replica migrates, the others wait, then find nothing left to do.
+//!
+//! Portability: plain `CREATE TABLE`/`CREATE INDEX` with standard types. `pg_advisory_lock` is
+//! PostgreSQL's (Citus and YugabyteDB have it; CockroachDB accepts it as a no-op, so there start one
+//! replica first or run migrations from a single job).
+
+use postgres::Client;
+
+/// Key of the advisory lock held while migrating (any constant unique to this application).
+const MIGRATION_LOCK: i64 = 0x6275_795f_7472_6b72; // "buy_trkr"
+
+/// One entry per schema version, in order; never edit an entry once released, add a new one.
+pub(super) const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE buys (
+    buy_count        BIGINT PRIMARY KEY,
+    user_id          BIGINT NOT NULL,
+    promotion_id     BIGINT NOT NULL,
+    product_id       BIGINT NOT NULL,
+    product_quantity BIGINT NOT NULL,
+    unit_price_cents BIGINT,
+    ip_address       TEXT   NOT NULL,
+    timestamp_us     BIGINT NOT NULL,
+    received_at_us   BIGINT NOT NULL,
+    timestamp_source TEXT   NOT NULL,
+    idempotency_key  TEXT
+);
+-- Bounds the exact count of the partial second at the edge of a window, and /export ranges.
+CREATE INDEX buys_timestamp ON buys (timestamp_us);
+-- The last sequence number handed out (which is also the number of buys) and the units. Every
+-- commit updates this one row last, so it is what orders commits from all replicas.
+CREATE TABLE counter (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    total       BIGINT NOT NULL,
+    total_units BIGINT NOT NULL
+);
+INSERT INTO counter (id, total, total_units) VALUES (1, 0, 0);
+-- Buys and units per bucket of 1, 60 and 3600 seconds of `timestamp`.
+CREATE TABLE rollup (
+    granularity_s BIGINT NOT NULL,
+    bucket_s      BIGINT NOT NULL,
+    buys          BIGINT NOT NULL,
+    units         BIGINT NOT NULL,
+    PRIMARY KEY (granularity_s, bucket_s)
+);
+-- The same per promotion.
+CREATE TABLE promotion_rollup (
+    promotion_id  BIGINT NOT NULL,
+    granularity_s BIGINT NOT NULL,
+    bucket_s      BIGINT NOT NULL,
+    buys          BIGINT NOT NULL,
+    units         BIGINT NOT NULL,
+    PRIMARY KEY (promotion_id, granularity_s, bucket_s)
+);
+CREATE TABLE promotion_totals (
+    promotion_id  BIGINT PRIMARY KEY,
+    total_buys    BIGINT NOT NULL,
+    total_units   BIGINT NOT NULL,
+    revenue_cents BIGINT NOT NULL,
+    unique_buyers BIGINT NOT NULL,
+    first_buy_us  BIGINT NOT NULL,
+    last_buy_us   BIGINT NOT NULL
+);
+-- Ranking for GET /promotions: buys descending, ties by id.
+CREATE INDEX promotion_rank ON promotion_totals (total_buys DESC, promotion_id);
+CREATE TABLE promotion_products (
+    promotion_id BIGINT NOT NULL,
+    product_id   BIGINT NOT NULL,
+    buys         BIGINT NOT NULL,
+    units        BIGINT NOT NULL,
+    PRIMARY KEY (promotion_id, product_id)
+);
+-- Top products of a promotion by units without sorting all of them.
+CREATE INDEX promotion_products_rank ON promotion_products (promotion_id, units DESC, product_id);
+-- Who bought in each promotion: unique buyers are counted exactly.
+CREATE TABLE promotion_buyers (
+    promotion_id BIGINT NOT NULL,
+    user_id      BIGINT NOT NULL,
+    PRIMARY KEY (promotion_id, user_id)
+);
+CREATE TABLE idempotency (
+    key           TEXT   PRIMARY KEY,
+    fingerprint   BYTEA  NOT NULL,
+    last_seq      BIGINT NOT NULL,
+    recorded      BIGINT NOT NULL,
+    created_at_us BIGINT NOT NULL
+);
+CREATE INDEX idempotency_created ON idempotency (created_at_us);
+"#];
+
+/// Bring the schema up to date. Holds the advisory lock for the whole run, so replicas starting
+/// together migrate one after the other; the lock is released explicitly, and by PostgreSQL if the
+/// connection dies.
+pub fn migrate(client: &mut Client) -> Result<(), postgres::Error> {
+    // Waiting for another replica's migration may take longer than an ordinary statement may.
+    client.batch_execute("SET statement_timeout = '120s'")?;
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
+    let result = apply_pending(client);
+    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
+    result?;
+    unlocked?;
+    Ok(())
+}
+
+fn apply_pending(client: &mut Client) -> Result<(), postgres::Error> {
+    client.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")?;
+    let current: i32 = client.query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])?.try_get(0)?;
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+        let version = version as i32 + 1;
+        let mut tx = client.transaction()?;
+        tx.batch_execute(sql)?;
+        tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&version])?;
+        tx.commit()?;
+        tracing::info!(version, "PostgreSQL schema migrated");
+    }
+    Ok(())
+}

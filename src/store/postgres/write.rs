@@ -1,0 +1,732 @@
+//! The write transaction: buys, sequence numbers, idempotency keys and every aggregate, together,
+//! with the SQLite store's semantics, for several replicas writing at once.
+//!
+//! # How sequence numbers are taken
+//!
+//! Sequence numbers must be unique and gap-free across replicas, so they come from one row,
+//! `counter`, updated inside the transaction that records the buys: its row lock is held until
+//! COMMIT, so no other replica can take numbers until this transaction's are committed (or rolled
+//! back, which returns them). A PostgreSQL `SEQUENCE` would not do: it is not transactional, and a
+//! rolled-back transaction would leave a gap.
+//!
+//! The counter is taken **last**: everything that does not need a sequence number (claiming the
+//! idempotency keys, new buyers, per-promotion totals, rollups, products) runs first; then
+//! `UPDATE counter … RETURNING total` takes the block `total − n + 1 ..= total`, and only then are
+//! the buys inserted, numbered from the counter row this transaction just updated (so the client
+//! need not wait for the number before sending the insert), then COMMIT. The buys are inserted
+//! after the counter rather than with placeholders rewritten later, which would write every buy
+//! twice. While the counter is held, the server runs the buys' insert, the keys' `last_seq` and
+//! the COMMIT, and nothing else.
+//!
+//! # One round trip
+//!
+//! All those statements are *pipelined*: sent together on the connection and answered together,
+//! so a commit costs one round trip (two when the batch carries idempotency keys, whose claims
+//! decide which buys are recorded). This matters twice: the writer is a single thread, so its
+//! round trips bound throughput; and the locks on hot rows (the counter, the rollup buckets of
+//! the current second, minute and hour, shared by every replica) are held from the first upsert
+//! to COMMIT, so no client round trip happens while another replica waits for them. The
+//! `postgres` crate used for reads has no pipelining, so the writer drives `tokio-postgres`
+//! itself, on a small runtime of its own (see [`WriterConn`]).
+//!
+//! Every transaction takes its row locks in the same order (the statements' order, and rows in
+//! key order within a statement via `ORDER BY`), so replicas cannot deadlock on aggregates.
+//!
+//! # When is a commit known?
+//!
+//! The commit succeeded only when every statement and the COMMIT answered without error. If a
+//! statement failed with an error *from the server*, the transaction was aborted there and the
+//! pipelined COMMIT became a ROLLBACK: nothing was recorded, and the commit may be retried. Any
+//! other failure (connection lost, no answer in time) leaves the outcome unknown: pipelined, the
+//! COMMIT may have been executed before the connection died. That is reported as an error (the
+//! writer answers 503) and never retried, since the buys may be recorded already; a client that
+//! retries with an Idempotency-Key gets the original answer or a fresh recording, never both.
+//!
+//! # Idempotency across replicas
+//!
+//! Each key of the batch is claimed with `INSERT … ON CONFLICT DO NOTHING RETURNING key`: the
+//! primary key makes exactly one transaction win. A replica that races on a key still being
+//! committed elsewhere waits for that transaction (PostgreSQL waits on a conflicting uncommitted
+//! insert), then finds the committed row and replays it. Expired keys (older than 24 hours) are
+//! deleted first, so they can be claimed again, as SQLite overwrites them.
+//!
+//! # Batching
+//!
+//! Every table gets one statement per commit, its rows passed as arrays and expanded with
+//! `UNNEST`, whatever the batch size; aggregates are summed in memory first so each bucket,
+//! promotion and product row is upserted once.
+//!
+//! Portability: `UNNEST` of several arrays, `ON CONFLICT`, `UPDATE … FROM` and an `INSERT …
+//! RETURNING` inside `WITH` are understood by PostgreSQL, Citus (with co-located tables, or
+//! reference tables for the small aggregates), CockroachDB and YugabyteDB. Under their
+//! SERIALIZABLE isolation a conflicting transaction fails with SQLSTATE 40001 instead of waiting;
+//! that is a server error, so the commit is retried.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use futures_util::join;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::{describe, is_broken, is_retryable};
+use crate::domain::BuyRecord;
+use crate::store::sqlite::{GRANULARITIES, US};
+use crate::store::{IDEMPOTENCY_TTL_US, Write, WriteOutcome};
+
+/// Longest a commit may wait for PostgreSQL's answers before it is abandoned as unknown. This
+/// also covers a server that accepts data but never answers (a frozen process), which neither
+/// `statement_timeout` nor TCP keepalives notice.
+const COMMIT_DEADLINE: Duration = Duration::from_secs(4);
+/// A connection idle for longer than this is checked with an empty query before a commit, so a
+/// connection that died while idle (PostgreSQL restarted) is replaced before anything is sent,
+/// rather than making the commit's outcome unknown.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+const DELETE_EXPIRED_KEYS: &str = "DELETE FROM idempotency WHERE key = ANY(CAST($1 AS TEXT[])) AND created_at_us < $2";
+
+/// `last_seq` is a placeholder, filled in by [`FILL_KEYS`] once the counter is taken.
+const CLAIM_KEYS: &str = "
+    INSERT INTO idempotency (key, fingerprint, last_seq, recorded, created_at_us)
+    SELECT k, f, 0, n, $4
+    FROM UNNEST(CAST($1 AS TEXT[]), CAST($2 AS BYTEA[]), CAST($3 AS BIGINT[])) AS c (k, f, n)
+    ORDER BY k
+    ON CONFLICT (key) DO NOTHING
+    RETURNING key";
+
+const FIND_KEYS: &str =
+    "SELECT key, fingerprint, last_seq, recorded FROM idempotency WHERE key = ANY(CAST($1 AS TEXT[]))";
+
+/// New buyers ($7, $8) are inserted first; those that were new count towards `unique_buyers`.
+const PROMOTION_TOTALS: &str = "
+    WITH new_buyers AS (
+        INSERT INTO promotion_buyers (promotion_id, user_id)
+        SELECT p, u FROM UNNEST(CAST($7 AS BIGINT[]), CAST($8 AS BIGINT[])) AS b (p, u)
+        ORDER BY p, u
+        ON CONFLICT DO NOTHING
+        RETURNING promotion_id)
+    INSERT INTO promotion_totals
+        (promotion_id, total_buys, total_units, revenue_cents, unique_buyers, first_buy_us, last_buy_us)
+    SELECT t.p, t.n, t.u, t.r, coalesce(nb.n, 0), t.f, t.l
+    FROM UNNEST(CAST($1 AS BIGINT[]), CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]),
+                CAST($5 AS BIGINT[]), CAST($6 AS BIGINT[])) AS t (p, n, u, r, f, l)
+    LEFT JOIN (SELECT promotion_id, count(*) AS n FROM new_buyers GROUP BY promotion_id) AS nb
+        ON nb.promotion_id = t.p
+    ORDER BY t.p
+    ON CONFLICT (promotion_id) DO UPDATE SET
+        total_buys = promotion_totals.total_buys + excluded.total_buys,
+        total_units = promotion_totals.total_units + excluded.total_units,
+        revenue_cents = CASE WHEN promotion_totals.revenue_cents > 9223372036854775807 - excluded.revenue_cents
+            THEN 9223372036854775807 ELSE promotion_totals.revenue_cents + excluded.revenue_cents END,
+        unique_buyers = promotion_totals.unique_buyers + excluded.unique_buyers,
+        first_buy_us = LEAST(promotion_totals.first_buy_us, excluded.first_buy_us),
+        last_buy_us = GREATEST(promotion_totals.last_buy_us, excluded.last_buy_us)";
+
+const ROLLUP: &str = "
+    INSERT INTO rollup (granularity_s, bucket_s, buys, units)
+    SELECT g, b, n, u
+    FROM UNNEST(CAST($1 AS BIGINT[]), CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]))
+        AS r (g, b, n, u)
+    ORDER BY g, b
+    ON CONFLICT (granularity_s, bucket_s)
+    DO UPDATE SET buys = rollup.buys + excluded.buys, units = rollup.units + excluded.units";
+
+const PROMOTION_ROLLUP: &str = "
+    INSERT INTO promotion_rollup (promotion_id, granularity_s, bucket_s, buys, units)
+    SELECT p, g, b, n, u
+    FROM UNNEST(CAST($1 AS BIGINT[]), CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]),
+                CAST($5 AS BIGINT[])) AS r (p, g, b, n, u)
+    ORDER BY p, g, b
+    ON CONFLICT (promotion_id, granularity_s, bucket_s)
+    DO UPDATE SET buys = promotion_rollup.buys + excluded.buys, units = promotion_rollup.units + excluded.units";
+
+const PROMOTION_PRODUCTS: &str = "
+    INSERT INTO promotion_products (promotion_id, product_id, buys, units)
+    SELECT p, q, n, u
+    FROM UNNEST(CAST($1 AS BIGINT[]), CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]))
+        AS r (p, q, n, u)
+    ORDER BY p, q
+    ON CONFLICT (promotion_id, product_id)
+    DO UPDATE SET buys = promotion_products.buys + excluded.buys, units = promotion_products.units + excluded.units";
+
+/// Takes the block of sequence numbers; see the module comment.
+const TAKE_SEQUENCE: &str =
+    "UPDATE counter SET total = total + $1, total_units = total_units + $2 WHERE id = 1 RETURNING total";
+
+/// Buy number `r` (1-based in the batch of $1) gets `total - $1 + r`, read from the counter row
+/// this transaction has just updated.
+const INSERT_BUYS: &str = "
+    INSERT INTO buys (buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents,
+                      ip_address, timestamp_us, received_at_us, timestamp_source, idempotency_key)
+    SELECT c.total - $1 + b.r, b.user_id, b.promotion_id, b.product_id, b.quantity, b.price,
+           b.ip, b.stamp, b.received, b.source, b.key
+    FROM counter AS c,
+         UNNEST(CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]), CAST($5 AS BIGINT[]),
+                CAST($6 AS BIGINT[]), CAST($7 AS BIGINT[]), CAST($8 AS TEXT[]), CAST($9 AS BIGINT[]),
+                CAST($10 AS BIGINT[]), CAST($11 AS TEXT[]), CAST($12 AS TEXT[]))
+             AS b (r, user_id, promotion_id, product_id, quantity, price, ip, stamp, received, source, key)
+    WHERE c.id = 1";
+
+/// The claimed keys get the sequence number of their write's last buy, numbered as in
+/// [`INSERT_BUYS`].
+const FILL_KEYS: &str = "
+    UPDATE idempotency SET last_seq = (SELECT total FROM counter WHERE id = 1) - $1 + f.rel_last
+    FROM UNNEST(CAST($2 AS TEXT[]), CAST($3 AS BIGINT[])) AS f (key, rel_last)
+    WHERE idempotency.key = f.key";
+
+/// Deletes one chunk of expired keys.
+const PRUNE_KEYS: &str = "
+    DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency WHERE created_at_us < $1 LIMIT $2)";
+
+/// Every statement of the write path, prepared once per connection.
+const STATEMENTS: [&str; 11] = [
+    DELETE_EXPIRED_KEYS,
+    CLAIM_KEYS,
+    FIND_KEYS,
+    PROMOTION_TOTALS,
+    ROLLUP,
+    PROMOTION_ROLLUP,
+    PROMOTION_PRODUCTS,
+    TAKE_SEQUENCE,
+    INSERT_BUYS,
+    FILL_KEYS,
+    PRUNE_KEYS,
+];
+
+/// Why a commit (or a prune) did not succeed, and what may follow.
+#[derive(Debug)]
+pub struct Failure {
+    /// One line for the log and the 503.
+    pub message: String,
+    /// COMMIT may have been executed: the buys may or may not be recorded.
+    pub unknown: bool,
+    /// Nothing was recorded and running the same transaction again may succeed (a serialization
+    /// failure, a deadlock, a key deleted meanwhile, a connection found dead before sending).
+    pub retryable: bool,
+    /// The connection is unusable and must be replaced.
+    pub broken: bool,
+}
+
+impl Failure {
+    /// A failure from PostgreSQL or the connection, nothing committed.
+    fn not_committed(e: &tokio_postgres::Error, client: &Client) -> Failure {
+        let broken = is_broken(e, client.is_closed());
+        Failure { message: describe(e), unknown: false, retryable: is_retryable(e) || broken, broken }
+    }
+}
+
+/// The writer's connection: a `tokio-postgres` client driven by a single-threaded runtime of its
+/// own, which runs only inside the writer thread's calls (`block_on`), like the `postgres`
+/// crate's clients. It must not be dropped on an async worker (the store's `Drop` sees to it).
+pub struct WriterConn {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    statements: Statements,
+    last_used: Instant,
+}
+
+/// The write path's prepared statements on one connection.
+pub struct Statements(HashMap<&'static str, Statement>);
+
+impl Statements {
+    fn get(&self, sql: &'static str) -> &Statement {
+        // Every constant used here is in STATEMENTS, prepared with the connection.
+        &self.0[sql]
+    }
+}
+
+impl WriterConn {
+    /// Connect, apply the session settings and prepare every statement.
+    pub fn connect(config: &tokio_postgres::Config, session: &str) -> Result<WriterConn, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the PostgreSQL writer's runtime: {e}"))?;
+        let connecting = async {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "PostgreSQL writer connection ended");
+                }
+            });
+            client.batch_execute(session).await?;
+            let mut statements = HashMap::new();
+            for sql in STATEMENTS {
+                statements.insert(sql, client.prepare(sql).await?);
+            }
+            Ok((client, Statements(statements)))
+        };
+        // `connect_timeout` bounds the TCP connection only; a server that accepts but never
+        // answers the start-up would otherwise hold the writer.
+        let (client, statements) = runtime
+            .block_on(async { tokio::time::timeout(COMMIT_DEADLINE, connecting).await })
+            .map_err(|_| format!("PostgreSQL did not answer the connection within {COMMIT_DEADLINE:?}"))?
+            .map_err(|e: tokio_postgres::Error| describe(&e))?;
+        Ok(WriterConn { runtime, client, statements, last_used: Instant::now() })
+    }
+
+    /// Whether the connection is known to be closed.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Record `writes` in one transaction; see the module comment for what an error means.
+    pub fn commit(&mut self, writes: &[Write], now_us: i64) -> Result<Vec<WriteOutcome>, Failure> {
+        self.check_if_idle()?;
+        let (client, st) = (&self.client, &self.statements);
+        let result = self.runtime.block_on(async {
+            tokio::time::timeout(COMMIT_DEADLINE, commit(client, st, writes, now_us)).await.unwrap_or_else(|_| {
+                Err(Failure {
+                    message: format!("PostgreSQL did not answer within {COMMIT_DEADLINE:?}"),
+                    unknown: true,
+                    retryable: false,
+                    broken: true,
+                })
+            })
+        });
+        self.last_used = Instant::now();
+        result
+    }
+
+    /// Delete keys created before `before_us`, in chunks so no statement runs long.
+    pub fn prune(&mut self, before_us: i64, chunk: i64) -> Result<usize, Failure> {
+        self.check_if_idle()?;
+        let (client, statement) = (&self.client, self.statements.get(PRUNE_KEYS));
+        let result = self.runtime.block_on(async {
+            let mut deleted = 0;
+            loop {
+                let n = match tokio::time::timeout(COMMIT_DEADLINE, client.execute(statement, &[&before_us, &chunk]))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => return Err(Failure::not_committed(&e, client)),
+                    Err(_) => {
+                        let message = "PostgreSQL did not answer in time".to_string();
+                        return Err(Failure { message, unknown: true, retryable: false, broken: true });
+                    }
+                };
+                deleted += n as usize;
+                if n < chunk as u64 {
+                    return Ok(deleted);
+                }
+            }
+        });
+        self.last_used = Instant::now();
+        result
+    }
+
+    /// After a pause, make sure the connection still answers before sending anything that
+    /// matters: a failure here is known to have recorded nothing.
+    fn check_if_idle(&mut self) -> Result<(), Failure> {
+        if self.last_used.elapsed() < CHECK_AFTER_IDLE {
+            return Ok(());
+        }
+        let client = &self.client;
+        let answered = self.runtime.block_on(tokio::time::timeout(CHECK_TIMEOUT, client.simple_query("")));
+        let message = match answered {
+            Ok(Ok(_)) => {
+                self.last_used = Instant::now();
+                return Ok(());
+            }
+            Ok(Err(e)) => describe(&e),
+            Err(_) => format!("PostgreSQL did not answer within {CHECK_TIMEOUT:?}"),
+        };
+        Err(Failure { message, unknown: false, retryable: true, broken: true })
+    }
+}
+
+/// Buys and units.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    buys: i64,
+    units: i64,
+}
+
+impl Tally {
+    fn add(&mut self, units: i64) {
+        self.buys += 1;
+        self.units += units;
+    }
+}
+
+/// What one promotion gains in this transaction.
+struct PromotionDelta {
+    tally: Tally,
+    revenue_cents: i64,
+    first_us: i64,
+    last_us: i64,
+}
+
+/// All aggregate changes of one transaction, keyed in lock order.
+#[derive(Default)]
+struct Deltas {
+    rollup: BTreeMap<(i64, i64), Tally>,
+    promotion_rollup: BTreeMap<(i64, i64, i64), Tally>,
+    promotions: BTreeMap<i64, PromotionDelta>,
+    products: BTreeMap<(i64, i64), Tally>,
+    buyers: BTreeSet<(i64, i64)>,
+    units: i64,
+}
+
+impl Deltas {
+    fn add(&mut self, record: &BuyRecord) {
+        let buy = &record.buy;
+        let units = buy.quantity.get();
+        let second = record.timestamp_us.div_euclid(US);
+        for g in GRANULARITIES {
+            let bucket = second - second.rem_euclid(g);
+            self.rollup.entry((g, bucket)).or_default().add(units);
+            self.promotion_rollup.entry((buy.promotion_id, g, bucket)).or_default().add(units);
+        }
+        let promotion = self.promotions.entry(buy.promotion_id).or_insert(PromotionDelta {
+            tally: Tally::default(),
+            revenue_cents: 0,
+            first_us: record.timestamp_us,
+            last_us: record.timestamp_us,
+        });
+        promotion.tally.add(units);
+        // Saturating: a hostile price cannot wrap the revenue around.
+        let revenue = buy.unit_price_cents.map_or(0, |p| p.saturating_mul(units));
+        promotion.revenue_cents = promotion.revenue_cents.saturating_add(revenue);
+        promotion.first_us = promotion.first_us.min(record.timestamp_us);
+        promotion.last_us = promotion.last_us.max(record.timestamp_us);
+        self.products.entry((buy.promotion_id, buy.product_id)).or_default().add(units);
+        self.buyers.insert((buy.promotion_id, buy.user_id));
+        self.units += units;
+    }
+}
+
+/// `N` BIGINT columns gathered row by row, passed as `N` array parameters.
+struct Columns<const N: usize>([Vec<i64>; N]);
+
+impl<const N: usize> Default for Columns<N> {
+    fn default() -> Self {
+        Columns(std::array::from_fn(|_| Vec::new()))
+    }
+}
+
+impl<const N: usize> Columns<N> {
+    fn push(&mut self, row: [i64; N]) {
+        for (column, value) in self.0.iter_mut().zip(row) {
+            column.push(value);
+        }
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.0.iter().map(|c| c as &(dyn ToSql + Sync)).collect()
+    }
+}
+
+/// Every parameter of the statements that record the buys, gathered before anything is sent.
+struct Recording<'a> {
+    n: i64,
+    units: i64,
+    totals: Columns<6>,
+    buyers: Columns<2>,
+    rollup: Columns<4>,
+    promotion_rollup: Columns<5>,
+    products: Columns<4>,
+    /// Relative number (1..=n), user, promotion, product, quantity.
+    ids: Columns<5>,
+    prices: Vec<Option<i64>>,
+    ips: Vec<&'a str>,
+    times: Columns<2>,
+    sources: Vec<&'a str>,
+    keys: Vec<Option<&'a str>>,
+}
+
+impl<'a> Recording<'a> {
+    fn new(recorded: &[&'a BuyRecord]) -> Recording<'a> {
+        let mut deltas = Deltas::default();
+        let n = recorded.len();
+        let mut r = Recording {
+            n: n as i64,
+            units: 0,
+            totals: Columns::default(),
+            buyers: Columns::default(),
+            rollup: Columns::default(),
+            promotion_rollup: Columns::default(),
+            products: Columns::default(),
+            ids: Columns::default(),
+            prices: Vec::with_capacity(n),
+            ips: Vec::with_capacity(n),
+            times: Columns::default(),
+            sources: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+        };
+        for (i, record) in recorded.iter().enumerate() {
+            deltas.add(record);
+            let b = &record.buy;
+            r.ids.push([i as i64 + 1, b.user_id, b.promotion_id, b.product_id, b.quantity.get()]);
+            r.prices.push(b.unit_price_cents);
+            r.ips.push(record.ip_address.as_str());
+            r.times.push([record.timestamp_us, record.received_at_us]);
+            r.sources.push(record.timestamp_source.as_str());
+            r.keys.push(record.idempotency_key.as_deref());
+        }
+        r.units = deltas.units;
+        for (&p, d) in &deltas.promotions {
+            r.totals.push([p, d.tally.buys, d.tally.units, d.revenue_cents, d.first_us, d.last_us]);
+        }
+        for &(p, user) in &deltas.buyers {
+            r.buyers.push([p, user]);
+        }
+        for (&(g, bucket), t) in &deltas.rollup {
+            r.rollup.push([g, bucket, t.buys, t.units]);
+        }
+        for (&(p, g, bucket), t) in &deltas.promotion_rollup {
+            r.promotion_rollup.push([p, g, bucket, t.buys, t.units]);
+        }
+        for (&(p, product), t) in &deltas.products {
+            r.products.push([p, product, t.buys, t.units]);
+        }
+        r
+    }
+}
+
+/// What the batch knows about one idempotency key while deciding each write's outcome.
+enum KeyState<'a> {
+    /// An unexpired earlier request, committed before this transaction: replay or refuse.
+    Stored { fingerprint: Vec<u8>, last_seq: i64, recorded: i64 },
+    /// Claimed by this transaction, for the first write of the batch carrying it.
+    Claimed,
+    /// Recorded by an earlier write of this batch.
+    Used { fingerprint: &'a [u8; 32], rel_last: i64, recorded: usize },
+}
+
+/// An outcome whose sequence numbers are relative to the block not yet taken.
+enum Pending {
+    Recorded { rel_last: i64, recorded: usize },
+    Replayed { rel_last: i64, recorded: usize },
+    Final(WriteOutcome),
+}
+
+/// Run one transaction: claim keys (first round trip, only with keys), decide outcomes, then
+/// record everything and COMMIT (one pipelined round trip).
+async fn commit(client: &Client, st: &Statements, writes: &[Write], now_us: i64) -> Result<Vec<WriteOutcome>, Failure> {
+    let mut keys = HashMap::new();
+    let began = writes.iter().any(|w| w.idempotency.is_some());
+    if began {
+        keys = claim_keys(client, st, writes, now_us).await?;
+    }
+
+    // Decide every outcome, numbering recorded buys 1, 2, … within the batch.
+    let mut rel = 0i64;
+    let mut pending = Vec::with_capacity(writes.len());
+    let mut recorded = Vec::new();
+    let mut filled: Vec<(&str, i64)> = Vec::new();
+    for write in writes {
+        if let Some(claim) = &write.idempotency {
+            match keys.get_mut(claim.key.as_str()) {
+                Some(KeyState::Stored { fingerprint, last_seq, recorded }) => {
+                    pending.push(Pending::Final(if fingerprint[..] == claim.fingerprint[..] {
+                        WriteOutcome::Replayed { last_seq: *last_seq, recorded: *recorded as usize }
+                    } else {
+                        WriteOutcome::KeyMismatch
+                    }));
+                    continue;
+                }
+                Some(KeyState::Used { fingerprint, rel_last, recorded }) => {
+                    pending.push(if **fingerprint == claim.fingerprint {
+                        Pending::Replayed { rel_last: *rel_last, recorded: *recorded }
+                    } else {
+                        Pending::Final(WriteOutcome::KeyMismatch)
+                    });
+                    continue;
+                }
+                Some(state @ KeyState::Claimed) => {
+                    let rel_last = rel + write.buys.len() as i64;
+                    *state = KeyState::Used { fingerprint: &claim.fingerprint, rel_last, recorded: write.buys.len() };
+                    filled.push((claim.key.as_str(), rel_last));
+                }
+                // claim_keys gives every key of the batch a state.
+                None => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(Failure {
+                        message: format!("idempotency key '{}' changed during the commit", claim.key),
+                        unknown: false,
+                        retryable: true,
+                        broken: false,
+                    });
+                }
+            }
+        }
+        rel += write.buys.len() as i64;
+        recorded.extend(&write.buys);
+        pending.push(Pending::Recorded { rel_last: rel, recorded: write.buys.len() });
+    }
+
+    let total = record(client, st, &recorded, &filled, began).await?;
+    let base = total.map_or(0, |total| total - recorded.len() as i64);
+    Ok(pending
+        .into_iter()
+        .map(|p| match p {
+            Pending::Recorded { rel_last, recorded } => WriteOutcome::Recorded { last_seq: base + rel_last, recorded },
+            Pending::Replayed { rel_last, recorded } => WriteOutcome::Replayed { last_seq: base + rel_last, recorded },
+            Pending::Final(outcome) => outcome,
+        })
+        .collect())
+}
+
+/// BEGIN, then claim the batch's keys and read back those already used elsewhere, in one
+/// pipelined round trip. Leaves the transaction open on success; rolls it back on failure.
+async fn claim_keys<'a>(
+    client: &Client,
+    st: &Statements,
+    writes: &'a [Write],
+    now_us: i64,
+) -> Result<HashMap<&'a str, KeyState<'a>>, Failure> {
+    // The first write carrying each key is the one that may claim it.
+    let mut first: BTreeMap<&str, &Write> = BTreeMap::new();
+    for write in writes {
+        if let Some(claim) = &write.idempotency {
+            first.entry(claim.key.as_str()).or_insert(write);
+        }
+    }
+    let keys: Vec<&str> = first.keys().copied().collect();
+    let fingerprints: Vec<&[u8]> =
+        first.values().filter_map(|w| w.idempotency.as_ref()).map(|c| &c.fingerprint[..]).collect();
+    let counts: Vec<i64> = first.values().map(|w| w.buys.len() as i64).collect();
+    let expired_before = now_us - IDEMPOTENCY_TTL_US;
+    let delete_params: [&(dyn ToSql + Sync); 2] = [&keys, &expired_before];
+    let claim_params: [&(dyn ToSql + Sync); 4] = [&keys, &fingerprints, &counts, &now_us];
+    let find_params: [&(dyn ToSql + Sync); 1] = [&keys];
+    // Pipelined, in this order (see `record`).
+    let (begin, deleted, claimed, found) = join!(
+        client.batch_execute("BEGIN"),
+        client.execute(st.get(DELETE_EXPIRED_KEYS), &delete_params),
+        client.query(st.get(CLAIM_KEYS), &claim_params),
+        client.query(st.get(FIND_KEYS), &find_params),
+    );
+    let rows = begin.and(deleted).and(claimed).and_then(|claimed| Ok((claimed, found?)));
+    let (claimed, found) = match rows {
+        Ok(rows) => rows,
+        Err(e) => {
+            // Nothing was committed: the transaction is open (or the connection gone).
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(Failure::not_committed(&e, client));
+        }
+    };
+    let read = || -> Result<HashMap<&'a str, KeyState<'a>>, tokio_postgres::Error> {
+        let mut states = HashMap::new();
+        for row in &claimed {
+            let key: &str = row.try_get(0)?;
+            if let Some((&k, _)) = first.get_key_value(key) {
+                states.insert(k, KeyState::Claimed);
+            }
+        }
+        // FIND ran after CLAIM, so it also returns the rows just claimed: those stay Claimed.
+        for row in &found {
+            let key: &str = row.try_get(0)?;
+            if let Some((&k, _)) = first.get_key_value(key) {
+                if states.contains_key(k) {
+                    continue;
+                }
+                let (fingerprint, last_seq, recorded) = (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+                states.insert(k, KeyState::Stored { fingerprint, last_seq, recorded });
+            }
+        }
+        Ok(states)
+    };
+    match read() {
+        Ok(states) => Ok(states),
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(Failure::not_committed(&e, client))
+        }
+    }
+}
+
+/// Record the buys (if any), fill in the claimed keys and COMMIT, in one pipelined round trip
+/// (beginning the transaction too unless `began`). Returns the counter's new total when buys
+/// were recorded.
+async fn record(
+    client: &Client,
+    st: &Statements,
+    recorded: &[&BuyRecord],
+    filled: &[(&str, i64)],
+    began: bool,
+) -> Result<Option<i64>, Failure> {
+    let r = Recording::new(recorded);
+    let some = r.n > 0;
+    let (filled_keys, filled_rel): (Vec<&str>, Vec<i64>) = filled.iter().copied().unzip();
+    let mut totals = r.totals.params();
+    totals.extend(r.buyers.params());
+    let [rel, users, promotions, products, quantities] = &r.ids.0;
+    let [stamps, received] = &r.times.0;
+    let buys: [&(dyn ToSql + Sync); 12] =
+        [&r.n, rel, users, promotions, products, quantities, &r.prices, &r.ips, stamps, received, &r.sources, &r.keys];
+
+    // Each future sends its statement when first polled, and `join!` polls them in this order:
+    // the statements reach the server in this order, without waiting for each other's answers.
+    let (begin, totals, rollup, promotion_rollup, products, total, buys, fill, commit) = join!(
+        async { if began { Ok(()) } else { client.batch_execute("BEGIN").await } },
+        async { if some { client.execute(st.get(PROMOTION_TOTALS), &totals).await } else { Ok(0) } },
+        async { if some { client.execute(st.get(ROLLUP), &r.rollup.params()).await } else { Ok(0) } },
+        async {
+            if some { client.execute(st.get(PROMOTION_ROLLUP), &r.promotion_rollup.params()).await } else { Ok(0) }
+        },
+        async { if some { client.execute(st.get(PROMOTION_PRODUCTS), &r.products.params()).await } else { Ok(0) } },
+        async {
+            if some { client.query_one(st.get(TAKE_SEQUENCE), &[&r.n, &r.units]).await.map(Some) } else { Ok(None) }
+        },
+        async { if some { client.execute(st.get(INSERT_BUYS), &buys).await } else { Ok(0) } },
+        async {
+            if filled.is_empty() {
+                Ok(0)
+            } else {
+                client.execute(st.get(FILL_KEYS), &[&r.n, &filled_keys, &filled_rel]).await
+            }
+        },
+        client.batch_execute("COMMIT"),
+    );
+
+    // The first failure in pipeline order decides (later statements only report the aborted
+    // transaction or the same lost connection).
+    let (total, total_error) = match total {
+        Ok(row) => (row, None),
+        Err(e) => (None, Some(e)),
+    };
+    let statements = [
+        begin.err(),
+        totals.err(),
+        rollup.err(),
+        promotion_rollup.err(),
+        products.err(),
+        total_error,
+        buys.err(),
+        fill.err(),
+    ];
+    if let Some(e) = statements.iter().flatten().next() {
+        return Err(if e.as_db_error().is_some() {
+            // The server refused a statement, so the transaction was aborted and the pipelined
+            // COMMIT rolled it back: nothing is recorded, and the connection is idle again.
+            Failure::not_committed(e, client)
+        } else {
+            // The connection failed mid-pipeline: the COMMIT may have run before it did.
+            let message = format!("the outcome of the commit is unknown: {}", describe(e));
+            Failure { message, unknown: true, retryable: false, broken: true }
+        });
+    }
+    if let Err(e) = commit {
+        // A COMMIT refused by the server (a serialization failure on distributed databases) did
+        // not commit; a connection lost while waiting for its answer leaves the outcome unknown.
+        return Err(if e.as_db_error().is_some() {
+            Failure::not_committed(&e, client)
+        } else {
+            let message = format!("the outcome of the commit is unknown: {}", describe(&e));
+            Failure { message, unknown: true, retryable: false, broken: true }
+        });
+    }
+    match total {
+        Some(row) => row.try_get(0).map(Some).map_err(|e| Failure {
+            // Committed, but the answer cannot be read: the numbers handed out are unknown.
+            message: format!("the commit succeeded but its sequence number could not be read: {}", describe(&e)),
+            unknown: true,
+            retryable: false,
+            broken: false,
+        }),
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,370 @@
+//! Several replicas of the real binary on one PostgreSQL database act as one service (SPEC §7):
+//! one count, unique gap-free sequence numbers, global idempotency; and a PostgreSQL outage gives
+//! quick errors, after which the service recovers by itself.
+//!
+//! Each test creates its own database on the server named by `BUY_TRACKER_TEST_POSTGRES_URL` and
+//! is skipped (with a SKIP line) without it; see `common/postgres_db.rs`.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::postgres_db::{TestDatabase, server_or_skip};
+use common::{Server, binary, buy};
+use serde_json::{Value, json};
+
+/// Start `n` replicas of the binary on `database_url` all at once (so their migrations race, as
+/// replicas started together by an orchestrator do), and wait until each listens.
+fn start_replicas(database_url: &str, n: usize) -> Vec<Server> {
+    let mut starting = Vec::new();
+    for _ in 0..n {
+        let mut child = Command::new(binary())
+            .args(["--host", "127.0.0.1", "--port", "0", "--database-url", database_url])
+            // The machine's settings must not leak in (see `Server::start`).
+            .env_remove("DATABASE_URL")
+            .env_remove("RUST_LOG")
+            .env_remove("BUY_TRACKER_WRITE_KEYS")
+            .env_remove("BUY_TRACKER_READ_KEYS")
+            .env_remove("BUY_TRACKER_TRUSTED_PROXIES")
+            .env_remove("BUY_TRACKER_LOG_FORMAT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary starts");
+        let (tx, lines) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        starting.push((child, lines));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    starting
+        .into_iter()
+        .map(|(child, lines)| {
+            let mut seen = Vec::new();
+            let addr = loop {
+                let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+                    break None;
+                };
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr: String = rest.chars().take_while(|c| !matches!(c, '"' | ' ')).collect();
+                    break addr.parse::<SocketAddr>().ok();
+                }
+                seen.push(line);
+            };
+            // Built before checking, so that a replica that failed is killed when dropped.
+            let server = Server { child, addr: addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))), lines };
+            assert!(addr.is_some(), "a replica did not start within 20 s:\n{}", seen.join("\n"));
+            server
+        })
+        .collect()
+}
+
+/// The base URLs of `servers` (a `Server` holds its log receiver, which cannot cross tasks).
+fn bases(servers: &[Server]) -> Arc<Vec<String>> {
+    Arc::new(servers.iter().map(|s| s.url("")).collect())
+}
+
+async fn post_buy(client: &reqwest::Client, base: &str, body: &Value, key: Option<&str>) -> reqwest::Response {
+    let mut request = client.post(format!("{base}/buy")).json(body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    request.send().await.expect("request")
+}
+
+async fn get_json(client: &reqwest::Client, base: &str, path: &str) -> Value {
+    client.get(format!("{base}{path}")).send().await.expect("request").json().await.expect("json")
+}
+
+/// Concurrent buys spread over three replicas: every one acknowledged, an exact total seen by
+/// every replica, and sequence numbers 1..=n, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_gap_free_sequence() {
+    let Some(server) = server_or_skip() else { return };
+    let database = TestDatabase::create(&server);
+    let servers = start_replicas(&database.url, 3);
+    let replicas = bases(&servers);
+    let client = reqwest::Client::new();
+    let n: i64 = 1500;
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(96));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (client, replicas, semaphore) = (client.clone(), replicas.clone(), semaphore.clone());
+            tokio::spawn(async move {
+                let _permit = semaphore.acquire().await.unwrap();
+                let replica = &replicas[i as usize % replicas.len()];
+                let response = post_buy(&client, replica, &buy(i, i % 7, i % 11, 1 + i % 3), None).await;
+                assert_eq!(response.status(), 200);
+                response.json::<Value>().await.unwrap()["buy_count"].as_i64().unwrap()
+            })
+        })
+        .collect();
+    let mut counts = Vec::with_capacity(n as usize);
+    for task in tasks {
+        counts.push(task.await.unwrap());
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=n).collect::<Vec<_>>(), "sequence numbers are unique and gap-free");
+    let units: i64 = (0..n).map(|i| 1 + i % 3).sum();
+    for replica in replicas.iter() {
+        let stats = get_json(&client, replica, "/stats").await;
+        assert_eq!(stats["total_buys"], n);
+        assert_eq!(stats["n_recent_buys"], n);
+        let promotions = get_json(&client, replica, "/promotions").await;
+        assert_eq!(promotions["total"], 7);
+        let buys: i64 =
+            promotions["promotions"].as_array().unwrap().iter().map(|p| p["total_buys"].as_i64().unwrap()).sum();
+        let promotion_units: i64 =
+            promotions["promotions"].as_array().unwrap().iter().map(|p| p["total_units"].as_i64().unwrap()).sum();
+        assert_eq!((buys, promotion_units), (n, units));
+    }
+    // The export of any replica lists every buy once, in sequence order.
+    let csv = client.get(format!("{}/export?format=csv", replicas[2])).send().await.unwrap().text().await.unwrap();
+    let exported: Vec<i64> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap().parse().unwrap()).collect();
+    assert_eq!(exported, (1..=n).collect::<Vec<_>>());
+}
+
+/// A key recorded on one replica is replayed by another, refused there with another body, and a
+/// key sent to every replica at the same moment is recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_are_global() {
+    let Some(server) = server_or_skip() else { return };
+    let database = TestDatabase::create(&server);
+    let servers = start_replicas(&database.url, 3);
+    let replicas = bases(&servers);
+    let client = reqwest::Client::new();
+
+    let first = post_buy(&client, &replicas[0], &buy(1, 2, 3, 4), Some("order-1")).await;
+    assert_eq!(first.status(), 200);
+    assert!(!first.headers().contains_key("idempotent-replayed"));
+    let first: Value = first.json().await.unwrap();
+    let again = post_buy(&client, &replicas[1], &buy(1, 2, 3, 4), Some("order-1")).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    let other = post_buy(&client, &replicas[2], &buy(1, 2, 3, 5), Some("order-1")).await;
+    assert_eq!(other.status(), 422);
+    assert_eq!(get_json(&client, &replicas[2], "/stats").await["total_buys"], 1);
+
+    // Races: for each key, one request per replica at once. Exactly one is recorded; the others
+    // replay it (or get 409 while it is in flight on their own replica).
+    let keys = 20;
+    let mut tasks = Vec::new();
+    for k in 0..keys {
+        for r in 0..replicas.len() {
+            let (client, replicas) = (client.clone(), replicas.clone());
+            tasks.push(tokio::spawn(async move {
+                let key = format!("race-{k}");
+                let response = post_buy(&client, &replicas[r], &buy(k, 9, 9, 1), Some(&key)).await;
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                (k, status, body["buy_count"].as_i64())
+            }));
+        }
+    }
+    let mut by_key: Vec<HashSet<i64>> = vec![HashSet::new(); keys as usize];
+    for task in tasks {
+        let (k, status, buy_count) = task.await.unwrap();
+        assert!(status == 200 || status == 409, "key {k}: status {status}");
+        if let Some(buy_count) = buy_count {
+            by_key[k as usize].insert(buy_count);
+        }
+    }
+    for (k, counts) in by_key.iter().enumerate() {
+        assert_eq!(counts.len(), 1, "key race-{k} answered with different sequence numbers: {counts:?}");
+    }
+    let stats = get_json(&client, &replicas[0], "/stats").await;
+    assert_eq!(stats["total_buys"], 1 + keys);
+}
+
+/// What the test proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Forwards both ways.
+    Up,
+    /// Holds every byte, as a frozen server does: connections stay open, nothing is answered.
+    Stalled,
+    /// Closes every open connection and every new one at once, as a network or server outage.
+    Down,
+}
+
+/// A TCP proxy in front of PostgreSQL that the test can stall or cut.
+struct Proxy {
+    addr: SocketAddr,
+    mode: tokio::sync::watch::Sender<Mode>,
+}
+
+/// Wait until traffic may flow; `false` when the connection must close.
+async fn flowing(mode: &mut tokio::sync::watch::Receiver<Mode>) -> bool {
+    loop {
+        let now = *mode.borrow_and_update();
+        match now {
+            Mode::Up => return true,
+            Mode::Down => return false,
+            Mode::Stalled => {
+                if mode.changed().await.is_err() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Copy one direction of a proxied connection, obeying the mode.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: tokio::sync::watch::Receiver<Mode>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    while flowing(&mut mode).await {
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = mode.changed() => continue,
+        };
+        if !flowing(&mut mode).await || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mode, _) = tokio::sync::watch::channel(Mode::Up);
+        let modes = mode.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if *modes.borrow() == Mode::Down {
+                    continue; // dropped: closed at once
+                }
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { continue };
+                let ((in_read, in_write), (out_read, out_write)) = (inbound.into_split(), outbound.into_split());
+                tokio::spawn(pump(in_read, out_write, modes.subscribe()));
+                tokio::spawn(pump(out_read, in_write, modes.subscribe()));
+            }
+        });
+        Proxy { addr, mode }
+    }
+
+    fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+}
+
+/// A replica of the binary that reaches the test database through a [`Proxy`].
+async fn replica_behind_proxy(server: &str, database: &TestDatabase) -> (Proxy, Vec<Server>) {
+    let config: postgres::Config = server.parse().expect("test server URL");
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => "127.0.0.1".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let target = tokio::net::lookup_host((host.as_str(), port)).await.unwrap().next().expect("server address");
+    let proxy = Proxy::start(target).await;
+    let name = database.url.rsplit('/').next().unwrap().split('?').next().unwrap().to_string();
+    let user = config.get_user().unwrap_or("postgres");
+    let servers = start_replicas(&format!("postgres://{user}@{}/{name}", proxy.addr), 1);
+    (proxy, servers)
+}
+
+/// While PostgreSQL is unreachable, writes and /health answer 503 within the contract's 5 s and
+/// the process stays up; once it is back, the next requests succeed without a restart and no
+/// sequence number was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_gives_quick_errors_then_recovers() {
+    let Some(server) = server_or_skip() else { return };
+    let database = TestDatabase::create(&server);
+    let (proxy, servers) = replica_behind_proxy(&server, &database).await;
+    let replica = servers[0].url("");
+    let replica = replica.as_str();
+    let url = |path: &str| format!("{replica}{path}");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+
+    assert_eq!(post_buy(&client, replica, &buy(1, 2, 3, 4), None).await.status(), 200);
+    // Warm the read pool, so a stale pooled connection is met after the outage.
+    assert_eq!(client.get(url("/health")).send().await.unwrap().status(), 200);
+
+    proxy.set(Mode::Down);
+    for _ in 0..2 {
+        let started = Instant::now();
+        let response = post_buy(&client, replica, &buy(1, 2, 3, 4), None).await;
+        assert_eq!(response.status(), 503);
+        assert!(started.elapsed() < Duration::from_secs(5), "503 took {:?}", started.elapsed());
+        let started = Instant::now();
+        let health = client.get(url("/health")).send().await.unwrap();
+        assert_eq!(health.status(), 503);
+        assert!(started.elapsed() < Duration::from_secs(5), "health took {:?}", started.elapsed());
+        let stats = client.get(url("/stats")).send().await.unwrap();
+        assert_eq!(stats.status(), 503);
+    }
+    assert_eq!(client.get(url("/health/live")).send().await.unwrap().status(), 200);
+
+    proxy.set(Mode::Up);
+    let response = post_buy(&client, replica, &buy(1, 2, 3, 4), None).await;
+    assert_eq!(response.status(), 200, "the first write after the outage succeeds");
+    assert_eq!(response.json::<Value>().await.unwrap()["buy_count"], 2, "failed writes took no number");
+    assert_eq!(client.get(url("/health")).send().await.unwrap().status(), 200);
+    let stats: Value = client.get(url("/stats")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stats["total_buys"], json!(2));
+}
+
+/// A server that accepts data but never answers (a frozen process, a stuck disk) gets no request
+/// stuck: writes and /health answer 503 within the contract's 5 s, and once it answers again the
+/// service goes on with a gap-free sequence (the write cut off may or may not have been recorded,
+/// as its 503 said).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_gets_no_request_stuck() {
+    let Some(server) = server_or_skip() else { return };
+    let database = TestDatabase::create(&server);
+    let (proxy, servers) = replica_behind_proxy(&server, &database).await;
+    let replica = servers[0].url("");
+    let replica = replica.as_str();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+    assert_eq!(post_buy(&client, replica, &buy(1, 2, 3, 4), None).await.status(), 200);
+
+    proxy.set(Mode::Stalled);
+    let started = Instant::now();
+    let response = post_buy(&client, replica, &buy(1, 2, 3, 4), None).await;
+    assert_eq!(response.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(5), "503 took {:?}", started.elapsed());
+    let started = Instant::now();
+    assert_eq!(client.get(format!("{replica}/health")).send().await.unwrap().status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(5), "health took {:?}", started.elapsed());
+
+    proxy.set(Mode::Up);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let last = loop {
+        let response = post_buy(&client, replica, &buy(1, 2, 3, 4), None).await;
+        if response.status() == 200 {
+            break response.json::<Value>().await.unwrap()["buy_count"].as_i64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no write succeeded after the server came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!((2..=3).contains(&last), "buy_count {last}");
+    let stats = get_json(&client, replica, "/stats").await;
+    assert_eq!(stats["total_buys"], last);
+    let csv = client.get(format!("{replica}/export?format=csv")).send().await.unwrap().text().await.unwrap();
+    let exported: Vec<i64> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap().parse().unwrap()).collect();
+    assert_eq!(exported, (1..=last).collect::<Vec<_>>());
+}
