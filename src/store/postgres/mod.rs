@@ -480,6 +480,20 @@ mod tests {
         out
     }
 
+    /// The writer checks a connection that has been idle before committing on it; that check
+    /// runs on the writer's own runtime (it once panicked, outside any runtime).
+    #[test]
+    fn commits_after_the_writer_connection_was_idle() {
+        let Some(database) = TestDatabase::create() else { return };
+        let pg = PostgresStore::open(&database.url).unwrap();
+        let write = || Write { buys: vec![record(1, 2, 3, 1, None, 1_750_000_000 * US)], idempotency: None };
+        assert_eq!(pg.commit(&[write()], 0).unwrap(), vec![WriteOutcome::Recorded { last_seq: 1, recorded: 1 }]);
+        std::thread::sleep(write::CHECK_AFTER_IDLE + Duration::from_millis(200));
+        assert_eq!(pg.commit(&[write()], 0).unwrap(), vec![WriteOutcome::Recorded { last_seq: 2, recorded: 1 }]);
+        std::thread::sleep(write::CHECK_AFTER_IDLE + Duration::from_millis(200));
+        assert_eq!(pg.prune_idempotency(0).unwrap(), 0);
+    }
+
     #[test]
     fn answers_exactly_as_the_sqlite_store() {
         let Some(database) = TestDatabase::create() else { return };

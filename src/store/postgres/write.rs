@@ -81,7 +81,7 @@ const COMMIT_DEADLINE: Duration = Duration::from_secs(4);
 /// A connection idle for longer than this is checked with an empty query before a commit, so a
 /// connection that died while idle (PostgreSQL restarted) is replaced before anything is sent,
 /// rather than making the commit's outcome unknown.
-const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+pub(super) const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 const DELETE_EXPIRED_KEYS: &str = "DELETE FROM idempotency WHERE key = ANY(CAST($1 AS TEXT[])) AND created_at_us < $2";
@@ -323,7 +323,9 @@ impl WriterConn {
             return Ok(());
         }
         let client = &self.client;
-        let answered = self.runtime.block_on(tokio::time::timeout(CHECK_TIMEOUT, client.simple_query("")));
+        // The timer must be created inside the runtime (this thread is not a tokio thread).
+        let answered =
+            self.runtime.block_on(async { tokio::time::timeout(CHECK_TIMEOUT, client.simple_query("")).await });
         let message = match answered {
             Ok(Ok(_)) => {
                 self.last_used = Instant::now();
