@@ -329,6 +329,38 @@ async fn keys_guard_writes_and_reads(kind: StoreKind) {
     assert_eq!(app.get("/health").await.status(), 200, "health stays open for load balancers");
 }
 
+/// The stored client IP believes forwarding headers only from trusted proxies (SPEC §4).
+async fn forwarding_headers_are_believed_only_from_trusted_proxies(kind: StoreKind) {
+    let forged = |app: &TestApp| {
+        app.client
+            .post(app.url("/buy"))
+            .header("x-forwarded-for", "198.51.100.7")
+            .header("forwarded", "for=198.51.100.8")
+            .json(&buy(1, 2, 3, 4))
+            .send()
+    };
+    let stored_ip = |app: &TestApp| {
+        let request = app.client.get(app.url("/export?format=ndjson")).send();
+        async move {
+            let text = request.await.unwrap().text().await.unwrap();
+            let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+            last["ip_address"].as_str().unwrap().to_string()
+        }
+    };
+    // Loopback is a trusted proxy by default: the Forwarded header names the client.
+    let trusting = TestApp::spawn(kind).await;
+    assert_eq!(forged(&trusting).await.unwrap().status(), 200);
+    assert_eq!(stored_ip(&trusting).await, "198.51.100.8");
+    // With only another network trusted, this loopback peer is an untrusted client: its
+    // headers are ignored and its own address is recorded.
+    let strict = TestApp::spawn_with(kind, |c| {
+        c.trusted_proxies = buy_tracker::client_ip::TrustedProxies::new(vec!["10.9.0.0/16".parse().unwrap()])
+    })
+    .await;
+    assert_eq!(forged(&strict).await.unwrap().status(), 200);
+    assert_eq!(stored_ip(&strict).await, "127.0.0.1");
+}
+
 async fn graceful_stop_keeps_acknowledged_buys(kind: StoreKind) {
     let app = TestApp::spawn(kind).await;
     let response = app.post("/buy", &buy(1, 2, 3, 4)).await;
@@ -352,5 +384,6 @@ on_every_store!(
     concurrent_requests_with_one_key_record_once,
     concurrent_buys_get_gap_free_sequence_numbers,
     keys_guard_writes_and_reads,
+    forwarding_headers_are_believed_only_from_trusted_proxies,
     graceful_stop_keeps_acknowledged_buys,
 );

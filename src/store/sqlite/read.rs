@@ -28,15 +28,18 @@ const RECENT_ALL: &str = "
             WHERE granularity_s = 3600 AND bucket_s >= ?5)
     SELECT sum(buys), sum(units) FROM parts";
 
+// `INDEXED BY`: the table is keyed by bucket first (so commits touch few pages), and the planner
+// would otherwise scan every promotion's buckets in the window (measured 0.33 ms instead of
+// 0.02 ms per call on a 10-million-buy store).
 const RECENT_PROMOTION: &str = "
     WITH parts (buys, units) AS (
         SELECT count(*), coalesce(sum(product_quantity), 0) FROM buys
             WHERE timestamp_us >= ?1 AND timestamp_us < ?2 AND promotion_id = ?6
-        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM promotion_rollup
+        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM promotion_rollup INDEXED BY promotion_rollup_by_promotion
             WHERE promotion_id = ?6 AND granularity_s = 1 AND bucket_s >= ?3 AND bucket_s < ?4
-        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM promotion_rollup
+        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM promotion_rollup INDEXED BY promotion_rollup_by_promotion
             WHERE promotion_id = ?6 AND granularity_s = 60 AND bucket_s >= ?4 AND bucket_s < ?5
-        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM promotion_rollup
+        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM promotion_rollup INDEXED BY promotion_rollup_by_promotion
             WHERE promotion_id = ?6 AND granularity_s = 3600 AND bucket_s >= ?5)
     SELECT sum(buys), sum(units) FROM parts";
 
@@ -139,7 +142,7 @@ pub fn timeseries(
             .collect(),
         Some(p) => conn
             .prepare_cached(
-                "SELECT bucket_s, buys, units FROM promotion_rollup
+                "SELECT bucket_s, buys, units FROM promotion_rollup INDEXED BY promotion_rollup_by_promotion
                  WHERE promotion_id = ?4 AND granularity_s = ?1 AND bucket_s >= ?2 AND bucket_s <= ?3
                  ORDER BY bucket_s",
             )?
