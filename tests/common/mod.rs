@@ -131,9 +131,13 @@ impl Server {
     /// Start the binary on port 0 with a SQLite file at `db`, plus `extra` arguments; waits for
     /// the `listening on http://ADDR:PORT` line.
     pub fn start(db: &Path, extra: &[&str]) -> Server {
+        Self::start_url(&format!("sqlite:{}", db.display()), extra)
+    }
+
+    /// As [`Server::start`], on any database URL.
+    pub fn start_url(database_url: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(binary())
-            .args(["--host", "127.0.0.1", "--port", "0", "--database-url"])
-            .arg(format!("sqlite:{}", db.display()))
+            .args(["--host", "127.0.0.1", "--port", "0", "--database-url", database_url])
             .args(extra)
             // The machine's settings must not leak in (keys would make writes 401; a quieter
             // RUST_LOG would hide the address line).
