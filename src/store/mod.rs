@@ -4,6 +4,7 @@
 //! Calls are blocking: the single writer runs on its own thread and reads run on tokio's blocking
 //! pool, so a slow disk never stalls the async workers.
 
+pub mod aggregate;
 pub mod postgres;
 pub mod sqlite;
 

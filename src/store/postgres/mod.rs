@@ -385,7 +385,8 @@ mod tests {
     use super::*;
     use crate::domain::{Buy, BuyRecord};
     use crate::request_time::TimestampSource;
-    use crate::store::sqlite::{SqliteStore, US};
+    use crate::store::aggregate::US;
+    use crate::store::sqlite::SqliteStore;
     use crate::store::{IDEMPOTENCY_TTL_US, IdempotencyClaim};
 
     /// A fresh database, dropped at the end of the test.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use postgres::{Client, IsolationLevel, Statement};
 
-use crate::store::sqlite::US;
+use crate::store::aggregate::{US, window_edges};
 use crate::store::{Bucket, Counts, ExportFilter, ExportRow, ProductCount, PromotionStats, PromotionSummary};
 
 /// A read connection with the statements it has prepared so far.
@@ -46,16 +46,6 @@ impl ReadConn {
         tx.commit()?;
         Ok(value)
     }
-}
-
-/// Second, minute and hour boundaries at or after `since_us`: `[since, ∞)` is split into a
-/// partial second (counted from the buys' timestamp index) and whole seconds, minutes and hours
-/// (summed from the rollups). The same split as the SQLite store's.
-pub fn window_edges(since_us: i64) -> (i64, i64, i64) {
-    let second = since_us.div_euclid(US) + i64::from(since_us.rem_euclid(US) != 0);
-    let ceil_to = |x: i64, g: i64| x + (g - x.rem_euclid(g)) % g;
-    let minute = ceil_to(second, 60);
-    (second, minute, ceil_to(minute, 3600))
 }
 
 /// Totals and recent counts over all buys, in one statement (one snapshot).

@@ -62,7 +62,7 @@
 //! SERIALIZABLE isolation a conflicting transaction fails with SQLSTATE 40001 instead of waiting;
 //! that is a server error, so the commit is retried.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use futures_util::join;
@@ -71,7 +71,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{describe, is_broken, is_retryable};
 use crate::domain::BuyRecord;
-use crate::store::sqlite::{GRANULARITIES, US};
+use crate::store::aggregate::Deltas;
 use crate::store::{IDEMPOTENCY_TTL_US, Write, WriteOutcome};
 
 /// Longest a commit may wait for PostgreSQL's answers before it is abandoned as unknown. This
@@ -335,67 +335,6 @@ impl WriterConn {
             Err(_) => format!("PostgreSQL did not answer within {CHECK_TIMEOUT:?}"),
         };
         Err(Failure { message, unknown: false, retryable: true, broken: true })
-    }
-}
-
-/// Buys and units.
-#[derive(Default, Clone, Copy)]
-struct Tally {
-    buys: i64,
-    units: i64,
-}
-
-impl Tally {
-    fn add(&mut self, units: i64) {
-        self.buys += 1;
-        self.units += units;
-    }
-}
-
-/// What one promotion gains in this transaction.
-struct PromotionDelta {
-    tally: Tally,
-    revenue_cents: i64,
-    first_us: i64,
-    last_us: i64,
-}
-
-/// All aggregate changes of one transaction, keyed in lock order.
-#[derive(Default)]
-struct Deltas {
-    rollup: BTreeMap<(i64, i64), Tally>,
-    promotion_rollup: BTreeMap<(i64, i64, i64), Tally>,
-    promotions: BTreeMap<i64, PromotionDelta>,
-    products: BTreeMap<(i64, i64), Tally>,
-    buyers: BTreeSet<(i64, i64)>,
-    units: i64,
-}
-
-impl Deltas {
-    fn add(&mut self, record: &BuyRecord) {
-        let buy = &record.buy;
-        let units = buy.quantity.get();
-        let second = record.timestamp_us.div_euclid(US);
-        for g in GRANULARITIES {
-            let bucket = second - second.rem_euclid(g);
-            self.rollup.entry((g, bucket)).or_default().add(units);
-            self.promotion_rollup.entry((buy.promotion_id, g, bucket)).or_default().add(units);
-        }
-        let promotion = self.promotions.entry(buy.promotion_id).or_insert(PromotionDelta {
-            tally: Tally::default(),
-            revenue_cents: 0,
-            first_us: record.timestamp_us,
-            last_us: record.timestamp_us,
-        });
-        promotion.tally.add(units);
-        // Saturating: a hostile price cannot wrap the revenue around.
-        let revenue = buy.unit_price_cents.map_or(0, |p| p.saturating_mul(units));
-        promotion.revenue_cents = promotion.revenue_cents.saturating_add(revenue);
-        promotion.first_us = promotion.first_us.min(record.timestamp_us);
-        promotion.last_us = promotion.last_us.max(record.timestamp_us);
-        self.products.entry((buy.promotion_id, buy.product_id)).or_default().add(units);
-        self.buyers.insert((buy.promotion_id, buy.user_id));
-        self.units += units;
     }
 }
 

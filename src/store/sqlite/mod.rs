@@ -23,10 +23,6 @@ use super::{
     Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, Write, WriteOutcome,
 };
 
-/// Bucket sizes kept in the `rollup` table, in seconds.
-pub(crate) const GRANULARITIES: [i64; 3] = [1, 60, 3600];
-pub(crate) const US: i64 = 1_000_000;
-
 /// SQLite behind the [`Store`] interface.
 pub struct SqliteStore {
     writer: Mutex<Connection>,
@@ -200,10 +196,10 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::read::window_edges;
     use super::*;
     use crate::domain::{Buy, BuyRecord};
     use crate::request_time::TimestampSource;
+    use crate::store::aggregate::US;
 
     fn record(timestamp_us: i64, quantity: i64) -> BuyRecord {
         let json = serde_json::json!({"user_id": 1, "promotion_id": 2, "product_id": 3, "product_quantity": quantity});
@@ -215,15 +211,6 @@ mod tests {
             timestamp_source: TimestampSource::Server,
             idempotency_key: None,
         }
-    }
-
-    #[test]
-    fn window_edges_round_up() {
-        assert_eq!(window_edges(0), (0, 0, 0));
-        assert_eq!(window_edges(1), (1, 60, 3600));
-        assert_eq!(window_edges(3_600 * US), (3600, 3600, 3600));
-        assert_eq!(window_edges(3_599 * US + 5), (3600, 3600, 3600));
-        assert_eq!(window_edges(61 * US), (61, 120, 3600));
     }
 
     /// Recent counts from rollups equal a brute-force count at every cutoff, including cutoffs

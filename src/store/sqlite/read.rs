@@ -3,18 +3,8 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::US;
+use crate::store::aggregate::{US, window_edges};
 use crate::store::{Bucket, Counts, ExportFilter, ExportRow, ProductCount, PromotionStats, PromotionSummary};
-
-/// Second, minute and hour boundaries at or after `since_us`: `[since, ∞)` is split into a
-/// partial second (counted from the buys' timestamp index) and whole seconds, minutes and hours
-/// (summed from the rollups).
-pub fn window_edges(since_us: i64) -> (i64, i64, i64) {
-    let second = since_us.div_euclid(US) + i64::from(since_us.rem_euclid(US) != 0);
-    let ceil_to = |x: i64, g: i64| x + (g - x.rem_euclid(g)) % g;
-    let minute = ceil_to(second, 60);
-    (second, minute, ceil_to(minute, 3600))
-}
 
 const RECENT_ALL: &str = "
     WITH parts (buys, units) AS (

@@ -3,110 +3,42 @@
 //! Aggregates are first summed in memory over the whole group commit, so each bucket, promotion
 //! and product row is upserted once per transaction however many buys touch it.
 
-use std::collections::{BTreeMap, HashSet};
-
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::{GRANULARITIES, US};
-use crate::domain::BuyRecord;
+use crate::store::aggregate::Deltas;
 use crate::store::{IDEMPOTENCY_TTL_US, Write, WriteOutcome};
 
-/// Buys and units.
-#[derive(Default, Clone, Copy)]
-struct Tally {
-    buys: i64,
-    units: i64,
-}
-
-impl Tally {
-    fn add(&mut self, units: i64) {
-        self.buys += 1;
-        self.units += units;
-    }
-}
-
-/// What one promotion gains in this transaction.
-struct PromotionDelta {
-    tally: Tally,
-    revenue_cents: i64,
-    new_buyers: i64,
-    first_us: i64,
-    last_us: i64,
-}
-
-/// All aggregate changes of one transaction.
-#[derive(Default)]
-struct Deltas {
-    /// (granularity, bucket) → tally, for all buys.
-    rollup: BTreeMap<(i64, i64), Tally>,
-    /// (promotion, granularity, bucket) → tally.
-    promotion_rollup: BTreeMap<(i64, i64, i64), Tally>,
-    promotions: BTreeMap<i64, PromotionDelta>,
-    /// (promotion, product) → tally.
-    products: BTreeMap<(i64, i64), Tally>,
-    /// (promotion, user) pairs seen in this transaction, to try each once.
-    buyers: HashSet<(i64, i64)>,
-    units: i64,
-}
-
-impl Deltas {
-    fn add(&mut self, record: &BuyRecord) {
-        let buy = &record.buy;
-        let units = buy.quantity.get();
-        let second = record.timestamp_us.div_euclid(US);
-        for g in GRANULARITIES {
-            let bucket = second - second.rem_euclid(g);
-            self.rollup.entry((g, bucket)).or_default().add(units);
-            self.promotion_rollup.entry((buy.promotion_id, g, bucket)).or_default().add(units);
+/// Write one transaction's aggregate changes, counting which buyers are new to their promotion.
+fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
+    let mut new_buyer = tx.prepare_cached(
+        "INSERT INTO promotion_buyers (promotion_id, user_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+    )?;
+    for (promotion_id, user_id) in &deltas.buyers {
+        if new_buyer.execute(params![promotion_id, user_id])? == 1
+            && let Some(p) = deltas.promotions.get_mut(promotion_id)
+        {
+            p.new_buyers += 1;
         }
-        let promotion = self.promotions.entry(buy.promotion_id).or_insert(PromotionDelta {
-            tally: Tally::default(),
-            revenue_cents: 0,
-            new_buyers: 0,
-            first_us: record.timestamp_us,
-            last_us: record.timestamp_us,
-        });
-        promotion.tally.add(units);
-        // Saturating: a hostile price cannot wrap the revenue around.
-        let revenue = buy.unit_price_cents.map_or(0, |p| p.saturating_mul(units));
-        promotion.revenue_cents = promotion.revenue_cents.saturating_add(revenue);
-        promotion.first_us = promotion.first_us.min(record.timestamp_us);
-        promotion.last_us = promotion.last_us.max(record.timestamp_us);
-        self.products.entry((buy.promotion_id, buy.product_id)).or_default().add(units);
-        self.buyers.insert((buy.promotion_id, buy.user_id));
-        self.units += units;
     }
-
-    fn flush(mut self, tx: &Transaction) -> rusqlite::Result<()> {
-        let mut new_buyer = tx.prepare_cached(
-            "INSERT INTO promotion_buyers (promotion_id, user_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-        )?;
-        for (promotion_id, user_id) in &self.buyers {
-            if new_buyer.execute(params![promotion_id, user_id])? == 1
-                && let Some(p) = self.promotions.get_mut(promotion_id)
-            {
-                p.new_buyers += 1;
-            }
-        }
-        let mut rollup = tx.prepare_cached(
-            "INSERT INTO rollup (granularity_s, bucket_s, buys, units) VALUES (?1, ?2, ?3, ?4)
+    let mut rollup = tx.prepare_cached(
+        "INSERT INTO rollup (granularity_s, bucket_s, buys, units) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (granularity_s, bucket_s)
              DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units",
-        )?;
-        for ((g, bucket), t) in &self.rollup {
-            rollup.execute(params![g, bucket, t.buys, t.units])?;
-        }
-        let mut promotion_rollup = tx.prepare_cached(
-            "INSERT INTO promotion_rollup (promotion_id, granularity_s, bucket_s, buys, units)
+    )?;
+    for ((g, bucket), t) in &deltas.rollup {
+        rollup.execute(params![g, bucket, t.buys, t.units])?;
+    }
+    let mut promotion_rollup = tx.prepare_cached(
+        "INSERT INTO promotion_rollup (promotion_id, granularity_s, bucket_s, buys, units)
              VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (granularity_s, bucket_s, promotion_id)
              DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units",
-        )?;
-        for ((promotion_id, g, bucket), t) in &self.promotion_rollup {
-            promotion_rollup.execute(params![promotion_id, g, bucket, t.buys, t.units])?;
-        }
-        let mut totals = tx.prepare_cached(
-            "INSERT INTO promotion_totals
+    )?;
+    for ((promotion_id, g, bucket), t) in &deltas.promotion_rollup {
+        promotion_rollup.execute(params![promotion_id, g, bucket, t.buys, t.units])?;
+    }
+    let mut totals = tx.prepare_cached(
+        "INSERT INTO promotion_totals
                  (promotion_id, total_buys, total_units, revenue_cents, unique_buyers, first_buy_us, last_buy_us)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (promotion_id) DO UPDATE SET
@@ -117,28 +49,27 @@ impl Deltas {
                  unique_buyers = unique_buyers + excluded.unique_buyers,
                  first_buy_us = min(first_buy_us, excluded.first_buy_us),
                  last_buy_us = max(last_buy_us, excluded.last_buy_us)",
-        )?;
-        for (promotion_id, p) in &self.promotions {
-            totals.execute(params![
-                promotion_id,
-                p.tally.buys,
-                p.tally.units,
-                p.revenue_cents,
-                p.new_buyers,
-                p.first_us,
-                p.last_us
-            ])?;
-        }
-        let mut products = tx.prepare_cached(
-            "INSERT INTO promotion_products (promotion_id, product_id, buys, units) VALUES (?1, ?2, ?3, ?4)
+    )?;
+    for (promotion_id, p) in &deltas.promotions {
+        totals.execute(params![
+            promotion_id,
+            p.tally.buys,
+            p.tally.units,
+            p.revenue_cents,
+            p.new_buyers,
+            p.first_us,
+            p.last_us
+        ])?;
+    }
+    let mut products = tx.prepare_cached(
+        "INSERT INTO promotion_products (promotion_id, product_id, buys, units) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (promotion_id, product_id)
              DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units",
-        )?;
-        for ((promotion_id, product_id), t) in &self.products {
-            products.execute(params![promotion_id, product_id, t.buys, t.units])?;
-        }
-        Ok(())
+    )?;
+    for ((promotion_id, product_id), t) in &deltas.products {
+        products.execute(params![promotion_id, product_id, t.buys, t.units])?;
     }
+    Ok(())
 }
 
 /// Apply `writes` inside `tx`, in order, and return one outcome per write.
@@ -199,8 +130,8 @@ pub fn apply(tx: &Transaction, writes: &[Write], now_us: i64) -> rusqlite::Resul
         }
         outcomes.push(WriteOutcome::Recorded { last_seq: seq, recorded: write.buys.len() });
     }
+    flush(&mut deltas, tx)?;
     let units = deltas.units;
-    deltas.flush(tx)?;
     tx.execute("UPDATE counter SET total = ?1, total_units = total_units + ?2 WHERE id = 1", [seq, units])?;
     Ok(outcomes)
 }

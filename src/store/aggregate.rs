@@ -1,0 +1,115 @@
+//! What every store maintains beside the buys, computed in memory: the aggregate changes of one
+//! group commit, and how a recent-window count splits into rollup buckets. Each store writes and
+//! reads them with its own SQL; the arithmetic lives here once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::domain::BuyRecord;
+
+/// Microseconds per second (timestamps are stored in microseconds).
+pub const US: i64 = 1_000_000;
+/// Bucket sizes of the rollups, in seconds.
+pub const GRANULARITIES: [i64; 3] = [1, 60, 3600];
+
+/// Second, minute and hour boundaries at or after `since_us`: `[since, ∞)` is split into a
+/// partial second (counted from the buys' timestamp index) and whole seconds, minutes and hours
+/// (summed from the rollups), so a window reads a few hundred rows at most.
+pub fn window_edges(since_us: i64) -> (i64, i64, i64) {
+    let second = since_us.div_euclid(US) + i64::from(since_us.rem_euclid(US) != 0);
+    let ceil_to = |x: i64, g: i64| x + (g - x.rem_euclid(g)) % g;
+    let minute = ceil_to(second, 60);
+    (second, minute, ceil_to(minute, 3600))
+}
+
+/// Buys and units.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    /// Buys.
+    pub buys: i64,
+    /// Units.
+    pub units: i64,
+}
+
+impl Tally {
+    fn add(&mut self, units: i64) {
+        self.buys += 1;
+        self.units += units;
+    }
+}
+
+/// What one promotion gains in one transaction.
+#[derive(Debug)]
+pub struct PromotionDelta {
+    /// Its buys and units.
+    pub tally: Tally,
+    /// Quantity × unit price over its priced buys (saturating).
+    pub revenue_cents: i64,
+    /// Buyers new to the promotion (filled in by the store, which knows who bought before).
+    pub new_buyers: i64,
+    /// Earliest and latest timestamp among its buys.
+    pub first_us: i64,
+    /// See `first_us`.
+    pub last_us: i64,
+}
+
+/// All aggregate changes of one transaction. Every map is ordered, so stores that lock rows
+/// (PostgreSQL) take them in key order and concurrent writers cannot deadlock.
+#[derive(Debug, Default)]
+pub struct Deltas {
+    /// (granularity, bucket) → tally, for all buys.
+    pub rollup: BTreeMap<(i64, i64), Tally>,
+    /// (promotion, granularity, bucket) → tally.
+    pub promotion_rollup: BTreeMap<(i64, i64, i64), Tally>,
+    /// promotion → what it gains.
+    pub promotions: BTreeMap<i64, PromotionDelta>,
+    /// (promotion, product) → tally.
+    pub products: BTreeMap<(i64, i64), Tally>,
+    /// (promotion, user) pairs seen, each to be recorded once.
+    pub buyers: BTreeSet<(i64, i64)>,
+    /// Units over all buys.
+    pub units: i64,
+}
+
+impl Deltas {
+    /// Account for one recorded buy.
+    pub fn add(&mut self, record: &BuyRecord) {
+        let buy = &record.buy;
+        let units = buy.quantity.get();
+        let second = record.timestamp_us.div_euclid(US);
+        for g in GRANULARITIES {
+            let bucket = second - second.rem_euclid(g);
+            self.rollup.entry((g, bucket)).or_default().add(units);
+            self.promotion_rollup.entry((buy.promotion_id, g, bucket)).or_default().add(units);
+        }
+        let promotion = self.promotions.entry(buy.promotion_id).or_insert(PromotionDelta {
+            tally: Tally::default(),
+            revenue_cents: 0,
+            new_buyers: 0,
+            first_us: record.timestamp_us,
+            last_us: record.timestamp_us,
+        });
+        promotion.tally.add(units);
+        // Saturating: a hostile price cannot wrap the revenue around.
+        let revenue = buy.unit_price_cents.map_or(0, |p| p.saturating_mul(units));
+        promotion.revenue_cents = promotion.revenue_cents.saturating_add(revenue);
+        promotion.first_us = promotion.first_us.min(record.timestamp_us);
+        promotion.last_us = promotion.last_us.max(record.timestamp_us);
+        self.products.entry((buy.promotion_id, buy.product_id)).or_default().add(units);
+        self.buyers.insert((buy.promotion_id, buy.user_id));
+        self.units += units;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_edges_round_up() {
+        assert_eq!(window_edges(0), (0, 0, 0));
+        assert_eq!(window_edges(1), (1, 60, 3600));
+        assert_eq!(window_edges(3_600 * US), (3600, 3600, 3600));
+        assert_eq!(window_edges(3_599 * US + 5), (3600, 3600, 3600));
+        assert_eq!(window_edges(61 * US), (61, 120, 3600));
+    }
+}
