@@ -136,3 +136,32 @@ async fn no_rate_limit_by_default() {
         assert_eq!(app.post("/buy", &buy(i, 1, 1, 1)).await.status(), 200);
     }
 }
+
+/// Keys never reach the logs, whether right or wrong (the server runs with --dev: debug level).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_never_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::Server::start(
+        &dir.path().join("buys.db"),
+        &["--dev", "--write-key", "w-secret-4711", "--read-key", "r-secret-0815"],
+    );
+    let client = reqwest::Client::new();
+    for key in ["w-secret-4711", "wrong-secret-9999", "r-secret-0815"] {
+        let _ = client.post(server.url("/buy")).bearer_auth(key).json(&buy(1, 2, 3, 4)).send().await.unwrap();
+        let _ = client.get(server.url("/stats")).header("x-api-key", key).send().await.unwrap();
+    }
+    server.signal("TERM");
+    // Everything logged after start-up, up to the end of the shutdown.
+    let mut lines = Vec::new();
+    for line in server.lines.iter() {
+        let last = line.contains("stopped;");
+        lines.push(line);
+        if last {
+            break;
+        }
+    }
+    assert!(lines.iter().any(|l| l.contains("SIGTERM received")), "the log was read to the end: {lines:?}");
+    for secret in ["w-secret-4711", "wrong-secret-9999", "r-secret-0815"] {
+        assert!(!lines.iter().any(|l| l.contains(secret)), "{secret} appears in the logs");
+    }
+}
