@@ -10,12 +10,11 @@ mod common;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::postgres_db::{TestDatabase, server_or_skip};
-use common::{Server, binary, buy};
+use common::{Server, buy, server_command};
 use serde_json::{Value, json};
 
 /// Start `n` replicas of the binary on `database_url` all at once (so their migrations race, as
@@ -23,19 +22,7 @@ use serde_json::{Value, json};
 fn start_replicas(database_url: &str, n: usize) -> Vec<Server> {
     let mut starting = Vec::new();
     for _ in 0..n {
-        let mut child = Command::new(binary())
-            .args(["--host", "127.0.0.1", "--port", "0", "--database-url", database_url])
-            // The machine's settings must not leak in (see `Server::start`).
-            .env_remove("DATABASE_URL")
-            .env_remove("RUST_LOG")
-            .env_remove("BUY_TRACKER_WRITE_KEYS")
-            .env_remove("BUY_TRACKER_READ_KEYS")
-            .env_remove("BUY_TRACKER_TRUSTED_PROXIES")
-            .env_remove("BUY_TRACKER_LOG_FORMAT")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("binary starts");
+        let mut child = server_command(database_url, &[]).spawn().expect("binary starts");
         let (tx, lines) = std::sync::mpsc::channel();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,

@@ -127,6 +127,25 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_buy-tracker"))
 }
 
+/// The binary on port 0 of loopback with `database_url` and `extra` arguments, output piped.
+pub fn server_command(database_url: &str, extra: &[&str]) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .args(["--host", "127.0.0.1", "--port", "0", "--database-url", database_url])
+        .args(extra)
+        // The machine's settings must not leak in (keys would make writes 401; a quieter
+        // RUST_LOG would hide the address line).
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .env_remove("BUY_TRACKER_WRITE_KEYS")
+        .env_remove("BUY_TRACKER_READ_KEYS")
+        .env_remove("BUY_TRACKER_TRUSTED_PROXIES")
+        .env_remove("BUY_TRACKER_LOG_FORMAT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
 impl Server {
     /// Start the binary on port 0 with a SQLite file at `db`, plus `extra` arguments; waits for
     /// the `listening on http://ADDR:PORT` line.
@@ -136,21 +155,7 @@ impl Server {
 
     /// As [`Server::start`], on any database URL.
     pub fn start_url(database_url: &str, extra: &[&str]) -> Server {
-        let mut child = Command::new(binary())
-            .args(["--host", "127.0.0.1", "--port", "0", "--database-url", database_url])
-            .args(extra)
-            // The machine's settings must not leak in (keys would make writes 401; a quieter
-            // RUST_LOG would hide the address line).
-            .env_remove("DATABASE_URL")
-            .env_remove("RUST_LOG")
-            .env_remove("BUY_TRACKER_WRITE_KEYS")
-            .env_remove("BUY_TRACKER_READ_KEYS")
-            .env_remove("BUY_TRACKER_TRUSTED_PROXIES")
-            .env_remove("BUY_TRACKER_LOG_FORMAT")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("binary starts");
+        let mut child = server_command(database_url, extra).spawn().expect("binary starts");
         let (tx, lines) = mpsc::channel();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
