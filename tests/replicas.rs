@@ -8,56 +8,20 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::postgres_db::{TestDatabase, server_or_skip};
-use common::{Server, buy, server_command};
+use common::{Server, Starting, buy};
 use serde_json::{Value, json};
 
 /// Start `n` replicas of the binary on `database_url` all at once (so their migrations race, as
 /// replicas started together by an orchestrator do), and wait until each listens.
 fn start_replicas(database_url: &str, n: usize) -> Vec<Server> {
-    let mut starting = Vec::new();
-    for _ in 0..n {
-        let mut child = server_command(database_url, &[]).spawn().expect("binary starts");
-        let (tx, lines) = std::sync::mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        starting.push((child, lines));
-    }
+    let starting: Vec<Starting> = (0..n).map(|_| Starting::spawn(database_url, &[])).collect();
     let deadline = Instant::now() + Duration::from_secs(20);
-    starting
-        .into_iter()
-        .map(|(child, lines)| {
-            let mut seen = Vec::new();
-            let addr = loop {
-                let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
-                    break None;
-                };
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr: String = rest.chars().take_while(|c| !matches!(c, '"' | ' ')).collect();
-                    break addr.parse::<SocketAddr>().ok();
-                }
-                seen.push(line);
-            };
-            // Built before checking, so that a replica that failed is killed when dropped.
-            let server = Server { child, addr: addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))), lines };
-            assert!(addr.is_some(), "a replica did not start within 20 s:\n{}", seen.join("\n"));
-            server
-        })
-        .collect()
+    starting.into_iter().map(|replica| replica.listening(deadline)).collect()
 }
 
 /// The base URLs of `servers` (a `Server` holds its log receiver, which cannot cross tasks).

@@ -146,15 +146,15 @@ pub fn server_command(database_url: &str, extra: &[&str]) -> Command {
     command
 }
 
-impl Server {
-    /// Start the binary on port 0 with a SQLite file at `db`, plus `extra` arguments; waits for
-    /// the `listening on http://ADDR:PORT` line.
-    pub fn start(db: &Path, extra: &[&str]) -> Server {
-        Self::start_url(&format!("sqlite:{}", db.display()), extra)
-    }
+/// A started binary whose address is not known yet (so several can start at once).
+pub struct Starting {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
 
-    /// As [`Server::start`], on any database URL.
-    pub fn start_url(database_url: &str, extra: &[&str]) -> Server {
+impl Starting {
+    /// Spawn the binary on `database_url`; its stdout and stderr lines arrive on a channel.
+    pub fn spawn(database_url: &str, extra: &[&str]) -> Starting {
         let mut child = server_command(database_url, extra).spawn().expect("binary starts");
         let (tx, lines) = mpsc::channel();
         for stream in [
@@ -168,22 +168,43 @@ impl Server {
                 }
             });
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        Starting { child, lines }
+    }
+
+    /// Wait until `deadline` for the `listening on http://ADDR:PORT` line; on failure the child is
+    /// killed and the test panics with what it logged.
+    pub fn listening(mut self, deadline: std::time::Instant) -> Server {
+        let mut seen = Vec::new();
         let addr = loop {
-            let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) else {
+            let Ok(line) = self.lines.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            else {
                 break None;
             };
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let addr: String = rest.chars().take_while(|c| !matches!(c, '"' | ' ')).collect();
                 break addr.parse().ok();
             }
+            seen.push(line);
         };
         let Some(addr) = addr else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the server did not log a valid `listening on` address within 20 s");
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            panic!("the server did not log a valid `listening on` address in time:\n{}", seen.join("\n"));
         };
-        Server { child, addr, lines }
+        Server { child: self.child, addr, lines: self.lines }
+    }
+}
+
+impl Server {
+    /// Start the binary on port 0 with a SQLite file at `db`, plus `extra` arguments; waits for
+    /// the `listening on http://ADDR:PORT` line.
+    pub fn start(db: &Path, extra: &[&str]) -> Server {
+        Self::start_url(&format!("sqlite:{}", db.display()), extra)
+    }
+
+    /// As [`Server::start`], on any database URL.
+    pub fn start_url(database_url: &str, extra: &[&str]) -> Server {
+        Starting::spawn(database_url, extra).listening(std::time::Instant::now() + Duration::from_secs(20))
     }
 
     pub fn url(&self, path: &str) -> String {
