@@ -971,7 +971,7 @@ def plots(results):
         for metric, fname, ylabel, title in (
                 ("rps", "throughput-vs-concurrency.png", "requests per second (median of rounds)", "POST /buy throughput"),
                 ("p99_ms", "p99-vs-concurrency.png", "p99 latency, ms (median of rounds, log scale)", "POST /buy p99 latency")):
-            fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+            fig, ax = plt.subplots(figsize=(10, 5), dpi=110)
             for k in ("baseline", "sqlite", "postgres"):
                 pts = [(int(c), summarize(r[k])[metric]) for c, r in levels.items() if r.get(k)]
                 if pts:
@@ -994,7 +994,7 @@ def plots(results):
             ax.set_title(f"{title} against concurrency{quick}\n{sweep['meta']['measured_at']}, "
                          f"{results['run']['machine']['nproc']} cores, loopback")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend()
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # never over the data
             fig.tight_layout()
             fig.savefig(DOCS / fname)
             plt.close(fig)
