@@ -83,6 +83,24 @@ async fn replicas_share_one_gap_free_sequence() {
             promotions["promotions"].as_array().unwrap().iter().map(|p| p["total_units"].as_i64().unwrap()).sum();
         assert_eq!((buys, promotion_units), (n, units));
     }
+    // Each replica updated aggregate rows of its own writer slot: every read sums the slots.
+    for p in 0..7 {
+        let of_p: Vec<i64> = (0..n).filter(|i| i % 7 == p).collect();
+        let stats = get_json(&client, &replicas[p as usize % 3], &format!("/promotions/{p}/stats")).await;
+        assert_eq!(stats["total_buys"], of_p.len());
+        assert_eq!(stats["n_recent_buys"], of_p.len());
+        assert_eq!(stats["unique_buyers"], of_p.len(), "every buyer of promotion {p} is distinct");
+        assert_eq!(stats["total_units"], of_p.iter().map(|i| 1 + i % 3).sum::<i64>());
+        let top = stats["top_products"].as_array().unwrap();
+        for product in top {
+            let id = product["product_id"].as_i64().unwrap();
+            let expected = of_p.iter().filter(|i| *i % 11 == id).count();
+            assert_eq!(product["buys"], expected, "promotion {p}, product {id}");
+        }
+    }
+    let series = get_json(&client, &replicas[1], "/stats/timeseries?bucket=minute&timeframe_hours=1").await;
+    let in_series: i64 = series["points"].as_array().unwrap().iter().map(|b| b["buys"].as_i64().unwrap()).sum();
+    assert_eq!(in_series, n);
     // The export of any replica lists every buy once, in sequence order.
     let csv = client.get(format!("{}/export?format=csv", replicas[2])).send().await.unwrap().text().await.unwrap();
     let exported: Vec<i64> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap().parse().unwrap()).collect();

@@ -4,7 +4,8 @@
 //! numbers and idempotency keys stay global).
 //!
 //! Connections: the writer thread owns one connection (one transaction at a time, so one is all
-//! it needs), driven through `tokio-postgres` so that a commit's statements are pipelined (see
+//! it needs; two writer connections per process were measured slower, as they split the
+//! batches), driven through `tokio-postgres` so that a commit's statements are pipelined (see
 //! `write.rs`); reads take one from a small pool of their own, opened on demand, at most
 //! [`MAX_READERS`], with the blocking `postgres` crate, as the [`Store`] trait is blocking: the
 //! writer is a dedicated thread and reads run on tokio's blocking pool. Both drive each
@@ -569,6 +570,41 @@ mod tests {
         let mut client = Client::connect(&database.url, NoTls).unwrap();
         let versions: i64 = client.query_one("SELECT count(*) FROM schema_version", &[]).unwrap().get(0);
         assert_eq!(versions, schema::MIGRATIONS.len() as i64);
+    }
+
+    /// A store written by schema version 1 (aggregates without writer slots) upgrades in place:
+    /// its rows become slot 0 and are summed with the new ones.
+    #[test]
+    fn a_version_1_store_upgrades_and_keeps_its_aggregates() {
+        let Some(database) = TestDatabase::create() else { return };
+        let at = 1_750_000_000 * US;
+        let (second, minute, hour) = (at / US, at / US / 60 * 60, at / US / 3600 * 3600);
+        let mut client = Client::connect(&database.url, NoTls).unwrap();
+        client.batch_execute(schema::MIGRATIONS[0]).unwrap();
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE schema_version (version INTEGER PRIMARY KEY); INSERT INTO schema_version VALUES (1);
+                 INSERT INTO buys VALUES (1, 5, 2, 3, 4, 100, '10.0.0.1', {at}, {at}, 'server', NULL);
+                 UPDATE counter SET total = 1, total_units = 4;
+                 INSERT INTO rollup VALUES (1, {second}, 1, 4), (60, {minute}, 1, 4), (3600, {hour}, 1, 4);
+                 INSERT INTO promotion_rollup VALUES (2, 1, {second}, 1, 4), (2, 60, {minute}, 1, 4), (2, 3600, {hour}, 1, 4);
+                 INSERT INTO promotion_totals VALUES (2, 1, 4, 400, 1, {at}, {at});
+                 INSERT INTO promotion_products VALUES (2, 3, 1, 4);
+                 INSERT INTO promotion_buyers VALUES (2, 5);"
+            ))
+            .unwrap();
+        let store = PostgresStore::open(&database.url).unwrap();
+        let write = Write { buys: vec![record(6, 2, 3, 2, Some(50), at + 1)], idempotency: None };
+        assert_eq!(store.commit(&[write], at).unwrap(), vec![WriteOutcome::Recorded { last_seq: 2, recorded: 1 }]);
+        let stats = store.promotion_stats(2, at - 10 * US).unwrap();
+        assert_eq!((stats.counts.total_buys, stats.counts.total_units), (2, 6));
+        assert_eq!((stats.counts.recent_buys, stats.counts.recent_units), (2, 6));
+        assert_eq!((stats.revenue_cents, stats.unique_buyers), (500, 2));
+        assert_eq!((stats.first_buy_us, stats.last_buy_us), (Some(at), Some(at + 1)));
+        assert_eq!(stats.top_products, vec![crate::store::ProductCount { product_id: 3, buys: 2, units: 6 }]);
+        let series = store.timeseries(60, minute, minute, None).unwrap();
+        assert_eq!((series.len(), series[0].buys, series[0].units), (1, 2, 6));
+        assert_eq!(store.promotions(at - 10 * US, 10, 0).unwrap().1, 1);
     }
 
     #[test]

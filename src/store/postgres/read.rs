@@ -3,7 +3,9 @@
 //! index. A read that needs several statements runs them in one REPEATABLE READ transaction, so it
 //! sees one snapshot; a single statement always does.
 //!
-//! PostgreSQL sums BIGINTs into NUMERIC, hence the `CAST(… AS BIGINT)` on every sum.
+//! Aggregate rows are split by writer slot (see `write.rs`), so every read sums over slots.
+//! PostgreSQL sums BIGINTs into NUMERIC, hence the `CAST(… AS BIGINT)` on every sum; revenue
+//! saturates at the BIGINT maximum, as each row does.
 
 use std::collections::HashMap;
 
@@ -74,8 +76,8 @@ const COUNTS_PROMOTION: &str = "
             WHERE promotion_id = $6 AND granularity_s = 60 AND bucket_s >= $4 AND bucket_s < $5
         UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM promotion_rollup
             WHERE promotion_id = $6 AND granularity_s = 3600 AND bucket_s >= $5)
-    SELECT coalesce((SELECT total_buys FROM promotion_totals WHERE promotion_id = $6), 0),
-           coalesce((SELECT total_units FROM promotion_totals WHERE promotion_id = $6), 0),
+    SELECT (SELECT CAST(coalesce(sum(total_buys), 0) AS BIGINT) FROM promotion_totals WHERE promotion_id = $6),
+           (SELECT CAST(coalesce(sum(total_units), 0) AS BIGINT) FROM promotion_totals WHERE promotion_id = $6),
            CAST(sum(buys) AS BIGINT), CAST(sum(units) AS BIGINT)
     FROM parts";
 
@@ -96,26 +98,32 @@ const RECENT_OF_PAGE: &str = "
             GROUP BY promotion_id) AS parts
     GROUP BY promotion_id";
 
-const PROMOTION_COUNT: &str = "SELECT count(*) FROM promotion_totals";
+const PROMOTION_COUNT: &str = "SELECT count(DISTINCT promotion_id) FROM promotion_totals";
 
 const PROMOTION_PAGE: &str = "
-    SELECT promotion_id, total_buys, total_units, revenue_cents FROM promotion_totals
-    ORDER BY total_buys DESC, promotion_id LIMIT $1 OFFSET $2";
+    SELECT promotion_id, CAST(sum(total_buys) AS BIGINT) AS buys, CAST(sum(total_units) AS BIGINT),
+           CAST(LEAST(sum(revenue_cents), 9223372036854775807) AS BIGINT)
+    FROM promotion_totals GROUP BY promotion_id
+    ORDER BY buys DESC, promotion_id LIMIT $1 OFFSET $2";
 
 const PROMOTION_TOTALS: &str = "
-    SELECT revenue_cents, unique_buyers, first_buy_us, last_buy_us FROM promotion_totals WHERE promotion_id = $1";
+    SELECT CAST(LEAST(sum(revenue_cents), 9223372036854775807) AS BIGINT), CAST(sum(unique_buyers) AS BIGINT),
+           min(first_buy_us), max(last_buy_us)
+    FROM promotion_totals WHERE promotion_id = $1 HAVING count(*) > 0";
 
 const TOP_PRODUCTS: &str = "
-    SELECT product_id, buys, units FROM promotion_products WHERE promotion_id = $1
-    ORDER BY units DESC, product_id LIMIT 10";
+    SELECT product_id, CAST(sum(buys) AS BIGINT), CAST(sum(units) AS BIGINT) AS u
+    FROM promotion_products WHERE promotion_id = $1 GROUP BY product_id
+    ORDER BY u DESC, product_id LIMIT 10";
 
 const TIMESERIES_ALL: &str = "
-    SELECT bucket_s, buys, units FROM rollup
-    WHERE granularity_s = $1 AND bucket_s >= $2 AND bucket_s <= $3 ORDER BY bucket_s";
+    SELECT bucket_s, CAST(sum(buys) AS BIGINT), CAST(sum(units) AS BIGINT) FROM rollup
+    WHERE granularity_s = $1 AND bucket_s >= $2 AND bucket_s <= $3 GROUP BY bucket_s ORDER BY bucket_s";
 
 const TIMESERIES_PROMOTION: &str = "
-    SELECT bucket_s, buys, units FROM promotion_rollup
-    WHERE promotion_id = $4 AND granularity_s = $1 AND bucket_s >= $2 AND bucket_s <= $3 ORDER BY bucket_s";
+    SELECT bucket_s, CAST(sum(buys) AS BIGINT), CAST(sum(units) AS BIGINT) FROM promotion_rollup
+    WHERE promotion_id = $4 AND granularity_s = $1 AND bucket_s >= $2 AND bucket_s <= $3
+    GROUP BY bucket_s ORDER BY bucket_s";
 
 /// Optional filters are NULL when absent; the casts give the parameters a type where they are
 /// only compared with NULL.

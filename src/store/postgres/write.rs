@@ -22,15 +22,22 @@
 //!
 //! All those statements are *pipelined*: sent together on the connection and answered together,
 //! so a commit costs one round trip (two when the batch carries idempotency keys, whose claims
-//! decide which buys are recorded). This matters twice: the writer is a single thread, so its
-//! round trips bound throughput; and the locks on hot rows (the counter, the rollup buckets of
-//! the current second, minute and hour, shared by every replica) are held from the first upsert
-//! to COMMIT, so no client round trip happens while another replica waits for them. The
-//! `postgres` crate used for reads has no pipelining, so the writer drives `tokio-postgres`
-//! itself, on a small runtime of its own (see [`WriterConn`]).
+//! decide which buys are recorded). This matters twice: the writer thread waits for its commit,
+//! so its round trips bound throughput; and the counter row is held from `TAKE_SEQUENCE` to
+//! COMMIT, so no client round trip happens while another replica waits for it. The `postgres`
+//! crate used for reads has no pipelining, so the writer drives `tokio-postgres` itself, on a
+//! small runtime of its own (see [`WriterConn`]).
 //!
-//! Every transaction takes its row locks in the same order (the statements' order, and rows in
-//! key order within a statement via `ORDER BY`), so replicas cannot deadlock on aggregates.
+//! # Writer slots
+//!
+//! The aggregate rows a commit updates are hot: every commit touches the current second, minute
+//! and hour of every promotion it records. Shared by all replicas, they would be a second
+//! serialisation point, held from the first upsert to COMMIT. So each writer connection claims a
+//! slot ([`claim_slot`]) and updates only its slot's aggregate rows; reads sum over slots. Two
+//! replicas then contend only on the counter row, taken last. A slot shared anyway (more
+//! connections than slots, or no advisory locks) only costs waiting: every transaction takes its
+//! row locks in the same order (the statements' order, and rows in key order within a statement
+//! via `ORDER BY`), so writers cannot deadlock on aggregates.
 //!
 //! # When is a commit known?
 //!
@@ -107,14 +114,14 @@ const PROMOTION_TOTALS: &str = "
         ON CONFLICT DO NOTHING
         RETURNING promotion_id)
     INSERT INTO promotion_totals
-        (promotion_id, total_buys, total_units, revenue_cents, unique_buyers, first_buy_us, last_buy_us)
-    SELECT t.p, t.n, t.u, t.r, coalesce(nb.n, 0), t.f, t.l
+        (promotion_id, slot, total_buys, total_units, revenue_cents, unique_buyers, first_buy_us, last_buy_us)
+    SELECT t.p, $9, t.n, t.u, t.r, coalesce(nb.n, 0), t.f, t.l
     FROM UNNEST(CAST($1 AS BIGINT[]), CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]),
                 CAST($5 AS BIGINT[]), CAST($6 AS BIGINT[])) AS t (p, n, u, r, f, l)
     LEFT JOIN (SELECT promotion_id, count(*) AS n FROM new_buyers GROUP BY promotion_id) AS nb
         ON nb.promotion_id = t.p
     ORDER BY t.p
-    ON CONFLICT (promotion_id) DO UPDATE SET
+    ON CONFLICT (promotion_id, slot) DO UPDATE SET
         total_buys = promotion_totals.total_buys + excluded.total_buys,
         total_units = promotion_totals.total_units + excluded.total_units,
         revenue_cents = CASE WHEN promotion_totals.revenue_cents > 9223372036854775807 - excluded.revenue_cents
@@ -124,30 +131,30 @@ const PROMOTION_TOTALS: &str = "
         last_buy_us = GREATEST(promotion_totals.last_buy_us, excluded.last_buy_us)";
 
 const ROLLUP: &str = "
-    INSERT INTO rollup (granularity_s, bucket_s, buys, units)
-    SELECT g, b, n, u
+    INSERT INTO rollup (granularity_s, bucket_s, slot, buys, units)
+    SELECT g, b, $5, n, u
     FROM UNNEST(CAST($1 AS BIGINT[]), CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]))
         AS r (g, b, n, u)
     ORDER BY g, b
-    ON CONFLICT (granularity_s, bucket_s)
+    ON CONFLICT (granularity_s, bucket_s, slot)
     DO UPDATE SET buys = rollup.buys + excluded.buys, units = rollup.units + excluded.units";
 
 const PROMOTION_ROLLUP: &str = "
-    INSERT INTO promotion_rollup (promotion_id, granularity_s, bucket_s, buys, units)
-    SELECT p, g, b, n, u
+    INSERT INTO promotion_rollup (promotion_id, granularity_s, bucket_s, slot, buys, units)
+    SELECT p, g, b, $6, n, u
     FROM UNNEST(CAST($1 AS BIGINT[]), CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]),
                 CAST($5 AS BIGINT[])) AS r (p, g, b, n, u)
     ORDER BY p, g, b
-    ON CONFLICT (promotion_id, granularity_s, bucket_s)
+    ON CONFLICT (promotion_id, granularity_s, bucket_s, slot)
     DO UPDATE SET buys = promotion_rollup.buys + excluded.buys, units = promotion_rollup.units + excluded.units";
 
 const PROMOTION_PRODUCTS: &str = "
-    INSERT INTO promotion_products (promotion_id, product_id, buys, units)
-    SELECT p, q, n, u
+    INSERT INTO promotion_products (promotion_id, product_id, slot, buys, units)
+    SELECT p, q, $5, n, u
     FROM UNNEST(CAST($1 AS BIGINT[]), CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]))
         AS r (p, q, n, u)
     ORDER BY p, q
-    ON CONFLICT (promotion_id, product_id)
+    ON CONFLICT (promotion_id, product_id, slot)
     DO UPDATE SET buys = promotion_products.buys + excluded.buys, units = promotion_products.units + excluded.units";
 
 /// Takes the block of sequence numbers; see the module comment.
@@ -223,6 +230,8 @@ pub struct WriterConn {
     runtime: tokio::runtime::Runtime,
     client: Client,
     statements: Statements,
+    /// The aggregate rows this connection updates (see [`claim_slot`]).
+    slot: i32,
     last_used: Instant,
 }
 
@@ -255,15 +264,16 @@ impl WriterConn {
             for sql in STATEMENTS {
                 statements.insert(sql, client.prepare(sql).await?);
             }
-            Ok((client, Statements(statements)))
+            let slot = claim_slot(&client).await?;
+            Ok((client, Statements(statements), slot))
         };
         // `connect_timeout` bounds the TCP connection only; a server that accepts but never
         // answers the start-up would otherwise hold the writer.
-        let (client, statements) = runtime
+        let (client, statements, slot) = runtime
             .block_on(async { tokio::time::timeout(COMMIT_DEADLINE, connecting).await })
             .map_err(|_| format!("PostgreSQL did not answer the connection within {COMMIT_DEADLINE:?}"))?
             .map_err(|e: tokio_postgres::Error| describe(&e))?;
-        Ok(WriterConn { runtime, client, statements, last_used: Instant::now() })
+        Ok(WriterConn { runtime, client, statements, slot, last_used: Instant::now() })
     }
 
     /// Whether the connection is known to be closed.
@@ -274,9 +284,9 @@ impl WriterConn {
     /// Record `writes` in one transaction; see the module comment for what an error means.
     pub fn commit(&mut self, writes: &[Write], now_us: i64) -> Result<Vec<WriteOutcome>, Failure> {
         self.check_if_idle()?;
-        let (client, st) = (&self.client, &self.statements);
+        let (client, st, slot) = (&self.client, &self.statements, self.slot);
         let result = self.runtime.block_on(async {
-            tokio::time::timeout(COMMIT_DEADLINE, commit(client, st, writes, now_us)).await.unwrap_or_else(|_| {
+            tokio::time::timeout(COMMIT_DEADLINE, commit(client, st, writes, now_us, slot)).await.unwrap_or_else(|_| {
                 Err(Failure {
                     message: format!("PostgreSQL did not answer within {COMMIT_DEADLINE:?}"),
                     unknown: true,
@@ -339,6 +349,30 @@ impl WriterConn {
 }
 
 /// `N` BIGINT columns gathered row by row, passed as `N` array parameters.
+/// Slots a connection may claim; beyond that many writer connections, slots are shared.
+const SLOTS: i32 = 64;
+/// First key of the two-key advisory locks that mark claimed slots (the one-key lock of the
+/// migrations is in another key space).
+const SLOT_LOCK: i32 = 0x6275_7973; // "buys"
+
+/// Claim a slot: the first whose advisory lock this session can take. The lock lives as long as
+/// the connection, so a replica that dies frees its slot at once. Slots only spread contention;
+/// correctness never depends on them (two connections sharing a slot wait for each other's
+/// aggregate rows, as any two transactions updating one row do), so when all are taken, or on a
+/// database without advisory locks, a random slot does.
+async fn claim_slot(client: &Client) -> Result<i32, tokio_postgres::Error> {
+    for slot in 0..SLOTS {
+        let row = client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&SLOT_LOCK, &slot]).await?;
+        if row.try_get::<_, bool>(0)? {
+            return Ok(slot);
+        }
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    let slot = (nanos % SLOTS as u32) as i32;
+    tracing::warn!(slot, "every aggregate slot is claimed; sharing one");
+    Ok(slot)
+}
+
 struct Columns<const N: usize>([Vec<i64>; N]);
 
 impl<const N: usize> Default for Columns<N> {
@@ -445,7 +479,13 @@ enum Pending {
 
 /// Run one transaction: claim keys (first round trip, only with keys), decide outcomes, then
 /// record everything and COMMIT (one pipelined round trip).
-async fn commit(client: &Client, st: &Statements, writes: &[Write], now_us: i64) -> Result<Vec<WriteOutcome>, Failure> {
+async fn commit(
+    client: &Client,
+    st: &Statements,
+    writes: &[Write],
+    now_us: i64,
+    slot: i32,
+) -> Result<Vec<WriteOutcome>, Failure> {
     let mut keys = HashMap::new();
     let began = writes.iter().any(|w| w.idempotency.is_some());
     if began {
@@ -498,7 +538,7 @@ async fn commit(client: &Client, st: &Statements, writes: &[Write], now_us: i64)
         pending.push(Pending::Recorded { rel_last: rel, recorded: write.buys.len() });
     }
 
-    let total = record(client, st, &recorded, &filled, began).await?;
+    let total = record(client, st, &recorded, &filled, began, slot).await?;
     let base = total.map_or(0, |total| total - recorded.len() as i64);
     Ok(pending
         .into_iter()
@@ -588,12 +628,19 @@ async fn record(
     recorded: &[&BuyRecord],
     filled: &[(&str, i64)],
     began: bool,
+    slot: i32,
 ) -> Result<Option<i64>, Failure> {
     let r = Recording::new(recorded);
     let some = r.n > 0;
     let (filled_keys, filled_rel): (Vec<&str>, Vec<i64>) = filled.iter().copied().unzip();
+    // Every aggregate statement takes this connection's slot as its last parameter.
     let mut totals = r.totals.params();
     totals.extend(r.buyers.params());
+    let [totals, rollup, promotion_rollup, product_counts] =
+        [totals, r.rollup.params(), r.promotion_rollup.params(), r.products.params()].map(|mut params| {
+            params.push(&slot);
+            params
+        });
     let [rel, users, promotions, products, quantities] = &r.ids.0;
     let [stamps, received] = &r.times.0;
     let buys: [&(dyn ToSql + Sync); 12] =
@@ -604,11 +651,9 @@ async fn record(
     let (begin, totals, rollup, promotion_rollup, products, total, buys, fill, commit) = join!(
         async { if began { Ok(()) } else { client.batch_execute("BEGIN").await } },
         async { if some { client.execute(st.get(PROMOTION_TOTALS), &totals).await } else { Ok(0) } },
-        async { if some { client.execute(st.get(ROLLUP), &r.rollup.params()).await } else { Ok(0) } },
-        async {
-            if some { client.execute(st.get(PROMOTION_ROLLUP), &r.promotion_rollup.params()).await } else { Ok(0) }
-        },
-        async { if some { client.execute(st.get(PROMOTION_PRODUCTS), &r.products.params()).await } else { Ok(0) } },
+        async { if some { client.execute(st.get(ROLLUP), &rollup).await } else { Ok(0) } },
+        async { if some { client.execute(st.get(PROMOTION_ROLLUP), &promotion_rollup).await } else { Ok(0) } },
+        async { if some { client.execute(st.get(PROMOTION_PRODUCTS), &product_counts).await } else { Ok(0) } },
         async {
             if some { client.query_one(st.get(TAKE_SEQUENCE), &[&r.n, &r.units]).await.map(Some) } else { Ok(None) }
         },
