@@ -179,6 +179,55 @@ def reset_hwm(pid):
         return False
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid):
+    """User + system CPU seconds a process has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def postgres_cpu_s():
+    """CPU seconds of every PostgreSQL server process (backends serve the service's connections)."""
+    total = 0.0
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if "(postgres)" in stat:
+                total += proc_cpu_s(d)
+    return total
+
+
+def machine_cpu_s():
+    """(busy, all) CPU seconds of the whole machine, summed over cores, from /proc/stat."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / CLK_TCK, sum(ticks) / CLK_TCK
+
+
+def cpu_snapshot(servers):
+    busy, total = machine_cpu_s()
+    return {"service": sum(proc_cpu_s(s.pid) for s in servers), "postgres": postgres_cpu_s(),
+            "busy": busy, "all": total}
+
+
+def cpu_per_request(before, after, requests):
+    """CPU microseconds per request: the service's processes, PostgreSQL, and the rest of the
+    machine (the load generator and any neighbour), plus the machine's idle share."""
+    d = {k: after[k] - before[k] for k in before}
+    n = max(requests, 1)
+    return {"service_us": 1e6 * d["service"] / n, "postgres_us": 1e6 * d["postgres"] / n,
+            "other_us": 1e6 * max(d["busy"] - d["service"] - d["postgres"], 0) / n,
+            "idle_share": 1 - d["busy"] / d["all"] if d["all"] else None}
+
+
 def status_kib(pid, key):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -287,8 +336,10 @@ def measure(run, scenario, targets, conns, rounds, seconds):
         for t in targets:
             per = max(1, conns // len(t.servers))
             hwm_reset = all([reset_hwm(s.pid) for s in t.servers])
+            cpu_before = cpu_snapshot(t.servers)
             res = wrk_many(run, [(s.url + t.path, per, t.lua) for s in t.servers], seconds,
                            f"{scenario} target={t.key} round={r}")
+            cpu = cpu_per_request(cpu_before, cpu_snapshot(t.servers), sum(x["requests"] for x in res))
             rss = [status_kib(s.pid, "VmHWM") for s in t.servers]
             for x, kib in zip(res, rss):
                 x["rss_kib"] = kib
@@ -297,7 +348,7 @@ def measure(run, scenario, targets, conns, rounds, seconds):
                    # Across replicas the slowest replica's percentile: an upper bound for the total.
                    **{k: max(x[k] for x in res) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")},
                    **{k: sum(x[k] for x in res) for k in ("errors", "non2xx", "timeouts", "connect_errors")},
-                   "rss_kib": sum(rss)}
+                   "rss_kib": sum(rss), "cpu": cpu}
             if len(res) > 1:
                 one["replicas"] = res
             runs[t.key].append(one)
@@ -770,6 +821,26 @@ def throughput_table(runs, keys, label=lambda k: NAMES.get(k, k)):
     return lines
 
 
+def cpu_table(runs, keys):
+    """Where the CPU went, per request (medians over rounds): what bounds throughput on 2 cores."""
+    rows = [(k, [r["cpu"] for r in runs.get(k, []) if r.get("cpu")]) for k in keys]
+    rows = [(k, c) for k, c in rows if c]
+    if not rows:
+        return []
+    out = ["", "CPU time per request (user + system, from `/proc`; medians over the rounds). \"Other\" is "
+           "the rest of the machine's busy time: the load generator, the kernel's share not charged to a "
+           "process, and any neighbour. On 2 cores, 2 s of CPU per second is all there is, so "
+           "2,000,000 µs / (sum per request) is the ceiling these costs allow.", "",
+           "| target | service µs | PostgreSQL µs | other µs | sum µs | machine idle |",
+           "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for k, cs in rows:
+        m = {f: med(c[f] for c in cs) for f in ("service_us", "postgres_us", "other_us")}
+        idle = [c["idle_share"] for c in cs if c["idle_share"] is not None]
+        out.append(f"| {NAMES.get(k, k)} | {m['service_us']:.1f} | {m['postgres_us']:.1f} | {m['other_us']:.1f} | "
+                   f"{sum(m.values()):.1f} | {med(idle):.0%} |" if idle else "| — |")
+    return out
+
+
 def skipped_lines(data):
     return [f"SKIP {NAMES.get(k, k)}: {why}" for k, why in sorted(data.get("skipped", {}).items())]
 
@@ -802,6 +873,7 @@ def md_buy_64(part):
            "percentiles the slower replica's, RSS summed. Each PostgreSQL row has its own fresh database.", ""]
     out += [x + "  " for x in skipped_lines(d)]
     out += throughput_table(d["runs"], ["baseline", "sqlite", "postgres-1", "postgres-2"])
+    out += cpu_table(d["runs"], ["baseline", "sqlite", "postgres-1", "postgres-2"])
     reps = d["runs"].get("postgres-2")
     if reps:
         out += ["", "Each replica of the two-replica row (medians over the rounds):", "",
@@ -834,6 +906,7 @@ def md_mix(part):
            "The baseline serves only POST /buy, so its row is `bench/post_buy.lua`, as in every scenario.", ""]
     out += [x + "  " for x in skipped_lines(d)]
     out += throughput_table(d["runs"], ["baseline", "sqlite", "postgres"])
+    out += cpu_table(d["runs"], ["baseline", "sqlite", "postgres"])
     return out + md_routes(d)
 
 
@@ -853,6 +926,7 @@ def md_batch(part):
         buys = s["rps"] * (1 if k == "baseline" else n)
         out.append(f"| {NAMES[k]} | {f_int(s['rps'])} | {f_int(buys)} | {f_ms(s['p50_ms'])} | {f_ms(s['p90_ms'])} | "
                    f"{f_ms(s['p99_ms'])} | {s['errors']:,.0f} | {s['rss_mib']:.1f} | {buys / base['rps']:.2f} |")
+    out += cpu_table(d["runs"], ["baseline", "sqlite", "postgres"])
     return out + md_routes(d)
 
 
