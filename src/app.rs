@@ -22,7 +22,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::http::access::{self, Access};
 use crate::http::buy::{BATCH_BODY_LIMIT, BUY_BODY_LIMIT};
 use crate::http::rate_limit::{self, RateLimiter};
-use crate::http::{AppState, buy, docs, events, export, health, metrics, middleware, promotions, root, stats};
+use crate::http::{AppState, Shared, buy, docs, events, export, health, metrics, middleware, promotions, root, stats};
 use crate::writer::Writer;
 
 /// A bound, ready-to-run service.
@@ -47,7 +47,7 @@ impl Application {
         let store = crate::store::open(&config.database_url)?;
         let writer = Writer::start(store.clone(), clock.clone());
         let (shutdown, stopping) = tokio::sync::watch::channel(false);
-        let state = AppState {
+        let state = AppState::new(Shared {
             store,
             writer: writer.handle(),
             clock,
@@ -55,7 +55,7 @@ impl Application {
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             in_flight: Default::default(),
             shutdown: stopping,
-        };
+        });
         let access = Access::new(&config.write_keys, &config.read_keys);
         let limiter = config.rate_limit.map(|rate| RateLimiter::new(rate, state.trusted_proxies.clone()));
         let router = router(state, access, limiter, cors(&config.cors_origins)?, config.body_timeout);

@@ -21,31 +21,36 @@ fn digest(key: &str) -> Digest32 {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// The configured keys.
+/// The configured keys. One `Arc`: the middleware clones its state on every request.
 #[derive(Debug, Clone, Default)]
-pub struct Access {
-    write: Arc<Vec<Digest32>>,
-    read: Arc<Vec<Digest32>>,
+pub struct Access(Arc<Keys>);
+
+#[derive(Debug, Default)]
+struct Keys {
+    write: Vec<Digest32>,
+    read: Vec<Digest32>,
 }
 
 impl Access {
     /// Keys as configured (empty lists leave that kind of access open).
     pub fn new(write_keys: &[String], read_keys: &[String]) -> Self {
-        Access {
-            write: Arc::new(write_keys.iter().map(|k| digest(k)).collect()),
-            read: Arc::new(read_keys.iter().map(|k| digest(k)).collect()),
-        }
+        Access(Arc::new(Keys {
+            write: write_keys.iter().map(|k| digest(k)).collect(),
+            read: read_keys.iter().map(|k| digest(k)).collect(),
+        }))
     }
 
     /// May this request write?
     pub fn allows_write(&self, headers: &HeaderMap) -> bool {
-        self.write.is_empty() || presented(headers).is_some_and(|k| matches_any(&k, &self.write))
+        let keys = &self.0;
+        keys.write.is_empty() || presented(headers).is_some_and(|k| matches_any(&k, &keys.write))
     }
 
     /// May this request read analytics? A write key also reads.
     pub fn allows_read(&self, headers: &HeaderMap) -> bool {
-        self.read.is_empty()
-            || presented(headers).is_some_and(|k| matches_any(&k, &self.read) | matches_any(&k, &self.write))
+        let keys = &self.0;
+        keys.read.is_empty()
+            || presented(headers).is_some_and(|k| matches_any(&k, &keys.read) | matches_any(&k, &keys.write))
     }
 }
 

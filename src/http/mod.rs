@@ -30,9 +30,14 @@ use crate::idempotency::InFlight;
 use crate::store::{Store, StoreError};
 use crate::writer::WriterHandle;
 
-/// What every handler can reach. Cheap to clone: everything is behind an `Arc` or a handle.
+/// What every handler can reach: one `Arc` around [`Shared`], so the clone axum makes for every
+/// request is a single reference-count increment (it used to clone seven `Arc`s and handles, and
+/// drop them again, per request). Fields are read through `Deref` (`state.store`, `state.clock`).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The parts of [`AppState`], shared by every request.
+pub struct Shared {
     /// The store, for reads (writes go through `writer`).
     pub store: Arc<dyn Store>,
     /// The group-commit writer.
@@ -50,6 +55,21 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The state of one service.
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl Shared {
     /// Seconds since start.
     pub fn uptime_seconds(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
