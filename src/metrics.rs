@@ -4,9 +4,12 @@
 //! The recorder is process-global (the facade's design), installed once on first use; several
 //! apps in one process (tests) share it.
 
-use std::sync::OnceLock;
+use std::cell::RefCell;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
+use axum::http::Method;
+use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// HTTP requests by method, route pattern and status.
@@ -57,28 +60,90 @@ fn describe() {
     metrics::describe_counter!(COMMIT_FAILURES, "Group commits that failed (nothing in them acknowledged)");
 }
 
+/// The writer's metrics, registered once: each commit then updates them without a registry lookup.
+struct WriterMetrics {
+    commit_duration: Histogram,
+    commit_batch: Histogram,
+    buys_recorded: Counter,
+    commit_failures: Counter,
+    queue_depth: Gauge,
+}
+
+fn writer_metrics() -> &'static WriterMetrics {
+    static METRICS: LazyLock<WriterMetrics> = LazyLock::new(|| {
+        handle();
+        WriterMetrics {
+            commit_duration: metrics::histogram!(COMMIT_DURATION),
+            commit_batch: metrics::histogram!(COMMIT_BATCH),
+            buys_recorded: metrics::counter!(BUYS_RECORDED),
+            commit_failures: metrics::counter!(COMMIT_FAILURES),
+            queue_depth: metrics::gauge!(QUEUE_DEPTH),
+        }
+    });
+    &METRICS
+}
+
 /// Record one finished commit.
 pub fn commit(elapsed: Duration, buys: usize, ok: bool) {
-    metrics::histogram!(COMMIT_DURATION).record(elapsed.as_secs_f64());
-    metrics::histogram!(COMMIT_BATCH).record(buys as f64);
+    let m = writer_metrics();
+    m.commit_duration.record(elapsed.as_secs_f64());
+    m.commit_batch.record(buys as f64);
     if ok {
-        metrics::counter!(BUYS_RECORDED).increment(buys as u64);
+        m.buys_recorded.increment(buys as u64);
     } else {
-        metrics::counter!(COMMIT_FAILURES).increment(1);
+        m.commit_failures.increment(1);
     }
 }
 
 /// Record the writer's queue depth.
 pub fn queue_depth(depth: usize) {
-    metrics::gauge!(QUEUE_DEPTH).set(depth as f64);
+    writer_metrics().queue_depth.set(depth as f64);
+}
+
+/// The handles of one (method, route, status), registered on first use.
+struct RequestMetrics {
+    method: Method,
+    route: Box<str>,
+    status: u16,
+    requests: Counter,
+    duration: Histogram,
+}
+
+/// Distinct (method, route, status) handles each worker thread keeps. Routes and statuses are
+/// few; the bound only matters for clients inventing methods, which then take the slow path.
+const REQUEST_CACHE_SIZE: usize = 64;
+
+thread_local! {
+    /// Per thread, so lookups share no lock or cache line between workers; a linear scan over a
+    /// few entries costs less than building the label key and hashing it into the registry
+    /// (which allocated the label strings on every request).
+    static REQUEST_CACHE: RefCell<Vec<RequestMetrics>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Record one answered HTTP request.
-pub fn request(method: &str, route: &str, status: u16, elapsed: Duration) {
+pub fn request(method: &Method, route: &str, status: u16, elapsed: Duration) {
+    let seconds = elapsed.as_secs_f64();
+    REQUEST_CACHE.with_borrow_mut(|cache| {
+        if let Some(m) = cache.iter().find(|m| m.status == status && m.method == method && *m.route == *route) {
+            m.requests.increment(1);
+            m.duration.record(seconds);
+            return;
+        }
+        handle();
+        let (requests, duration) = register_request(method.as_str(), route, status);
+        requests.increment(1);
+        duration.record(seconds);
+        if cache.len() < REQUEST_CACHE_SIZE {
+            cache.push(RequestMetrics { method: method.clone(), route: route.into(), status, requests, duration });
+        }
+    });
+}
+
+fn register_request(method: &str, route: &str, status: u16) -> (Counter, Histogram) {
     let (method, route) = (method.to_string(), route.to_string());
-    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!(HTTP_DURATION, "route" => route).record(elapsed.as_secs_f64());
+    let requests =
+        metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status.to_string());
+    (requests, metrics::histogram!(HTTP_DURATION, "route" => route))
 }
 
 /// The text exposition.

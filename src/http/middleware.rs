@@ -70,7 +70,7 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
-    crate::metrics::request(method.as_str(), &route, response.status().as_u16(), started.elapsed());
+    crate::metrics::request(&method, &route, response.status().as_u16(), started.elapsed());
     response
 }
 
