@@ -1,6 +1,7 @@
 //! Cross-cutting request handling: the request id on every response, and the one place where
 //! unexpected failures (errors and panics) are logged and turned into a 500 that names the id.
 
+use std::io::Write;
 use std::panic::AssertUnwindSafe;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,38 +19,43 @@ use crate::error::{InternalFailure, internal_error_body};
 /// The header carrying the request id, both ways.
 pub const REQUEST_ID: &str = "x-request-id";
 
-/// This request's id, available to handlers as an extension.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
 /// A fresh id: a random per-process prefix and a counter. Unique across restarts and replicas
 /// (the prefix is random), cheaper than a random UUID per request (one getrandom call each).
-fn new_request_id() -> String {
+/// Formatted on the stack: the header value is the only allocation.
+fn new_request_id() -> HeaderValue {
     static PREFIX: LazyLock<String> = LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_string());
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{:08x}", *PREFIX, COUNTER.fetch_add(1, Ordering::Relaxed))
+    let mut buf = [0u8; 16 + 1 + 16];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // Cannot fail: 16 prefix characters, a dash and at most 16 hex digits fit the buffer.
+    let _ = write!(cursor, "{}-{:08x}", *PREFIX, COUNTER.fetch_add(1, Ordering::Relaxed));
+    let len = cursor.position() as usize;
+    HeaderValue::from_bytes(&buf[..len]).expect("hex digits and a dash are a valid header value")
 }
 
-/// Take the client's `x-request-id` when it is a sane token, else make one.
-fn request_id_for(request: &Request) -> String {
+/// Take the client's `x-request-id` when it is a sane token (shared, not copied), else make one.
+fn request_id_for(request: &Request) -> HeaderValue {
     request
         .headers()
         .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 200 && v.bytes().all(|b| (0x21..=0x7e).contains(&b)))
-        .map(str::to_string)
+        .filter(|v| {
+            let v = v.as_bytes();
+            !v.is_empty() && v.len() <= 200 && v.iter().all(|b| (0x21..=0x7e).contains(b))
+        })
+        .cloned()
         .unwrap_or_else(new_request_id)
 }
 
 /// Tag every response with the request id; log and hide the cause of every 500; count and time
 /// the request by its route pattern (never the raw path, which would make labels unbounded).
-pub async fn request_id(mut request: Request, next: Next) -> Response {
+/// The path and route are kept by reference (shared buffers), not copied: they are only read
+/// when something fails and for the metrics.
+pub async fn request_id(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id_for(&request);
-    request.extensions_mut().insert(RequestId(id.clone()));
     let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_string();
+    let uri = request.uri().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
     // A panicking handler must not take the connection (or the process) down: answer 500.
     let mut response = match AssertUnwindSafe(next.run(request)).catch_unwind().await {
         Ok(response) => response,
@@ -59,19 +65,30 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
+            let (id, path) = (id_str(&id), uri.path());
             tracing::error!(request_id = %id, %method, %path, panic = %what, "handler panicked");
-            internal(&id)
+            internal(id)
         }
     };
     if let Some(InternalFailure(cause)) = response.extensions_mut().remove::<InternalFailure>() {
+        let (id, path) = (id_str(&id), uri.path());
         tracing::error!(request_id = %id, %method, %path, %cause, "internal error");
-        response = internal(&id);
+        response = internal(id);
     }
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID, value);
-    }
-    crate::metrics::request(&method, &route, response.status().as_u16(), started.elapsed());
+    let status = response.status().as_u16();
+    response.headers_mut().insert(REQUEST_ID, id);
+    crate::metrics::request(
+        &method,
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        status,
+        started.elapsed(),
+    );
     response
+}
+
+/// The id as text: always visible ASCII (checked or made so above).
+fn id_str(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or_default()
 }
 
 fn internal(id: &str) -> Response {

@@ -21,7 +21,8 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use crate::clock::Clock;
@@ -100,6 +101,14 @@ pub fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<B
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit },
         _ => ApiError::Validation(vec![FieldError::json_invalid_text(&rejection.body_text())]),
     })
+}
+
+/// The request's headers and body bytes (413 past the route's limit, as the `Bytes` extractor
+/// does: the limit and the length come from the request's extensions and body, not its headers).
+/// Takes the headers out instead of copying them as axum's `HeaderMap` extractor does.
+pub async fn headers_and_body(mut request: Request) -> (HeaderMap, Result<Bytes, BytesRejection>) {
+    let headers = std::mem::take(request.headers_mut());
+    (headers, Bytes::from_request(request, &()).await)
 }
 
 /// The body as JSON, or 422 `json_invalid` (serde_json also bounds nesting depth at 128).
