@@ -6,7 +6,8 @@
 
 use rusqlite::Connection;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE buys (
     buy_count        INTEGER PRIMARY KEY,
     user_id          INTEGER NOT NULL,
@@ -86,7 +87,23 @@ CREATE TABLE idempotency (
     created_at_us INTEGER NOT NULL
 );
 CREATE INDEX idempotency_created ON idempotency (created_at_us);
-"#];
+"#,
+    // 2: `promotion_buyers` keyed by user first. It is only probed (is this buyer new to the
+    // promotion?), never scanned, so the order of its key is free; keyed by promotion first, a commit
+    // inserted into one leaf page per promotion it touched (each rewritten whole to the WAL), while
+    // buyers who appear together (new users, whose ids are close) now share a few pages.
+    r#"
+ALTER TABLE promotion_buyers RENAME TO promotion_buyers_v1;
+CREATE TABLE promotion_buyers (
+    user_id      INTEGER NOT NULL,
+    promotion_id INTEGER NOT NULL,
+    PRIMARY KEY (user_id, promotion_id)
+) WITHOUT ROWID;
+INSERT INTO promotion_buyers (user_id, promotion_id)
+    SELECT user_id, promotion_id FROM promotion_buyers_v1 ORDER BY user_id, promotion_id;
+DROP TABLE promotion_buyers_v1;
+"#,
+];
 
 /// Bring the schema up to date, one transaction per version.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -98,4 +115,29 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store created before migration 2 keeps its buyers, and they still count as known.
+    #[test]
+    fn rekeying_promotion_buyers_keeps_every_pair() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch("INSERT INTO promotion_buyers (promotion_id, user_id) VALUES (1, 10), (1, 11), (2, 10);")
+            .unwrap();
+        migrate(&mut conn).unwrap();
+        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+        let mut stmt = conn.prepare("SELECT user_id, promotion_id FROM promotion_buyers").unwrap();
+        let pairs: Vec<(i64, i64)> =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+        assert_eq!(pairs, vec![(10, 1), (10, 2), (11, 1)]);
+        let insert = "INSERT INTO promotion_buyers (user_id, promotion_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
+        assert_eq!(conn.execute(insert, [11, 1]).unwrap(), 0, "a known buyer is not new");
+        assert_eq!(conn.execute(insert, [11, 2]).unwrap(), 1);
+    }
 }

@@ -11,11 +11,14 @@ use crate::store::{IDEMPOTENCY_TTL_US, Write, WriteOutcome};
 /// Write one transaction's aggregate changes, counting which buyers are new to their promotion.
 fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
     let mut new_buyer = tx.prepare_cached(
-        "INSERT INTO promotion_buyers (promotion_id, user_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        "INSERT INTO promotion_buyers (user_id, promotion_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
     )?;
-    for (promotion_id, user_id) in &deltas.buyers {
-        if new_buyer.execute(params![promotion_id, user_id])? == 1
-            && let Some(p) = deltas.promotions.get_mut(promotion_id)
+    // In the table's key order (user first), so consecutive inserts land on the same pages.
+    let mut buyers: Vec<(i64, i64)> = deltas.buyers.iter().map(|&(promotion, user)| (user, promotion)).collect();
+    buyers.sort_unstable();
+    for (user_id, promotion_id) in buyers {
+        if new_buyer.execute(params![user_id, promotion_id])? == 1
+            && let Some(p) = deltas.promotions.get_mut(&promotion_id)
         {
             p.new_buyers += 1;
         }
