@@ -5,6 +5,7 @@
 #
 # Usage: bench/run.sh [--quick] [--rounds N] [--seconds S] [PART...]
 #   PART: throughput (= buy-sweep buy-64 mix batch), buy-sweep, buy-64, mix, batch, growth, locust,
+#         profile (bench/profile.sh: perf samples under POST /buy load, into docs/bench/profile-{sqlite,postgres}.txt),
 #         plots (only regenerate docs/bench/ from the latest results.json). Default: everything.
 #   --quick: a smoke run for development (1 round, 2 s per run, growth 1000 and 20000 buys,
 #            Locust 20 s at 30 and 100 users). Its figures are labelled as such.
@@ -48,4 +49,23 @@ if [ $only_plots = 0 ]; then
   echo "bench/run.sh: cargo build --release --bin buy-tracker --example baseline --example load"
   cargo build --release --quiet --bin buy-tracker --example baseline --example load
 fi
-BENCH_COMMAND="bench/run.sh${*:+ $*}" exec "$venv/bin/python" bench/harness.py "$@"
+# The profile part is bench/profile.sh (perf), outside the harness: with no PART, or when named.
+args=()
+profile=0
+[ $# -gt 0 ] || profile=1
+for a in "$@"; do if [ "$a" = profile ]; then profile=1; else args+=("$a"); fi; done
+if [ $profile = 1 ]; then
+  if command -v perf >/dev/null; then
+    bench/profile.sh sqlite 8 docs/bench >/dev/null && echo "bench/run.sh: wrote docs/bench/profile-sqlite.txt"
+    if [ "$(psql "${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}" -Atc 'SELECT 1' 2>/dev/null)" = 1 ]; then
+      bench/profile.sh postgres 8 docs/bench >/dev/null && echo "bench/run.sh: wrote docs/bench/profile-postgres.txt"
+    else
+      echo "SKIP profile postgres: the PostgreSQL server is unreachable"
+    fi
+  else
+    echo "SKIP profile: perf is missing (apt-get install -y linux-perf)"
+  fi
+  # Only the profile was asked for.
+  [ $# -gt 0 ] && [ ${#args[@]} -eq 0 ] && exit 0
+fi
+BENCH_COMMAND="bench/run.sh${*:+ $*}" exec "$venv/bin/python" bench/harness.py "${args[@]}"
