@@ -3,6 +3,7 @@
 # (bench/baseline.rs), measured in alternating runs in one go so the ratio survives a noisy machine.
 #
 # Usage: bench/post_buy.sh [ROUNDS] [SECONDS] [CONNECTIONS]   (defaults: 5 10 64)
+# Env:   BT_DB=URL runs the service on another store (e.g. BT_DB=memory: to leave the disk out).
 # Needs wrk (apt-get install -y wrk). Prints every run, then the medians and the ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,7 @@ url_of() { # name ; waits for the "listening on" line and prints the URL
 }
 
 start baseline ./target/release/examples/baseline 0
-start buy-tracker ./target/release/buy-tracker --host 127.0.0.1 --port 0 --database-url "sqlite:$work/bench.db"
+start buy-tracker ./target/release/buy-tracker --host 127.0.0.1 --port 0 --database-url "${BT_DB:-sqlite:$work/bench.db}"
 base_url=$(url_of baseline)
 bt_url=$(url_of buy-tracker)
 
