@@ -40,6 +40,16 @@ impl Access {
         }))
     }
 
+    /// Whether writes need a key (without write keys, [`require_write`] lets everything through).
+    pub fn guards_writes(&self) -> bool {
+        !self.0.write.is_empty()
+    }
+
+    /// Whether analytics reads need a key (see [`Access::guards_writes`]).
+    pub fn guards_reads(&self) -> bool {
+        !self.0.read.is_empty()
+    }
+
     /// May this request write?
     pub fn allows_write(&self, headers: &HeaderMap) -> bool {
         let keys = &self.0;
