@@ -181,7 +181,7 @@ impl PostgresStore {
                     // Migrations get a connection of their own, closed afterwards, so that their
                     // session settings (a longer statement timeout) end with it.
                     let mut migrator = store.read_config.connect(NoTls).map_err(|e| unavailable(&e))?;
-                    schema::migrate(&mut migrator).map_err(|e| unavailable(&e))?;
+                    schema::migrate(&mut migrator).map_err(StoreError::Unavailable)?;
                     drop(migrator);
                     store.connect_writer()
                 })
@@ -208,10 +208,10 @@ impl PostgresStore {
     /// reports broken is dropped; the next call opens a fresh one.
     fn with_writer<T>(
         &self,
-        slot: &mut Option<WriterConn>,
+        held: &mut Option<WriterConn>,
         f: impl FnOnce(&mut WriterConn) -> Result<T, Failure>,
     ) -> Result<T, (Failure, bool)> {
-        let (mut conn, pooled) = match slot.take().filter(|c| !c.is_closed()) {
+        let (mut conn, pooled) = match held.take().filter(|c| !c.is_closed()) {
             Some(conn) => (conn, true),
             None => match self.connect_writer() {
                 Ok(conn) => (conn, false),
@@ -222,7 +222,7 @@ impl PostgresStore {
         };
         let result = f(&mut conn);
         if !matches!(&result, Err(failure) if failure.broken) {
-            *slot = Some(conn);
+            *held = Some(conn);
         }
         result.map_err(|failure| (failure, pooled))
     }
@@ -298,10 +298,10 @@ impl PostgresStore {
 
 impl Store for PostgresStore {
     fn commit(&self, writes: &[Write], now_us: i64) -> Result<Vec<WriteOutcome>, StoreError> {
-        let mut slot = lock(&self.writer);
+        let mut held = lock(&self.writer);
         let mut attempt = 1;
         loop {
-            let (failure, pooled) = match self.with_writer(&mut slot, |conn| conn.commit(writes, now_us)) {
+            let (failure, pooled) = match self.with_writer(&mut held, |conn| conn.commit(writes, now_us)) {
                 Ok(outcomes) => return Ok(outcomes),
                 Err(failed) => failed,
             };
@@ -352,8 +352,8 @@ impl Store for PostgresStore {
     fn prune_idempotency(&self, before_us: i64) -> Result<usize, StoreError> {
         // Chunks keep each statement short; other replicas may prune the same keys meanwhile,
         // which only makes a chunk smaller.
-        let mut slot = lock(&self.writer);
-        self.with_writer(&mut slot, |conn| conn.prune(before_us, PRUNE_CHUNK))
+        let mut held = lock(&self.writer);
+        self.with_writer(&mut held, |conn| conn.prune(before_us, PRUNE_CHUNK))
             .map_err(|(failure, _)| StoreError::Unavailable(failure.message))
     }
 
@@ -605,6 +605,17 @@ mod tests {
         let series = store.timeseries(60, minute, minute, None).unwrap();
         assert_eq!((series.len(), series[0].buys, series[0].units), (1, 2, 6));
         assert_eq!(store.promotions(at - 10 * US, 10, 0).unwrap().1, 1);
+    }
+
+    #[test]
+    fn a_schema_newer_than_the_build_is_refused() {
+        let Some(database) = TestDatabase::create() else { return };
+        drop(PostgresStore::open(&database.url).unwrap());
+        let mut client = Client::connect(&database.url, NoTls).unwrap();
+        let newer = schema::MIGRATIONS.len() as i32 + 1;
+        client.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&newer]).unwrap();
+        let error = PostgresStore::open(&database.url).err().unwrap();
+        assert!(error.contains(&format!("schema is version {newer}, newer than this build")), "{error}");
     }
 
     #[test]

@@ -125,26 +125,41 @@ ALTER TABLE promotion_products DROP CONSTRAINT promotion_products_pkey,
 /// Bring the schema up to date. Holds the advisory lock for the whole run, so replicas starting
 /// together migrate one after the other; the lock is released explicitly, and by PostgreSQL if the
 /// connection dies.
-pub fn migrate(client: &mut Client) -> Result<(), postgres::Error> {
+pub fn migrate(client: &mut Client) -> Result<(), String> {
+    let describe = |e: postgres::Error| super::describe(&e);
     // Waiting for another replica's migration may take longer than an ordinary statement may.
-    client.batch_execute("SET statement_timeout = '120s'")?;
-    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
+    client.batch_execute("SET statement_timeout = '120s'").map_err(describe)?;
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).map_err(describe)?;
     let result = apply_pending(client);
     let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
     result?;
-    unlocked?;
+    unlocked.map_err(describe)?;
     Ok(())
 }
 
-fn apply_pending(client: &mut Client) -> Result<(), postgres::Error> {
-    client.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")?;
-    let current: i32 = client.query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])?.try_get(0)?;
+fn apply_pending(client: &mut Client) -> Result<(), String> {
+    let describe = |e: postgres::Error| super::describe(&e);
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
+        .map_err(describe)?;
+    let current: i32 = client
+        .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+        .and_then(|row| row.try_get(0))
+        .map_err(describe)?;
+    // An older build would write rows its statements no longer match (a rolling upgrade must not
+    // start old replicas on a newer schema): refuse, rather than fail every commit.
+    if current as usize > MIGRATIONS.len() {
+        return Err(format!(
+            "the database schema is version {current}, newer than this build's {}: run a newer buy-tracker",
+            MIGRATIONS.len()
+        ));
+    }
     for (version, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
         let version = version as i32 + 1;
-        let mut tx = client.transaction()?;
-        tx.batch_execute(sql)?;
-        tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&version])?;
-        tx.commit()?;
+        let mut tx = client.transaction().map_err(describe)?;
+        tx.batch_execute(sql).map_err(describe)?;
+        tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&version]).map_err(describe)?;
+        tx.commit().map_err(describe)?;
         tracing::info!(version, "PostgreSQL schema migrated");
     }
     Ok(())

@@ -110,7 +110,7 @@ impl SqliteStore {
     /// An in-memory database: the same schema and code, nothing kept.
     pub fn open_memory() -> Result<Self, String> {
         let mut conn = Connection::open_in_memory().map_err(|e| e.to_string())?;
-        migrate(&mut conn).map_err(|e| e.to_string())?;
+        migrate(&mut conn)?;
         Ok(SqliteStore { writer: Mutex::new(conn), readers: None, stop: Arc::new(AtomicBool::new(true)) })
     }
 

@@ -106,13 +106,23 @@ DROP TABLE promotion_buyers_v1;
 ];
 
 /// Bring the schema up to date, one transaction per version.
-pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+/// A store written by a newer build is refused: this build's statements may no longer match it.
+pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| e.to_string())?;
+    if version > MIGRATIONS.len() {
+        return Err(format!(
+            "the store's schema is version {version}, newer than this build's {}: run a newer buy-tracker",
+            MIGRATIONS.len()
+        ));
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i + 1)?;
-        tx.commit()?;
+        let mut apply = || -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()
+        };
+        apply().map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -120,6 +130,14 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_from_a_newer_build_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", MIGRATIONS.len() + 1).unwrap();
+        let error = migrate(&mut conn).unwrap_err();
+        assert!(error.contains("newer than this build"), "{error}");
+    }
 
     /// A store created before migration 2 keeps its buyers, and they still count as known.
     #[test]
