@@ -348,7 +348,6 @@ impl WriterConn {
     }
 }
 
-/// `N` BIGINT columns gathered row by row, passed as `N` array parameters.
 /// Slots a connection may claim; beyond that many writer connections, slots are shared.
 const SLOTS: i32 = 64;
 /// First key of the two-key advisory locks that mark claimed slots (the one-key lock of the
@@ -359,20 +358,27 @@ const SLOT_LOCK: i32 = 0x6275_7973; // "buys"
 /// the connection, so a replica that dies frees its slot at once. Slots only spread contention;
 /// correctness never depends on them (two connections sharing a slot wait for each other's
 /// aggregate rows, as any two transactions updating one row do), so when all are taken, or on a
-/// database without advisory locks, a random slot does.
+/// database that refuses the two-key advisory lock, a random slot does. A lost connection is
+/// still an error: the writer reconnects.
 async fn claim_slot(client: &Client) -> Result<i32, tokio_postgres::Error> {
     for slot in 0..SLOTS {
-        let row = client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&SLOT_LOCK, &slot]).await?;
-        if row.try_get::<_, bool>(0)? {
-            return Ok(slot);
+        match client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&SLOT_LOCK, &slot]).await {
+            Ok(row) if row.try_get::<_, bool>(0)? => return Ok(slot),
+            Ok(_) => {}
+            Err(e) if e.as_db_error().is_some() => {
+                tracing::warn!(error = %describe(&e), "advisory locks refused; writer slots are shared");
+                break;
+            }
+            Err(e) => return Err(e),
         }
     }
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
     let slot = (nanos % SLOTS as u32) as i32;
-    tracing::warn!(slot, "every aggregate slot is claimed; sharing one");
+    tracing::warn!(slot, "no free aggregate slot; sharing one");
     Ok(slot)
 }
 
+/// `N` BIGINT columns gathered row by row, passed as `N` array parameters.
 struct Columns<const N: usize>([Vec<i64>; N]);
 
 impl<const N: usize> Default for Columns<N> {
