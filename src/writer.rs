@@ -27,6 +27,9 @@ pub const MAX_BATCH_BUYS: usize = 8_192;
 pub const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(4);
 /// How long a request waits for its commit before it is answered 503 (outcome unknown).
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(4);
+/// The longest a write waits in all (room in the queue, then its commit): an answer, if only a
+/// 503, comes within 5 seconds whatever the store does (SPEC §6).
+pub const SUBMIT_DEADLINE: Duration = Duration::from_millis(4_500);
 /// How often expired Idempotency-Keys are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -67,13 +70,17 @@ impl WriterHandle {
     /// Queue `write`, wait for its commit, and return its outcome.
     pub async fn submit(&self, write: Write) -> Result<WriteOutcome, SubmitError> {
         let (reply, answer) = oneshot::channel();
-        let permit = tokio::time::timeout(ENQUEUE_TIMEOUT, self.tx.reserve())
-            .await
-            .map_err(|_| SubmitError::QueueFull)?
-            .map_err(|_| SubmitError::Closed)?;
+        // One deadline for both waits: a request never waits longer than SUBMIT_DEADLINE in all.
+        let deadline = tokio::time::Instant::now() + SUBMIT_DEADLINE;
+        let permit =
+            tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + ENQUEUE_TIMEOUT), self.tx.reserve())
+                .await
+                .map_err(|_| SubmitError::QueueFull)?
+                .map_err(|_| SubmitError::Closed)?;
         self.depth.fetch_add(1, Ordering::Relaxed);
         permit.send(Job::Write { write, reply });
-        match tokio::time::timeout(COMMIT_TIMEOUT, answer).await {
+        let commit_deadline = deadline.min(tokio::time::Instant::now() + COMMIT_TIMEOUT);
+        match tokio::time::timeout_at(commit_deadline, answer).await {
             Err(_) => Err(SubmitError::Timeout),
             Ok(Err(_)) => Err(SubmitError::Closed),
             Ok(Ok(result)) => result.map_err(|e| SubmitError::Store(StoreError::Unavailable(e))),
