@@ -46,8 +46,27 @@ pub fn handle() -> &'static PrometheusHandle {
         // Another recorder may already be installed (embedding); ours still renders what it sees.
         let _ = metrics::set_global_recorder(recorder);
         describe();
+        start_upkeep(handle.clone());
         handle
     })
+}
+
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The exporter keeps histogram samples until upkeep folds them into the buckets; with
+/// `build_recorder` nothing runs it but a scrape of `/metrics` (the crate's documentation asks
+/// for a periodic `run_upkeep`), so a server nobody scrapes could hold samples without bound.
+fn start_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+        loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        }
+    });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "cannot start the metrics upkeep thread; memory grows until /metrics is scraped");
+    }
 }
 
 fn describe() {

@@ -98,7 +98,7 @@ pub struct BatchResponse {
         (status = 409, description = "The same Idempotency-Key is in flight"),
         (status = 413, description = "Body over 16 KiB"),
         (status = 422, description = "Invalid body or header", body = crate::http::docs::ValidationErrors),
-        (status = 503, description = "The store is unavailable or the write queue is full; nothing recorded"),
+        (status = 503, description = "The store is unavailable or the write queue is full: not acknowledged. Usually nothing was recorded; when the store did not confirm the commit in time it may have been, so retry with an Idempotency-Key"),
     )
 )]
 pub async fn record_buy(
@@ -125,7 +125,7 @@ pub async fn record_buy(
         (status = 409, description = "The same Idempotency-Key is in flight"),
         (status = 413, description = "Body over 2 MiB"),
         (status = 422, description = "Some items invalid (each named by index); nothing recorded", body = crate::http::docs::ValidationErrors),
-        (status = 503, description = "The store is unavailable; nothing recorded"),
+        (status = 503, description = "The store is unavailable: not acknowledged (as for POST /buy)"),
     )
 )]
 pub async fn record_batch(
