@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
-use crate::store::{IDEMPOTENCY_TTL_US, Store, StoreError, Write, WriteOutcome};
+use crate::store::{IDEMPOTENCY_TTL_US, ROLLUP_KEEP_S, Store, StoreError, Write, WriteOutcome};
 
 /// Jobs the queue holds before senders wait.
 pub const QUEUE_CAPACITY: usize = 16_384;
@@ -174,6 +174,9 @@ fn run(mut rx: mpsc::Receiver<Job>, store: Arc<dyn Store>, clock: Arc<dyn Clock>
             last_prune = Instant::now();
             if let Err(e) = store.prune_idempotency(now_us - IDEMPOTENCY_TTL_US) {
                 tracing::warn!(error = %e, "pruning expired idempotency keys failed");
+            }
+            if let Err(e) = store.prune_rollups(now_us.div_euclid(1_000_000) - ROLLUP_KEEP_S) {
+                tracing::warn!(error = %e, "pruning old second and minute rollups failed");
             }
         }
     }

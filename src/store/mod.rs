@@ -187,6 +187,11 @@ pub struct ExportRow {
 /// How long an Idempotency-Key is remembered (SPEC §2).
 pub const IDEMPOTENCY_TTL_US: i64 = 24 * 3600 * 1_000_000;
 
+/// How long second and minute rollups are kept. Reads use them only at the edges of a window
+/// reaching at most 168 hours back (`timeframe_hours` ≤ 168, and minute timeseries as far), so an
+/// hour beyond that is never read again; hour rollups are kept for ever.
+pub const ROLLUP_KEEP_S: i64 = 169 * 3600;
+
 /// The operations the service needs from a store.
 pub trait Store: Send + Sync + 'static {
     /// Record `writes` in one transaction, assigning consecutive sequence numbers in order.
@@ -225,6 +230,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forget Idempotency-Keys older than `before_us`.
     fn prune_idempotency(&self, before_us: i64) -> Result<usize, StoreError>;
+
+    /// Delete second and minute rollup rows of buckets before `before_s`, a bounded amount per
+    /// call (see [`ROLLUP_KEEP_S`]); returns the rows deleted. A store that keeps them all
+    /// answers `Ok(0)`: reads are exact either way.
+    fn prune_rollups(&self, _before_s: i64) -> Result<usize, StoreError> {
+        Ok(0)
+    }
 
     /// Check that the store answers (for `/health`).
     fn ping(&self) -> Result<(), StoreError>;

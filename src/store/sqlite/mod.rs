@@ -189,9 +189,49 @@ impl Store for SqliteStore {
         lock(&self.writer).execute("DELETE FROM idempotency WHERE created_at_us < ?1", [before_us]).map_err(unavailable)
     }
 
+    fn prune_rollups(&self, before_s: i64) -> Result<usize, StoreError> {
+        let conn = lock(&self.writer);
+        let mut deleted = 0;
+        for table in ["rollup", "promotion_rollup"] {
+            for granularity in [1, 60] {
+                deleted += prune_buckets(&conn, table, granularity, before_s).map_err(unavailable)?;
+            }
+        }
+        Ok(deleted)
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| conn.query_row("SELECT total FROM counter WHERE id = 1", [], |_| Ok(())))
     }
+}
+
+/// Buckets deleted per statement: each statement is one transaction on the writer's connection,
+/// so a backlog (a store that never pruned) is worked off a slice at a time between commits.
+const PRUNE_STEP_S: i64 = 600;
+/// Statements per table and granularity per call, so one call stalls the writer briefly.
+const PRUNE_STEPS: usize = 10;
+
+/// Delete `table`'s rows of `granularity` with buckets before `before_s`, oldest first, in at
+/// most [`PRUNE_STEPS`] slices of [`PRUNE_STEP_S`] of buckets. Both tables are keyed by
+/// granularity then bucket, so each step is a range of the primary key.
+fn prune_buckets(conn: &Connection, table: &str, granularity: i64, before_s: i64) -> rusqlite::Result<usize> {
+    let oldest = format!("SELECT min(bucket_s) FROM {table} WHERE granularity_s = ?1");
+    let delete = format!("DELETE FROM {table} WHERE granularity_s = ?1 AND bucket_s < ?2");
+    let mut deleted = 0;
+    for _ in 0..PRUNE_STEPS {
+        // Read the oldest bucket each time rather than stepping from it: a stray old timestamp
+        // must not make the steps crawl through empty years.
+        let Some(oldest) = conn.prepare_cached(&oldest)?.query_row([granularity], |r| r.get::<_, Option<i64>>(0))?
+        else {
+            break;
+        };
+        if oldest >= before_s {
+            break;
+        }
+        let upto = before_s.min(oldest.saturating_add(granularity * PRUNE_STEP_S));
+        deleted += conn.prepare_cached(&delete)?.execute([granularity, upto])?;
+    }
+    Ok(deleted)
 }
 
 #[cfg(test)]
@@ -230,6 +270,69 @@ mod tests {
             let counts = store.counts(cutoff, None).unwrap();
             assert_eq!(counts.recent_buys, expected, "cutoff {cutoff}");
             assert_eq!(counts.total_buys, 400);
+        }
+    }
+
+    /// Pruning second and minute rollups older than ROLLUP_KEEP_S changes no answer a read can
+    /// ask for: every window of at most 168 hours, overall and per promotion, and minute series.
+    #[test]
+    fn pruned_rollups_answer_every_readable_window_exactly() {
+        use crate::store::ROLLUP_KEEP_S;
+        let (pruned, kept) = (SqliteStore::open_memory().unwrap(), SqliteStore::open_memory().unwrap());
+        let now = 1_750_000_000 * US;
+        // Ten days of buys, several per minute at irregular instants, over three promotions,
+        // plus a stray one from years before.
+        let mut stamps: Vec<i64> = (0..6000).map(|i| now - 10 * 24 * 3600 * US + i * 143_999_917 + i % 997).collect();
+        stamps.push(now - 5 * 365 * 24 * 3600 * US);
+        let buy = |i: usize, t: i64| {
+            let mut r = record(t, 1 + (i % 3) as i64);
+            r.buy.promotion_id = (i % 3) as i64;
+            r
+        };
+        for (i, chunk) in stamps.chunks(100).enumerate() {
+            let writes: Vec<Write> = chunk
+                .iter()
+                .enumerate()
+                .map(|(j, &t)| Write { buys: vec![buy(i * 100 + j, t)], idempotency: None })
+                .collect();
+            pruned.commit(&writes, now).unwrap();
+            kept.commit(&writes, now).unwrap();
+        }
+        let before_s = now / US - ROLLUP_KEEP_S;
+        let mut deleted = 0;
+        loop {
+            let n = pruned.prune_rollups(before_s).unwrap();
+            if n == 0 {
+                break;
+            }
+            deleted += n;
+        }
+        assert!(deleted > 3000, "old second and minute rows were deleted ({deleted})");
+        let hours = |h: i64| h * 3600 * US;
+        let mut cutoffs: Vec<i64> = (0..=168).map(|h| now - hours(h)).collect();
+        cutoffs.extend([now - hours(168) + 1, now - hours(168) + 59 * US + 7, now - 90 * US - 3, now - 1]);
+        cutoffs.extend(stamps.iter().filter(|&&t| t >= now - hours(168)).step_by(97).flat_map(|&t| [t, t + 1]));
+        for since in cutoffs {
+            for promotion in [None, Some(0), Some(1), Some(2)] {
+                assert_eq!(
+                    pruned.counts(since, promotion).unwrap(),
+                    kept.counts(since, promotion).unwrap(),
+                    "since {since}, promotion {promotion:?}"
+                );
+            }
+            assert_eq!(pruned.promotion_stats(1, since).unwrap(), kept.promotion_stats(1, since).unwrap());
+            assert_eq!(pruned.promotions(since, 10, 0).unwrap(), kept.promotions(since, 10, 0).unwrap());
+        }
+        let (from, to) = ((now - hours(168)) / US / 60 * 60, now / US / 60 * 60);
+        for promotion in [None, Some(2)] {
+            assert_eq!(
+                pruned.timeseries(60, from, to, promotion).unwrap(),
+                kept.timeseries(60, from, to, promotion).unwrap()
+            );
+            assert_eq!(
+                pruned.timeseries(3600, 0, to, promotion).unwrap(),
+                kept.timeseries(3600, 0, to, promotion).unwrap()
+            );
         }
     }
 
