@@ -357,6 +357,12 @@ impl Store for PostgresStore {
             .map_err(|(failure, _)| StoreError::Unavailable(failure.message))
     }
 
+    fn prune_rollups(&self, before_s: i64) -> Result<usize, StoreError> {
+        let mut held = lock(&self.writer);
+        self.with_writer(&mut held, |conn| conn.prune_rollups(before_s))
+            .map_err(|(failure, _)| StoreError::Unavailable(failure.message))
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
         self.read(read::ping)
     }
@@ -605,6 +611,60 @@ mod tests {
         let series = store.timeseries(60, minute, minute, None).unwrap();
         assert_eq!((series.len(), series[0].buys, series[0].units), (1, 2, 6));
         assert_eq!(store.promotions(at - 10 * US, 10, 0).unwrap().1, 1);
+    }
+
+    /// Pruned second and minute rollups change no answer a read can ask for (the unpruned
+    /// SQLite store gives the expected answers), and old rows are really deleted.
+    #[test]
+    fn pruned_rollups_answer_every_readable_window_exactly() {
+        let Some(database) = TestDatabase::create() else { return };
+        let pg = PostgresStore::open(&database.url).unwrap();
+        let kept = SqliteStore::open_memory().unwrap();
+        let now = 1_750_000_000 * US;
+        let mut stamps: Vec<i64> = (0..3000).map(|i| now - 10 * 24 * 3600 * US + i * 287_999_917 + i % 997).collect();
+        stamps.push(now - 5 * 365 * 24 * 3600 * US);
+        for (c, chunk) in stamps.chunks(100).enumerate() {
+            let writes: Vec<Write> = chunk
+                .iter()
+                .enumerate()
+                .map(|(j, &t)| {
+                    let i = (c * 100 + j) as i64;
+                    Write { buys: vec![record(i, i % 3, i % 5, 1 + i % 3, None, t)], idempotency: None }
+                })
+                .collect();
+            assert_eq!(pg.commit(&writes, now).unwrap(), kept.commit(&writes, now).unwrap());
+        }
+        let before_s = now / US - crate::store::ROLLUP_KEEP_S;
+        let mut deleted = 0;
+        while let n @ 1.. = pg.prune_rollups(before_s).unwrap() {
+            deleted += n;
+        }
+        assert!(deleted > 3000, "old second and minute rows were deleted ({deleted})");
+        let hours = |h: i64| h * 3600 * US;
+        let mut cutoffs: Vec<i64> = (0..=168).step_by(7).map(|h| now - hours(h)).collect();
+        cutoffs.extend([now - hours(168), now - hours(168) + 1, now - hours(168) + 59 * US + 7, now - 1]);
+        for since in cutoffs {
+            for promotion in [None, Some(0), Some(2)] {
+                assert_eq!(
+                    pg.counts(since, promotion).unwrap(),
+                    kept.counts(since, promotion).unwrap(),
+                    "since {since}"
+                );
+            }
+            assert_eq!(pg.promotion_stats(1, since).unwrap(), kept.promotion_stats(1, since).unwrap());
+            assert_eq!(pg.promotions(since, 10, 0).unwrap(), kept.promotions(since, 10, 0).unwrap());
+        }
+        let (from, to) = ((now - hours(168)) / US / 60 * 60, now / US / 60 * 60);
+        for promotion in [None, Some(2)] {
+            assert_eq!(
+                pg.timeseries(60, from, to, promotion).unwrap(),
+                kept.timeseries(60, from, to, promotion).unwrap()
+            );
+            assert_eq!(
+                pg.timeseries(3600, 0, to, promotion).unwrap(),
+                kept.timeseries(3600, 0, to, promotion).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -326,6 +326,35 @@ impl WriterConn {
         result
     }
 
+    /// Delete second and minute rollup rows of buckets before `before_s`, oldest first, in at
+    /// most [`PRUNE_STEPS`] slices of [`PRUNE_STEP_S`] of buckets per table and granularity, so a
+    /// backlog is worked off a slice at a time. Old buckets are no longer updated, so this waits
+    /// for no commit; replicas pruning at once only find less to delete.
+    pub fn prune_rollups(&mut self, before_s: i64) -> Result<usize, Failure> {
+        self.check_if_idle()?;
+        let client = &self.client;
+        let result = self.runtime.block_on(async {
+            let mut deleted = 0;
+            for table in ["rollup", "promotion_rollup"] {
+                let oldest = format!("SELECT min(bucket_s) FROM {table} WHERE granularity_s = $1");
+                let delete = format!("DELETE FROM {table} WHERE granularity_s = $1 AND bucket_s < $2");
+                for granularity in [1i64, 60] {
+                    for _ in 0..PRUNE_STEPS {
+                        let row = bounded(client, client.query_one(oldest.as_str(), &[&granularity])).await?;
+                        let oldest: Option<i64> = row.try_get(0).map_err(|e| Failure::not_committed(&e, client))?;
+                        let Some(oldest) = oldest.filter(|&b| b < before_s) else { break };
+                        let upto = before_s.min(oldest.saturating_add(granularity * PRUNE_STEP_S));
+                        deleted +=
+                            bounded(client, client.execute(delete.as_str(), &[&granularity, &upto])).await? as usize;
+                    }
+                }
+            }
+            Ok(deleted)
+        });
+        self.last_used = Instant::now();
+        result
+    }
+
     /// After a pause, make sure the connection still answers before sending anything that
     /// matters: a failure here is known to have recorded nothing.
     fn check_if_idle(&mut self) -> Result<(), Failure> {
@@ -345,6 +374,29 @@ impl WriterConn {
             Err(_) => format!("PostgreSQL did not answer within {CHECK_TIMEOUT:?}"),
         };
         Err(Failure { message, unknown: false, retryable: true, broken: true })
+    }
+}
+
+/// Buckets deleted per statement when pruning rollups.
+const PRUNE_STEP_S: i64 = 600;
+/// Pruning statements per table and granularity per call.
+const PRUNE_STEPS: usize = 10;
+
+/// `statement` within [`COMMIT_DEADLINE`]: a server error leaves the connection usable; no
+/// answer in time, or a lost connection, is reported as broken.
+async fn bounded<T>(
+    client: &Client,
+    statement: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(COMMIT_DEADLINE, statement).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(Failure::not_committed(&e, client)),
+        Err(_) => Err(Failure {
+            message: "PostgreSQL did not answer in time".to_string(),
+            unknown: true,
+            retryable: false,
+            broken: true,
+        }),
     }
 }
 
