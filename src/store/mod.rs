@@ -251,6 +251,43 @@ pub fn open(url: &StoreUrl) -> Result<std::sync::Arc<dyn Store>, String> {
     }
 }
 
+/// Shared by both stores' tests: prune `pruned` as the writer would at `now_us`, then require
+/// every answer a read can ask for to equal `kept`'s (the same writes, nothing pruned).
+#[cfg(test)]
+pub(crate) fn assert_pruning_changes_no_answer(pruned: &dyn Store, kept: &dyn Store, now_us: i64, cutoffs: &[i64]) {
+    use aggregate::US;
+    let mut deleted = 0;
+    while let n @ 1.. = pruned.prune_rollups(now_us / US - ROLLUP_KEEP_S).unwrap() {
+        deleted += n;
+    }
+    assert!(deleted > 3000, "old second and minute rows were deleted ({deleted})");
+    let hours = |h: i64| h * 3600 * US;
+    let edges = [now_us - hours(168), now_us - hours(168) + 1, now_us - hours(168) + 59 * US + 7, now_us - 1];
+    let hourly = (0..=168).map(|h| now_us - hours(h));
+    for since in hourly.chain(edges).chain(cutoffs.iter().copied()) {
+        for promotion in [None, Some(0), Some(1), Some(2)] {
+            assert_eq!(
+                pruned.counts(since, promotion).unwrap(),
+                kept.counts(since, promotion).unwrap(),
+                "since {since}, promotion {promotion:?}"
+            );
+        }
+        assert_eq!(pruned.promotion_stats(1, since).unwrap(), kept.promotion_stats(1, since).unwrap());
+        assert_eq!(pruned.promotions(since, 10, 0).unwrap(), kept.promotions(since, 10, 0).unwrap());
+    }
+    let (from, to) = ((now_us - hours(168)) / US / 60 * 60, now_us / US / 60 * 60);
+    for promotion in [None, Some(2)] {
+        assert_eq!(
+            pruned.timeseries(60, from, to, promotion).unwrap(),
+            kept.timeseries(60, from, to, promotion).unwrap()
+        );
+        assert_eq!(
+            pruned.timeseries(3600, 0, to, promotion).unwrap(),
+            kept.timeseries(3600, 0, to, promotion).unwrap()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
