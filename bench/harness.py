@@ -841,6 +841,10 @@ def cpu_table(runs, keys):
     return out
 
 
+def throughput_and_cpu(runs, keys):
+    return throughput_table(runs, keys) + cpu_table(runs, keys)
+
+
 def skipped_lines(data):
     return [f"SKIP {NAMES.get(k, k)}: {why}" for k, why in sorted(data.get("skipped", {}).items())]
 
@@ -872,8 +876,7 @@ def md_buy_64(part):
            "on one database, each driven by its own wrk with 32 connections at the same time: req/s summed, "
            "percentiles the slower replica's, RSS summed. Each PostgreSQL row has its own fresh database.", ""]
     out += [x + "  " for x in skipped_lines(d)]
-    out += throughput_table(d["runs"], ["baseline", "sqlite", "postgres-1", "postgres-2"])
-    out += cpu_table(d["runs"], ["baseline", "sqlite", "postgres-1", "postgres-2"])
+    out += throughput_and_cpu(d["runs"], ["baseline", "sqlite", "postgres-1", "postgres-2"])
     reps = d["runs"].get("postgres-2")
     if reps:
         out += ["", "Each replica of the two-replica row (medians over the rounds):", "",
@@ -905,8 +908,7 @@ def md_mix(part):
            "/promotions, /promotions/{id}/stats, /stats/timeseries?bucket=minute&timeframe_hours=1, 2% each). "
            "The baseline serves only POST /buy, so its row is `bench/post_buy.lua`, as in every scenario.", ""]
     out += [x + "  " for x in skipped_lines(d)]
-    out += throughput_table(d["runs"], ["baseline", "sqlite", "postgres"])
-    out += cpu_table(d["runs"], ["baseline", "sqlite", "postgres"])
+    out += throughput_and_cpu(d["runs"], ["baseline", "sqlite", "postgres"])
     return out + md_routes(d)
 
 

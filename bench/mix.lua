@@ -15,10 +15,7 @@ request = function()
     local path = reads[1 + (counter / 10) % #reads]
     return wrk.format("GET", string.format(path, counter % 50))
   end
-  local body = string.format(
-    '{"user_id": %d, "promotion_id": %d, "product_id": %d, "product_quantity": %d}',
-    counter, counter % 50, counter % 500, 1 + counter % 5)
-  return wrk.format("POST", "/buy", {["Content-Type"] = "application/json"}, body)
+  return buy_request(counter)
 end
 
 dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "result.lua")

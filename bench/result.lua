@@ -1,4 +1,14 @@
--- Shared `done` for the wrk scripts of bench/: one machine-readable RESULT line per run.
+-- Shared by the wrk scripts of bench/: the POST /buy request they send, and `done`, which prints
+-- one machine-readable RESULT line per run.
+
+-- The n-th buy: a new user each time, 50 promotions, 500 products, 1 to 5 units.
+function buy_request(n)
+  local body = string.format(
+    '{"user_id": %d, "promotion_id": %d, "product_id": %d, "product_quantity": %d}',
+    n, n % 50, n % 500, 1 + n % 5)
+  return wrk.format("POST", "/buy", {["Content-Type"] = "application/json"}, body)
+end
+
 -- Socket errors are split by kind (a timeout is a request wrk gave up on after 2 s, a connect
 -- error a refused or reset connection) because they mean different things; errors is their sum,
 -- non2xx counts HTTP statuses of 400 and above. Latencies are in ms, rps over the whole run.
