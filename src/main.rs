@@ -12,9 +12,9 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let config = match Cli::parse().into_config() {
+    let config = match Cli::try_parse().and_then(Cli::into_config) {
         Ok(config) => config,
-        Err(e) => e.exit(),
+        Err(e) => usage_exit(e),
     };
     buy_tracker::telemetry::init(config.log_format, config.dev);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(config.workers).enable_all().build()
@@ -42,6 +42,18 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `--help` and `--version` print in full; a usage error prints only its first line (SPEC §1:
+/// one clear line naming the option), without clap's usage and `--help` hints.
+fn usage_exit(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    eprintln!("{}", rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("error: invalid command line"));
+    std::process::exit(e.exit_code());
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are registered when this is called, not

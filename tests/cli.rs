@@ -123,9 +123,9 @@ fn start(mut cmd: Command) -> (Server, String) {
     }
 }
 
-/// The first line of `stderr` that says something (clap and the binary start with `error:`).
-fn first_line(stderr: &str) -> &str {
-    stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("")
+/// The lines of `stderr` that say something.
+fn said(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|l| !l.trim().is_empty()).collect()
 }
 
 /// Stop `server` with `signal` and return its exit code.
@@ -168,7 +168,9 @@ fn dev_refuses_more_than_one_worker() {
         cmd.args(["--dev", spelling, "4", "--host", "127.0.0.1", "--port", "0", "--database-url", "memory:"]);
         let out = run_to_exit(cmd);
         assert_eq!(out.code, Some(2), "--dev {spelling} 4 was not refused as a usage error: {}", out.stderr);
-        assert!(out.stderr.contains("--n-workers"), "the refusal does not name --n-workers: {}", out.stderr);
+        let said = said(&out.stderr);
+        assert_eq!(said.len(), 1, "--dev {spelling} 4: expected one line on stderr, got {said:?}");
+        assert!(said[0].contains("--n-workers"), "the refusal does not name --n-workers: {said:?}");
     }
 }
 
@@ -207,8 +209,9 @@ fn bad_values_exit_nonzero_naming_the_option() {
         cmd.args([option, value]);
         let out = run_to_exit(cmd);
         assert!(matches!(out.code, Some(code) if code != 0), "{option} {value}: exit {:?}", out.code);
-        let line = first_line(&out.stderr);
-        assert!(line.contains(option), "{option} {value}: the error line does not name the option: {:?}", out.stderr);
+        let said = said(&out.stderr);
+        assert_eq!(said.len(), 1, "{option} {value}: expected one line on stderr, got {said:?}");
+        assert!(said[0].contains(option), "{option} {value}: the error line does not name the option: {said:?}");
     }
 }
 
@@ -225,7 +228,7 @@ fn unopenable_store_exits_with_one_line_naming_the_path() {
         cmd.args(["--host", "127.0.0.1", "--port", "0", "--database-url"]).arg(format!("sqlite:{}", path.display()));
         let out = run_to_exit(cmd);
         assert!(matches!(out.code, Some(code) if code != 0), "{}: exit {:?}", path.display(), out.code);
-        let said: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let said = said(&out.stderr);
         assert_eq!(said.len(), 1, "{}: expected one line on stderr, got {said:?}", path.display());
         assert!(
             said[0].contains(&path.display().to_string()),
