@@ -147,6 +147,9 @@ pub enum ApiError {
     /// 413: the body is over the route's limit.
     #[error("payload too large")]
     PayloadTooLarge { limit: usize },
+    /// 408: the body did not arrive within the body timeout.
+    #[error("request body timed out")]
+    BodyTimeout,
     /// 401: a key is required and was missing or wrong.
     #[error("unauthorized")]
     Unauthorized,
@@ -181,6 +184,10 @@ impl IntoResponse for ApiError {
             ApiError::PayloadTooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"detail": format!("Request body too large: the limit for this endpoint is {limit} bytes")}),
+            ),
+            ApiError::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"detail": "Request body not received in time: send the whole body promptly"}),
             ),
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,

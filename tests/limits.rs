@@ -57,7 +57,8 @@ async fn a_body_that_never_arrives_is_given_up() {
         .unwrap();
     let answer = read_until_closed(&mut stream, Duration::from_secs(10)).await;
     let answer = answer.expect("the server answers or closes within the body timeout");
-    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "a body that times out is not answered 408: {answer}");
+    assert!(answer.contains("\"detail\""), "the 408 is not a JSON error: {answer}");
     assert_eq!(app.get_json("/stats").await["total_buys"], 0);
 }
 

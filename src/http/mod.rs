@@ -95,12 +95,26 @@ impl Shared {
 /// How long a read may wait for the store before answering 503.
 pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 
-/// The body bytes, or 413 when over `limit` (set per route with `DefaultBodyLimit`).
+/// The body bytes, 413 when over `limit` (set per route with `DefaultBodyLimit`), or 408 when it
+/// did not arrive within the body timeout (the layer in `app.rs`).
 pub fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit },
+        _ if timed_out(&rejection) => ApiError::BodyTimeout,
         _ => ApiError::Validation(vec![FieldError::json_invalid_text(&rejection.body_text())]),
     })
+}
+
+/// Whether reading the body failed because the body timeout expired.
+fn timed_out(rejection: &BytesRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// The request's headers and body bytes (413 past the route's limit, as the `Bytes` extractor
