@@ -488,6 +488,66 @@ mod tests {
         out
     }
 
+    /// Buys mostly in time order, some of them late by up to two hours, in batches that span
+    /// seconds, minutes and hours: each promotion's current buckets (kept in its totals row) are
+    /// replaced, added to and passed by older buys, and every window answers as in SQLite.
+    #[test]
+    fn late_and_out_of_order_buys_answer_as_the_sqlite_store() {
+        let Some(database) = TestDatabase::create() else { return };
+        let pg = PostgresStore::open(&database.url).unwrap();
+        let sqlite = SqliteStore::open_memory().unwrap();
+        let base = 1_750_000_000 * US;
+        let mut state = 12_345u64;
+        let mut next = |n: u64| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % n
+        };
+        let mut clock = base;
+        let mut late = 0;
+        for _ in 0..150 {
+            let writes: Vec<Write> = (0..1 + next(30))
+                .map(|_| {
+                    clock += next(40_000) as i64 * 1000; // 0–40 s on
+                    let mut at = clock;
+                    if next(5) == 0 {
+                        at -= next(2 * 3600) as i64 * US + next(US as u64) as i64;
+                        late += 1;
+                    }
+                    let (user, promotion) = (next(100) as i64, next(4) as i64);
+                    Write {
+                        buys: vec![record(user, promotion, next(5) as i64, 1 + next(3) as i64, None, at)],
+                        idempotency: None,
+                    }
+                })
+                .collect();
+            assert_eq!(pg.commit(&writes, clock).unwrap(), sqlite.commit(&writes, clock).unwrap());
+        }
+        assert!(late > 100, "late buys: {late}");
+        let hours = (clock - base) / 3600 / US;
+        assert!(hours > 10, "the buys span {hours} hours");
+        let cutoffs: Vec<i64> = (0..300)
+            .map(|_| base - 3 * 3600 * US + next((clock - base) as u64 + 3 * 3600 * US as u64) as i64)
+            .collect();
+        for &cutoff in &cutoffs {
+            for p in [None, Some(0), Some(1), Some(2), Some(3)] {
+                assert_eq!(pg.counts(cutoff, p).unwrap(), sqlite.counts(cutoff, p).unwrap(), "cutoff {cutoff}, {p:?}");
+            }
+        }
+        for &cutoff in cutoffs.iter().step_by(10) {
+            assert_eq!(pg.promotions(cutoff, 10, 0).unwrap(), sqlite.promotions(cutoff, 10, 0).unwrap());
+            for p in 0..4 {
+                assert_eq!(pg.promotion_stats(p, cutoff).unwrap(), sqlite.promotion_stats(p, cutoff).unwrap());
+            }
+        }
+        let (from, to) = (base / US - 3 * 3600, clock / US);
+        for g in [60, 3600] {
+            let (from, to) = (from - from.rem_euclid(g), to - to.rem_euclid(g));
+            for p in [None, Some(0), Some(3)] {
+                assert_eq!(pg.timeseries(g, from, to, p).unwrap(), sqlite.timeseries(g, from, to, p).unwrap());
+            }
+        }
+    }
+
     /// The writer checks a connection that has been idle before committing on it; that check
     /// runs on the writer's own runtime (it once panicked, outside any runtime).
     #[test]

@@ -3,7 +3,9 @@
 //! index. A read that needs several statements runs them in one REPEATABLE READ transaction, so it
 //! sees one snapshot; a single statement always does.
 //!
-//! Aggregate rows are split by writer slot (see `write.rs`), so every read sums over slots.
+//! Aggregate rows are split by writer slot (see `write.rs`), so every read sums over slots. Per
+//! promotion buckets are read from the view `promotion_buckets`: the rollup rows and the current
+//! bucket of each granularity kept in the totals rows.
 //! PostgreSQL sums BIGINTs into NUMERIC, hence the `CAST(… AS BIGINT)` on every sum; revenue
 //! saturates at the BIGINT maximum, as each row does.
 
@@ -70,11 +72,11 @@ const COUNTS_PROMOTION: &str = "
     WITH parts (buys, units) AS (
         SELECT count(*), coalesce(sum(product_quantity), 0) FROM buys
             WHERE timestamp_us >= $1 AND timestamp_us < $2 AND promotion_id = $6
-        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM promotion_rollup
+        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM promotion_buckets
             WHERE promotion_id = $6 AND granularity_s = 1 AND bucket_s >= $3 AND bucket_s < $4
-        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM promotion_rollup
+        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM promotion_buckets
             WHERE promotion_id = $6 AND granularity_s = 60 AND bucket_s >= $4 AND bucket_s < $5
-        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM promotion_rollup
+        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM promotion_buckets
             WHERE promotion_id = $6 AND granularity_s = 3600 AND bucket_s >= $5)
     SELECT (SELECT CAST(coalesce(sum(total_buys), 0) AS BIGINT) FROM promotion_totals WHERE promotion_id = $6),
            (SELECT CAST(coalesce(sum(total_units), 0) AS BIGINT) FROM promotion_totals WHERE promotion_id = $6),
@@ -87,13 +89,13 @@ const RECENT_OF_PAGE: &str = "
         SELECT promotion_id, count(*) AS buys FROM buys
             WHERE timestamp_us >= $1 AND timestamp_us < $2 AND promotion_id = ANY(CAST($6 AS BIGINT[]))
             GROUP BY promotion_id
-        UNION ALL SELECT promotion_id, sum(buys) FROM promotion_rollup
+        UNION ALL SELECT promotion_id, sum(buys) FROM promotion_buckets
             WHERE promotion_id = ANY(CAST($6 AS BIGINT[])) AND granularity_s = 1 AND bucket_s >= $3 AND bucket_s < $4
             GROUP BY promotion_id
-        UNION ALL SELECT promotion_id, sum(buys) FROM promotion_rollup
+        UNION ALL SELECT promotion_id, sum(buys) FROM promotion_buckets
             WHERE promotion_id = ANY(CAST($6 AS BIGINT[])) AND granularity_s = 60 AND bucket_s >= $4 AND bucket_s < $5
             GROUP BY promotion_id
-        UNION ALL SELECT promotion_id, sum(buys) FROM promotion_rollup
+        UNION ALL SELECT promotion_id, sum(buys) FROM promotion_buckets
             WHERE promotion_id = ANY(CAST($6 AS BIGINT[])) AND granularity_s = 3600 AND bucket_s >= $5
             GROUP BY promotion_id) AS parts
     GROUP BY promotion_id";
@@ -121,7 +123,7 @@ const TIMESERIES_ALL: &str = "
     WHERE granularity_s = $1 AND bucket_s >= $2 AND bucket_s <= $3 GROUP BY bucket_s ORDER BY bucket_s";
 
 const TIMESERIES_PROMOTION: &str = "
-    SELECT bucket_s, CAST(sum(buys) AS BIGINT), CAST(sum(units) AS BIGINT) FROM promotion_rollup
+    SELECT bucket_s, CAST(sum(buys) AS BIGINT), CAST(sum(units) AS BIGINT) FROM promotion_buckets
     WHERE promotion_id = $4 AND granularity_s = $1 AND bucket_s >= $2 AND bucket_s <= $3
     GROUP BY bucket_s ORDER BY bucket_s";
 

@@ -126,6 +126,27 @@ ALTER TABLE promotion_products DROP CONSTRAINT promotion_products_pkey,
 -- so updates stay HOT.
 CREATE INDEX promotion_rollup_by_bucket ON promotion_rollup (granularity_s, bucket_s);
 "#,
+    r#"
+-- Each promotion's newest second, minute and hour of each slot are counted in its totals row,
+-- which every commit updates anyway, instead of three promotion_rollup rows per commit; a bucket
+-- moves to promotion_rollup when a newer one replaces it (see write.rs). Reads add both.
+ALTER TABLE promotion_totals
+    ADD COLUMN second_bucket BIGINT NOT NULL DEFAULT 0, ADD COLUMN second_buys BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN second_units BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN minute_bucket BIGINT NOT NULL DEFAULT 0, ADD COLUMN minute_buys BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN minute_units BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN hour_bucket BIGINT NOT NULL DEFAULT 0, ADD COLUMN hour_buys BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN hour_units BIGINT NOT NULL DEFAULT 0;
+-- What reads sum: the moved buckets and the current ones.
+CREATE VIEW promotion_buckets (promotion_id, granularity_s, bucket_s, slot, buys, units) AS
+    SELECT promotion_id, granularity_s, bucket_s, slot, buys, units FROM promotion_rollup
+    UNION ALL SELECT promotion_id, 1, second_bucket, slot, second_buys, second_units FROM promotion_totals
+        WHERE second_buys > 0
+    UNION ALL SELECT promotion_id, 60, minute_bucket, slot, minute_buys, minute_units FROM promotion_totals
+        WHERE minute_buys > 0
+    UNION ALL SELECT promotion_id, 3600, hour_bucket, slot, hour_buys, hour_units FROM promotion_totals
+        WHERE hour_buys > 0;
+"#,
 ];
 
 /// Bring the schema up to date. Holds the advisory lock for the whole run, so replicas starting

@@ -10,7 +10,7 @@
 //! rolled-back transaction would leave a gap.
 //!
 //! The counter is taken **last**: everything that does not need a sequence number (claiming the
-//! idempotency keys, new buyers, per-promotion totals, rollups, products) runs first; then
+//! idempotency keys, new buyers, per-promotion totals and buckets, rollups, products) runs first; then
 //! `UPDATE counter … RETURNING total` takes the block `total − n + 1 ..= total`, and only then are
 //! the buys inserted, numbered from the counter row this transaction just updated (so the client
 //! need not wait for the number before sending the insert), then COMMIT. The buys are inserted
@@ -38,6 +38,19 @@
 //! connections than slots, or no advisory locks) only costs waiting: every transaction takes its
 //! row locks in the same order (the statements' order, and rows in key order within a statement
 //! via `ORDER BY`), so writers cannot deadlock on aggregates.
+//!
+//! # Current buckets
+//!
+//! A commit with buys of many promotions would otherwise upsert three `promotion_rollup` rows
+//! (second, minute, hour) per promotion, the largest share of its work. Instead each promotion's
+//! totals row, which the commit updates anyway, also counts its newest second, minute and hour
+//! (per slot). [`MOVE_BUCKETS`] runs first: it locks the promotions' totals rows in key order
+//! (`FOR UPDATE`, so writers sharing a slot see each other's current buckets) and moves to `promotion_rollup`
+//! every current bucket that the batch's newer one replaces, the batch's newest bucket when it is
+//! older than the current one (a late buy), and the batch's other buckets. Then
+//! [`PROMOTION_TOTALS`] replaces, adds to or keeps each current bucket. Reads sum both through the
+//! view `promotion_buckets`. A bucket moves about once per second per promotion and slot, not
+//! once per commit.
 //!
 //! # When is a commit known?
 //!
@@ -78,7 +91,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{describe, is_broken, is_retryable};
 use crate::domain::BuyRecord;
-use crate::store::aggregate::Deltas;
+use crate::store::aggregate::{Deltas, GRANULARITIES, Tally};
 use crate::store::{IDEMPOTENCY_TTL_US, Write, WriteOutcome};
 
 /// Longest a commit may wait for PostgreSQL's answers before it is abandoned as unknown. This
@@ -106,6 +119,9 @@ const FIND_KEYS: &str =
     "SELECT key, fingerprint, last_seq, recorded FROM idempotency WHERE key = ANY(CAST($1 AS TEXT[]))";
 
 /// New buyers ($7, $8) are inserted first; those that were new count towards `unique_buyers`.
+/// $10..$18 are the batch's newest second, minute and hour of each promotion with their buys and
+/// units: a newer bucket replaces the row's current one (moved to `promotion_rollup` just before by
+/// [`MOVE_BUCKETS`]), the same bucket adds to it, an older one leaves it (it went to the rollup).
 const PROMOTION_TOTALS: &str = "
     WITH new_buyers AS (
         INSERT INTO promotion_buyers (promotion_id, user_id)
@@ -114,10 +130,15 @@ const PROMOTION_TOTALS: &str = "
         ON CONFLICT DO NOTHING
         RETURNING promotion_id)
     INSERT INTO promotion_totals
-        (promotion_id, slot, total_buys, total_units, revenue_cents, unique_buyers, first_buy_us, last_buy_us)
-    SELECT t.p, $9, t.n, t.u, t.r, coalesce(nb.n, 0), t.f, t.l
+        (promotion_id, slot, total_buys, total_units, revenue_cents, unique_buyers, first_buy_us, last_buy_us,
+         second_bucket, second_buys, second_units, minute_bucket, minute_buys, minute_units,
+         hour_bucket, hour_buys, hour_units)
+    SELECT t.p, $9, t.n, t.u, t.r, coalesce(nb.n, 0), t.f, t.l, t.sb, t.sn, t.su, t.mb, t.mn, t.mu, t.hb, t.hn, t.hu
     FROM UNNEST(CAST($1 AS BIGINT[]), CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]),
-                CAST($5 AS BIGINT[]), CAST($6 AS BIGINT[])) AS t (p, n, u, r, f, l)
+                CAST($5 AS BIGINT[]), CAST($6 AS BIGINT[]), CAST($10 AS BIGINT[]), CAST($11 AS BIGINT[]),
+                CAST($12 AS BIGINT[]), CAST($13 AS BIGINT[]), CAST($14 AS BIGINT[]), CAST($15 AS BIGINT[]),
+                CAST($16 AS BIGINT[]), CAST($17 AS BIGINT[]), CAST($18 AS BIGINT[]))
+        AS t (p, n, u, r, f, l, sb, sn, su, mb, mn, mu, hb, hn, hu)
     LEFT JOIN (SELECT promotion_id, count(*) AS n FROM new_buyers GROUP BY promotion_id) AS nb
         ON nb.promotion_id = t.p
     ORDER BY t.p
@@ -128,7 +149,28 @@ const PROMOTION_TOTALS: &str = "
             THEN 9223372036854775807 ELSE promotion_totals.revenue_cents + excluded.revenue_cents END,
         unique_buyers = promotion_totals.unique_buyers + excluded.unique_buyers,
         first_buy_us = LEAST(promotion_totals.first_buy_us, excluded.first_buy_us),
-        last_buy_us = GREATEST(promotion_totals.last_buy_us, excluded.last_buy_us)";
+        last_buy_us = GREATEST(promotion_totals.last_buy_us, excluded.last_buy_us),
+        second_bucket = GREATEST(promotion_totals.second_bucket, excluded.second_bucket),
+        second_buys = CASE WHEN excluded.second_bucket > promotion_totals.second_bucket THEN excluded.second_buys
+            WHEN excluded.second_bucket = promotion_totals.second_bucket
+            THEN promotion_totals.second_buys + excluded.second_buys ELSE promotion_totals.second_buys END,
+        second_units = CASE WHEN excluded.second_bucket > promotion_totals.second_bucket THEN excluded.second_units
+            WHEN excluded.second_bucket = promotion_totals.second_bucket
+            THEN promotion_totals.second_units + excluded.second_units ELSE promotion_totals.second_units END,
+        minute_bucket = GREATEST(promotion_totals.minute_bucket, excluded.minute_bucket),
+        minute_buys = CASE WHEN excluded.minute_bucket > promotion_totals.minute_bucket THEN excluded.minute_buys
+            WHEN excluded.minute_bucket = promotion_totals.minute_bucket
+            THEN promotion_totals.minute_buys + excluded.minute_buys ELSE promotion_totals.minute_buys END,
+        minute_units = CASE WHEN excluded.minute_bucket > promotion_totals.minute_bucket THEN excluded.minute_units
+            WHEN excluded.minute_bucket = promotion_totals.minute_bucket
+            THEN promotion_totals.minute_units + excluded.minute_units ELSE promotion_totals.minute_units END,
+        hour_bucket = GREATEST(promotion_totals.hour_bucket, excluded.hour_bucket),
+        hour_buys = CASE WHEN excluded.hour_bucket > promotion_totals.hour_bucket THEN excluded.hour_buys
+            WHEN excluded.hour_bucket = promotion_totals.hour_bucket
+            THEN promotion_totals.hour_buys + excluded.hour_buys ELSE promotion_totals.hour_buys END,
+        hour_units = CASE WHEN excluded.hour_bucket > promotion_totals.hour_bucket THEN excluded.hour_units
+            WHEN excluded.hour_bucket = promotion_totals.hour_bucket
+            THEN promotion_totals.hour_units + excluded.hour_units ELSE promotion_totals.hour_units END";
 
 const ROLLUP: &str = "
     INSERT INTO rollup (granularity_s, bucket_s, slot, buys, units)
@@ -139,11 +181,34 @@ const ROLLUP: &str = "
     ON CONFLICT (granularity_s, bucket_s, slot)
     DO UPDATE SET buys = rollup.buys + excluded.buys, units = rollup.units + excluded.units";
 
-const PROMOTION_ROLLUP: &str = "
+/// Runs before [`PROMOTION_TOTALS`], which it prepares: for each promotion and granularity of the
+/// batch ($1..$10, as there), a current bucket of the totals row that the batch's newest replaces
+/// moves to `promotion_rollup`, and so does the batch's newest when it is older than the current
+/// one; the batch's other buckets ($12..$16) go there directly.
+const MOVE_BUCKETS: &str = "
+    WITH c AS (
+        SELECT n.*, t.second_bucket, t.second_buys, t.second_units, t.minute_bucket, t.minute_buys,
+               t.minute_units, t.hour_bucket, t.hour_buys, t.hour_units
+        FROM UNNEST(CAST($1 AS BIGINT[]), CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]),
+                    CAST($5 AS BIGINT[]), CAST($6 AS BIGINT[]), CAST($7 AS BIGINT[]), CAST($8 AS BIGINT[]),
+                    CAST($9 AS BIGINT[]), CAST($10 AS BIGINT[])) AS n (p, sb, sn, su, mb, mn, mu, hb, hn, hu)
+        JOIN promotion_totals AS t ON t.promotion_id = n.p AND t.slot = $11
+        ORDER BY n.p
+        FOR UPDATE OF t),
+    moves (p, g, b, n, u) AS (
+        SELECT c.p, v.g, CASE WHEN v.nb > v.cb THEN v.cb ELSE v.nb END,
+               CASE WHEN v.nb > v.cb THEN v.cn ELSE v.nn END, CASE WHEN v.nb > v.cb THEN v.cu ELSE v.nu END
+        FROM c CROSS JOIN LATERAL (VALUES
+            (CAST(1 AS BIGINT), c.sb, c.sn, c.su, c.second_bucket, c.second_buys, c.second_units),
+            (60, c.mb, c.mn, c.mu, c.minute_bucket, c.minute_buys, c.minute_units),
+            (3600, c.hb, c.hn, c.hu, c.hour_bucket, c.hour_buys, c.hour_units)) AS v (g, nb, nn, nu, cb, cn, cu)
+        WHERE (v.nb > v.cb AND v.cn > 0) OR v.nb < v.cb
+        UNION ALL
+        SELECT p, g, b, n, u FROM UNNEST(CAST($12 AS BIGINT[]), CAST($13 AS BIGINT[]), CAST($14 AS BIGINT[]),
+                                         CAST($15 AS BIGINT[]), CAST($16 AS BIGINT[])) AS o (p, g, b, n, u))
     INSERT INTO promotion_rollup (promotion_id, granularity_s, bucket_s, slot, buys, units)
-    SELECT p, g, b, $6, n, u
-    FROM UNNEST(CAST($1 AS BIGINT[]), CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]),
-                CAST($5 AS BIGINT[])) AS r (p, g, b, n, u)
+    SELECT p, g, b, $11, CAST(sum(n) AS BIGINT), CAST(sum(u) AS BIGINT) FROM moves
+    GROUP BY p, g, b
     ORDER BY p, g, b
     ON CONFLICT (promotion_id, granularity_s, bucket_s, slot)
     DO UPDATE SET buys = promotion_rollup.buys + excluded.buys, units = promotion_rollup.units + excluded.units";
@@ -193,7 +258,7 @@ const STATEMENTS: [&str; 11] = [
     FIND_KEYS,
     PROMOTION_TOTALS,
     ROLLUP,
-    PROMOTION_ROLLUP,
+    MOVE_BUCKETS,
     PROMOTION_PRODUCTS,
     TAKE_SEQUENCE,
     INSERT_BUYS,
@@ -455,9 +520,11 @@ impl<const N: usize> Columns<N> {
 struct Recording<'a> {
     n: i64,
     units: i64,
-    totals: Columns<6>,
+    /// Per promotion: totals, then its newest second, minute and hour with their buys and units.
+    totals: Columns<15>,
     buyers: Columns<2>,
     rollup: Columns<4>,
+    /// The batch's per-promotion buckets other than each promotion's newest.
     promotion_rollup: Columns<5>,
     products: Columns<4>,
     /// Relative number (1..=n), user, promotion, product, quantity.
@@ -499,17 +566,39 @@ impl<'a> Recording<'a> {
             r.keys.push(record.idempotency_key.as_deref());
         }
         r.units = deltas.units;
+        // Each promotion's newest bucket of each granularity (the last in key order), kept in its
+        // totals row; the older ones of the batch go to the rollup.
+        let mut newest: BTreeMap<(i64, i64), (i64, Tally)> = BTreeMap::new();
+        for (&(p, g, bucket), &t) in &deltas.promotion_rollup {
+            if let Some((old_bucket, old)) = newest.insert((p, g), (bucket, t)) {
+                r.promotion_rollup.push([p, g, old_bucket, old.buys, old.units]);
+            }
+        }
         for (&p, d) in &deltas.promotions {
-            r.totals.push([p, d.tally.buys, d.tally.units, d.revenue_cents, d.first_us, d.last_us]);
+            let [(sb, s), (mb, m), (hb, h)] = GRANULARITIES.map(|g| newest[&(p, g)]);
+            r.totals.push([
+                p,
+                d.tally.buys,
+                d.tally.units,
+                d.revenue_cents,
+                d.first_us,
+                d.last_us,
+                sb,
+                s.buys,
+                s.units,
+                mb,
+                m.buys,
+                m.units,
+                hb,
+                h.buys,
+                h.units,
+            ]);
         }
         for &(p, user) in &deltas.buyers {
             r.buyers.push([p, user]);
         }
         for (&(g, bucket), t) in &deltas.rollup {
             r.rollup.push([g, bucket, t.buys, t.units]);
-        }
-        for (&(p, g, bucket), t) in &deltas.promotion_rollup {
-            r.promotion_rollup.push([p, g, bucket, t.buys, t.units]);
         }
         for (&(p, product), t) in &deltas.products {
             r.products.push([p, product, t.buys, t.units]);
@@ -691,14 +780,21 @@ async fn record(
     let r = Recording::new(recorded);
     let some = r.n > 0;
     let (filled_keys, filled_rel): (Vec<&str>, Vec<i64>) = filled.iter().copied().unzip();
-    // Every aggregate statement takes this connection's slot as its last parameter.
-    let mut totals = r.totals.params();
+    // Parameters as numbered in the statements (the slot is a parameter of each).
+    let (totals_first, current) = r.totals.0.split_at(6);
+    let current: Vec<&(dyn ToSql + Sync)> = current.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+    let mut totals: Vec<&(dyn ToSql + Sync)> = totals_first.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
     totals.extend(r.buyers.params());
-    let [totals, rollup, promotion_rollup, product_counts] =
-        [totals, r.rollup.params(), r.promotion_rollup.params(), r.products.params()].map(|mut params| {
-            params.push(&slot);
-            params
-        });
+    totals.push(&slot);
+    totals.extend(current.iter().copied());
+    let mut moves: Vec<&(dyn ToSql + Sync)> = vec![&r.totals.0[0]];
+    moves.extend(current.iter().copied());
+    moves.push(&slot);
+    moves.extend(r.promotion_rollup.params());
+    let [rollup, product_counts] = [r.rollup.params(), r.products.params()].map(|mut params| {
+        params.push(&slot);
+        params
+    });
     let [rel, users, promotions, products, quantities] = &r.ids.0;
     let [stamps, received] = &r.times.0;
     let buys: [&(dyn ToSql + Sync); 12] =
@@ -706,11 +802,11 @@ async fn record(
 
     // Each future sends its statement when first polled, and `join!` polls them in this order:
     // the statements reach the server in this order, without waiting for each other's answers.
-    let (begin, totals, rollup, promotion_rollup, products, total, buys, fill, commit) = join!(
+    let (begin, moved, totals, rollup, products, total, buys, fill, commit) = join!(
         async { if began { Ok(()) } else { client.batch_execute("BEGIN").await } },
+        async { if some { client.execute(st.get(MOVE_BUCKETS), &moves).await } else { Ok(0) } },
         async { if some { client.execute(st.get(PROMOTION_TOTALS), &totals).await } else { Ok(0) } },
         async { if some { client.execute(st.get(ROLLUP), &rollup).await } else { Ok(0) } },
-        async { if some { client.execute(st.get(PROMOTION_ROLLUP), &promotion_rollup).await } else { Ok(0) } },
         async { if some { client.execute(st.get(PROMOTION_PRODUCTS), &product_counts).await } else { Ok(0) } },
         async {
             if some { client.query_one(st.get(TAKE_SEQUENCE), &[&r.n, &r.units]).await.map(Some) } else { Ok(None) }
@@ -732,16 +828,8 @@ async fn record(
         Ok(row) => (row, None),
         Err(e) => (None, Some(e)),
     };
-    let statements = [
-        begin.err(),
-        totals.err(),
-        rollup.err(),
-        promotion_rollup.err(),
-        products.err(),
-        total_error,
-        buys.err(),
-        fill.err(),
-    ];
+    let statements =
+        [begin.err(), moved.err(), totals.err(), rollup.err(), products.err(), total_error, buys.err(), fill.err()];
     if let Some(e) = statements.iter().flatten().next() {
         return Err(if e.as_db_error().is_some() {
             // The server refused a statement, so the transaction was aborted and the pipelined
