@@ -200,6 +200,15 @@ impl PostgresStore {
         Ok(client)
     }
 
+    /// Make the writer update slot `id`'s rows as a shared slot (tests of that fallback).
+    #[cfg(test)]
+    fn share_writer_slot(&self, id: i32) {
+        let mut held = lock(&self.writer);
+        let mut conn = held.take().unwrap_or_else(|| self.connect_writer().unwrap());
+        conn.share_slot(id);
+        *held = Some(conn);
+    }
+
     fn connect_writer(&self) -> Result<WriterConn, StoreError> {
         WriterConn::connect(&self.config, &self.session).map_err(StoreError::Unavailable)
     }
@@ -488,46 +497,40 @@ mod tests {
         out
     }
 
-    /// Buys mostly in time order, some of them late by up to two hours, in batches that span
-    /// seconds, minutes and hours: each promotion's current buckets (kept in its totals row) are
-    /// replaced, added to and passed by older buys, and every window answers as in SQLite.
-    #[test]
-    fn late_and_out_of_order_buys_answer_as_the_sqlite_store() {
-        let Some(database) = TestDatabase::create() else { return };
-        let pg = PostgresStore::open(&database.url).unwrap();
-        let sqlite = SqliteStore::open_memory().unwrap();
-        let base = 1_750_000_000 * US;
-        let mut state = 12_345u64;
+    /// Batches of buys mostly in time order from `base`, one in five late by up to two hours, a
+    /// batch spanning seconds, minutes and hours, 4 promotions; returns them and the last time.
+    fn late_and_out_of_order(seed: u64, base: i64, batches: usize) -> (Vec<Vec<Write>>, i64) {
+        let mut state = seed;
         let mut next = |n: u64| {
             state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             (state >> 33) % n
         };
         let mut clock = base;
-        let mut late = 0;
-        for _ in 0..150 {
-            let writes: Vec<Write> = (0..1 + next(30))
-                .map(|_| {
-                    clock += next(40_000) as i64 * 1000; // 0–40 s on
-                    let mut at = clock;
-                    if next(5) == 0 {
-                        at -= next(2 * 3600) as i64 * US + next(US as u64) as i64;
-                        late += 1;
-                    }
-                    let (user, promotion) = (next(100) as i64, next(4) as i64);
-                    Write {
-                        buys: vec![record(user, promotion, next(5) as i64, 1 + next(3) as i64, None, at)],
-                        idempotency: None,
-                    }
-                })
-                .collect();
-            assert_eq!(pg.commit(&writes, clock).unwrap(), sqlite.commit(&writes, clock).unwrap());
-        }
-        assert!(late > 100, "late buys: {late}");
-        let hours = (clock - base) / 3600 / US;
-        assert!(hours > 10, "the buys span {hours} hours");
-        let cutoffs: Vec<i64> = (0..300)
-            .map(|_| base - 3 * 3600 * US + next((clock - base) as u64 + 3 * 3600 * US as u64) as i64)
+        let out = (0..batches)
+            .map(|_| {
+                (0..1 + next(30))
+                    .map(|_| {
+                        clock += next(40_000) as i64 * 1000; // 0–40 s on
+                        let mut at = clock;
+                        if next(5) == 0 {
+                            at -= next(2 * 3600) as i64 * US + next(US as u64) as i64;
+                        }
+                        let (user, promotion, product) = (next(100) as i64, next(4) as i64, next(5) as i64);
+                        let price = (user % 3 != 0).then_some(user * 10);
+                        let buys = vec![record(user, promotion, product, 1 + next(3) as i64, price, at)];
+                        Write { buys, idempotency: None }
+                    })
+                    .collect()
+            })
             .collect();
+        (out, clock)
+    }
+
+    /// Every window, promotion page, promotion's stats and series from `base - 3 h` to `to_us`
+    /// answers in `pg` as in `sqlite`.
+    fn assert_same_windows(pg: &PostgresStore, sqlite: &SqliteStore, base: i64, to_us: i64) {
+        let span = (to_us - base + 3 * 3600 * US) as u64;
+        let cutoffs: Vec<i64> = (0..300u64).map(|i| base - 3 * 3600 * US + (i * 7_919_007_331 % span) as i64).collect();
         for &cutoff in &cutoffs {
             for p in [None, Some(0), Some(1), Some(2), Some(3)] {
                 assert_eq!(pg.counts(cutoff, p).unwrap(), sqlite.counts(cutoff, p).unwrap(), "cutoff {cutoff}, {p:?}");
@@ -539,13 +542,60 @@ mod tests {
                 assert_eq!(pg.promotion_stats(p, cutoff).unwrap(), sqlite.promotion_stats(p, cutoff).unwrap());
             }
         }
-        let (from, to) = (base / US - 3 * 3600, clock / US);
+        let (from, to) = (base / US - 3 * 3600, to_us / US);
         for g in [60, 3600] {
             let (from, to) = (from - from.rem_euclid(g), to - to.rem_euclid(g));
             for p in [None, Some(0), Some(3)] {
                 assert_eq!(pg.timeseries(g, from, to, p).unwrap(), sqlite.timeseries(g, from, to, p).unwrap());
             }
         }
+    }
+
+    /// Late and out-of-order buys, in batches across seconds, minutes and hours: each promotion's
+    /// current buckets (kept in its totals row) are replaced, added to and passed by older buys,
+    /// and every window answers as in SQLite.
+    #[test]
+    fn late_and_out_of_order_buys_answer_as_the_sqlite_store() {
+        let Some(database) = TestDatabase::create() else { return };
+        let pg = PostgresStore::open(&database.url).unwrap();
+        let sqlite = SqliteStore::open_memory().unwrap();
+        let base = 1_750_000_000 * US;
+        let (batches, last) = late_and_out_of_order(12_345, base, 150);
+        let stamps: Vec<i64> = batches.iter().flatten().map(|w| w.buys[0].timestamp_us).collect();
+        let out_of_order = stamps.windows(2).filter(|pair| pair[1] < pair[0]).count();
+        assert!(out_of_order > 200, "{out_of_order} buys out of order");
+        assert!(last - base > 10 * 3600 * US, "the buys span more than ten hours");
+        for writes in &batches {
+            assert_eq!(pg.commit(writes, last).unwrap(), sqlite.commit(writes, last).unwrap());
+        }
+        assert_same_windows(&pg, &sqlite, base, last);
+    }
+
+    /// Two writers sharing one slot (as when no slot is free) commit at once into the same
+    /// promotions' current buckets: neither moves a bucket the other has already moved or
+    /// replaced, so every window still answers as SQLite does with all their buys.
+    #[test]
+    fn writers_sharing_a_slot_count_every_buy_once() {
+        let Some(database) = TestDatabase::create() else { return };
+        let base = 1_750_000_000 * US;
+        let stores = [PostgresStore::open(&database.url).unwrap(), PostgresStore::open(&database.url).unwrap()];
+        let work: Vec<_> = [1u64, 2].map(|seed| late_and_out_of_order(seed, base, 150)).into();
+        std::thread::scope(|scope| {
+            for (store, (batches, last)) in stores.iter().zip(&work) {
+                store.share_writer_slot(7);
+                scope.spawn(move || {
+                    for writes in batches {
+                        store.commit(writes, *last).unwrap();
+                    }
+                });
+            }
+        });
+        let sqlite = SqliteStore::open_memory().unwrap();
+        let last = work.iter().map(|(_, last)| *last).max().unwrap();
+        for writes in work.iter().flat_map(|(batches, _)| batches) {
+            sqlite.commit(writes, last).unwrap();
+        }
+        assert_same_windows(&stores[0], &sqlite, base, last);
     }
 
     /// The writer checks a connection that has been idle before committing on it; that check

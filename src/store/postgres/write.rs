@@ -44,13 +44,13 @@
 //! A commit with buys of many promotions would otherwise upsert three `promotion_rollup` rows
 //! (second, minute, hour) per promotion, the largest share of its work. Instead each promotion's
 //! totals row, which the commit updates anyway, also counts its newest second, minute and hour
-//! (per slot). [`MOVE_BUCKETS`] runs first: it locks the promotions' totals rows in key order
-//! (`FOR UPDATE`, so writers sharing a slot see each other's current buckets) and moves to `promotion_rollup`
-//! every current bucket that the batch's newer one replaces, the batch's newest bucket when it is
-//! older than the current one (a late buy), and the batch's other buckets. Then
-//! [`PROMOTION_TOTALS`] replaces, adds to or keeps each current bucket. Reads sum both through the
-//! view `promotion_buckets`. A bucket moves about once per second per promotion and slot, not
-//! once per commit.
+//! (per slot). [`MOVE_BUCKETS`] runs first: it moves to `promotion_rollup` every current bucket
+//! that the batch's newer one replaces, the batch's newest bucket when it is older than the
+//! current one (a late buy), and the batch's other buckets. Then [`PROMOTION_TOTALS`] replaces,
+//! adds to or keeps each current bucket. Reads sum both through the view `promotion_buckets`. A
+//! bucket moves about once per second per promotion and slot, not once per commit. In a shared
+//! slot, writers must see each other's current buckets: [`ENSURE_TOTALS`] creates the missing
+//! totals rows and [`MOVE_BUCKETS_SHARED`] locks them, in key order, before reading them.
 //!
 //! # When is a commit known?
 //!
@@ -181,11 +181,11 @@ const ROLLUP: &str = "
     ON CONFLICT (granularity_s, bucket_s, slot)
     DO UPDATE SET buys = rollup.buys + excluded.buys, units = rollup.units + excluded.units";
 
-/// Runs before [`PROMOTION_TOTALS`], which it prepares: for each promotion and granularity of the
-/// batch ($1..$10, as there), a current bucket of the totals row that the batch's newest replaces
-/// moves to `promotion_rollup`, and so does the batch's newest when it is older than the current
-/// one; the batch's other buckets ($12..$16) go there directly.
-const MOVE_BUCKETS: &str = "
+/// The statement of [`MOVE_BUCKETS`], with `$lock` after the totals rows' join.
+macro_rules! move_buckets {
+    ($lock:literal) => {
+        concat!(
+            "
     WITH c AS (
         SELECT n.*, t.second_bucket, t.second_buys, t.second_units, t.minute_bucket, t.minute_buys,
                t.minute_units, t.hour_bucket, t.hour_buys, t.hour_units
@@ -193,8 +193,9 @@ const MOVE_BUCKETS: &str = "
                     CAST($5 AS BIGINT[]), CAST($6 AS BIGINT[]), CAST($7 AS BIGINT[]), CAST($8 AS BIGINT[]),
                     CAST($9 AS BIGINT[]), CAST($10 AS BIGINT[])) AS n (p, sb, sn, su, mb, mn, mu, hb, hn, hu)
         JOIN promotion_totals AS t ON t.promotion_id = n.p AND t.slot = $11
-        ORDER BY n.p
-        FOR UPDATE OF t),
+",
+            $lock,
+            "),
     moves (p, g, b, n, u) AS (
         SELECT c.p, v.g, CASE WHEN v.nb > v.cb THEN v.cb ELSE v.nb END,
                CASE WHEN v.nb > v.cb THEN v.cn ELSE v.nn END, CASE WHEN v.nb > v.cb THEN v.cu ELSE v.nu END
@@ -211,7 +212,35 @@ const MOVE_BUCKETS: &str = "
     GROUP BY p, g, b
     ORDER BY p, g, b
     ON CONFLICT (promotion_id, granularity_s, bucket_s, slot)
-    DO UPDATE SET buys = promotion_rollup.buys + excluded.buys, units = promotion_rollup.units + excluded.units";
+    DO UPDATE SET buys = promotion_rollup.buys + excluded.buys, units = promotion_rollup.units + excluded.units"
+        )
+    };
+}
+
+/// Runs before [`PROMOTION_TOTALS`], which it prepares: for each promotion and granularity of the
+/// batch ($1..$10, as there), a current bucket of the totals row that the batch's newest replaces
+/// moves to `promotion_rollup`, and so does the batch's newest when it is older than the current
+/// one; the batch's other buckets ($12..$16) go there directly.
+/// A slot of its own is written by this connection alone, so its current buckets are read as
+/// they are.
+const MOVE_BUCKETS: &str = move_buckets!("");
+/// The same for a shared slot: the totals rows are locked first, in key order, so a writer waits
+/// for another's current buckets rather than moving the same bucket twice. [`ENSURE_TOTALS`] has
+/// created the rows that were missing, so there is a row to lock even for a promotion new to the
+/// slot that another writer is recording at the same time.
+const MOVE_BUCKETS_SHARED: &str = move_buckets!("\n        ORDER BY n.p\n        FOR UPDATE OF t");
+
+/// Shared slots only, before [`MOVE_BUCKETS_SHARED`]: an empty totals row for each promotion of
+/// the batch ($1) that has none in slot $2 (filled in by [`PROMOTION_TOTALS`] in the same
+/// transaction). A separate statement, so the next one's snapshot sees rows that another writer
+/// committed while this one waited for them.
+const ENSURE_TOTALS: &str = "
+    INSERT INTO promotion_totals
+        (promotion_id, slot, total_buys, total_units, revenue_cents, unique_buyers, first_buy_us, last_buy_us)
+    SELECT p, $2, 0, 0, 0, 0, 9223372036854775807, -9223372036854775808
+    FROM UNNEST(CAST($1 AS BIGINT[])) AS n (p)
+    ORDER BY p
+    ON CONFLICT (promotion_id, slot) DO NOTHING";
 
 const PROMOTION_PRODUCTS: &str = "
     INSERT INTO promotion_products (promotion_id, product_id, slot, buys, units)
@@ -252,13 +281,15 @@ const PRUNE_KEYS: &str = "
     DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency WHERE created_at_us < $1 LIMIT $2)";
 
 /// Every statement of the write path, prepared once per connection.
-const STATEMENTS: [&str; 11] = [
+const STATEMENTS: [&str; 13] = [
     DELETE_EXPIRED_KEYS,
     CLAIM_KEYS,
     FIND_KEYS,
     PROMOTION_TOTALS,
     ROLLUP,
     MOVE_BUCKETS,
+    MOVE_BUCKETS_SHARED,
+    ENSURE_TOTALS,
     PROMOTION_PRODUCTS,
     TAKE_SEQUENCE,
     INSERT_BUYS,
@@ -296,7 +327,7 @@ pub struct WriterConn {
     client: Client,
     statements: Statements,
     /// The aggregate rows this connection updates (see [`claim_slot`]).
-    slot: i32,
+    slot: Slot,
     last_used: Instant,
 }
 
@@ -339,6 +370,12 @@ impl WriterConn {
             .map_err(|_| format!("PostgreSQL did not answer the connection within {COMMIT_DEADLINE:?}"))?
             .map_err(|e: tokio_postgres::Error| describe(&e))?;
         Ok(WriterConn { runtime, client, statements, slot, last_used: Instant::now() })
+    }
+
+    /// Write `id`'s aggregate rows, as a connection that found no free slot does.
+    #[cfg(test)]
+    pub fn share_slot(&mut self, id: i32) {
+        self.slot = Slot { id, exclusive: false };
     }
 
     /// Whether the connection is known to be closed.
@@ -465,6 +502,15 @@ async fn bounded<T>(
     }
 }
 
+/// The aggregate rows a writer connection updates.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot {
+    /// The `slot` column of its rows.
+    pub id: i32,
+    /// Whether this connection holds the slot's advisory lock (no other writer updates its rows).
+    pub exclusive: bool,
+}
+
 /// Slots a connection may claim; beyond that many writer connections, slots are shared.
 const SLOTS: i32 = 64;
 /// First key of the two-key advisory locks that mark claimed slots (the one-key lock of the
@@ -477,10 +523,10 @@ const SLOT_LOCK: i32 = 0x6275_7973; // "buys"
 /// aggregate rows, as any two transactions updating one row do), so when all are taken, or on a
 /// database that refuses the two-key advisory lock, a random slot does. A lost connection is
 /// still an error: the writer reconnects.
-async fn claim_slot(client: &Client) -> Result<i32, tokio_postgres::Error> {
+async fn claim_slot(client: &Client) -> Result<Slot, tokio_postgres::Error> {
     for slot in 0..SLOTS {
         match client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&SLOT_LOCK, &slot]).await {
-            Ok(row) if row.try_get::<_, bool>(0)? => return Ok(slot),
+            Ok(row) if row.try_get::<_, bool>(0)? => return Ok(Slot { id: slot, exclusive: true }),
             Ok(_) => {}
             Err(e) if e.as_db_error().is_some() => {
                 tracing::warn!(error = %describe(&e), "advisory locks refused; writer slots are shared");
@@ -492,7 +538,7 @@ async fn claim_slot(client: &Client) -> Result<i32, tokio_postgres::Error> {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
     let slot = (nanos % SLOTS as u32) as i32;
     tracing::warn!(slot, "no free aggregate slot; sharing one");
-    Ok(slot)
+    Ok(Slot { id: slot, exclusive: false })
 }
 
 /// `N` BIGINT columns gathered row by row, passed as `N` array parameters.
@@ -631,7 +677,7 @@ async fn commit(
     st: &Statements,
     writes: &[Write],
     now_us: i64,
-    slot: i32,
+    slot: Slot,
 ) -> Result<Vec<WriteOutcome>, Failure> {
     let mut keys = HashMap::new();
     let began = writes.iter().any(|w| w.idempotency.is_some());
@@ -775,12 +821,14 @@ async fn record(
     recorded: &[&BuyRecord],
     filled: &[(&str, i64)],
     began: bool,
-    slot: i32,
+    slot: Slot,
 ) -> Result<Option<i64>, Failure> {
     let r = Recording::new(recorded);
     let some = r.n > 0;
     let (filled_keys, filled_rel): (Vec<&str>, Vec<i64>) = filled.iter().copied().unzip();
     // Parameters as numbered in the statements (the slot is a parameter of each).
+    let (slot, shared) = (slot.id, !slot.exclusive);
+    let moving = if shared { MOVE_BUCKETS_SHARED } else { MOVE_BUCKETS };
     let (totals_first, current) = r.totals.0.split_at(6);
     let current: Vec<&(dyn ToSql + Sync)> = current.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
     let mut totals: Vec<&(dyn ToSql + Sync)> = totals_first.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
@@ -802,9 +850,12 @@ async fn record(
 
     // Each future sends its statement when first polled, and `join!` polls them in this order:
     // the statements reach the server in this order, without waiting for each other's answers.
-    let (begin, moved, totals, rollup, products, total, buys, fill, commit) = join!(
+    let (begin, ensured, moved, totals, rollup, products, total, buys, fill, commit) = join!(
         async { if began { Ok(()) } else { client.batch_execute("BEGIN").await } },
-        async { if some { client.execute(st.get(MOVE_BUCKETS), &moves).await } else { Ok(0) } },
+        async {
+            if some && shared { client.execute(st.get(ENSURE_TOTALS), &[&r.totals.0[0], &slot]).await } else { Ok(0) }
+        },
+        async { if some { client.execute(st.get(moving), &moves).await } else { Ok(0) } },
         async { if some { client.execute(st.get(PROMOTION_TOTALS), &totals).await } else { Ok(0) } },
         async { if some { client.execute(st.get(ROLLUP), &rollup).await } else { Ok(0) } },
         async { if some { client.execute(st.get(PROMOTION_PRODUCTS), &product_counts).await } else { Ok(0) } },
@@ -828,8 +879,17 @@ async fn record(
         Ok(row) => (row, None),
         Err(e) => (None, Some(e)),
     };
-    let statements =
-        [begin.err(), moved.err(), totals.err(), rollup.err(), products.err(), total_error, buys.err(), fill.err()];
+    let statements = [
+        begin.err(),
+        ensured.err(),
+        moved.err(),
+        totals.err(),
+        rollup.err(),
+        products.err(),
+        total_error,
+        buys.err(),
+        fill.err(),
+    ];
     if let Some(e) = statements.iter().flatten().next() {
         return Err(if e.as_db_error().is_some() {
             // The server refused a statement, so the transaction was aborted and the pipelined
