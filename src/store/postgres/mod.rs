@@ -203,10 +203,20 @@ impl PostgresStore {
     /// Make the writer update slot `id`'s rows as a shared slot (tests of that fallback).
     #[cfg(test)]
     fn share_writer_slot(&self, id: i32) {
+        self.with_open_writer(|conn| conn.share_slot(id));
+    }
+
+    /// The writer's slot (tests).
+    #[cfg(test)]
+    fn writer_slot(&self) -> write::Slot {
+        self.with_open_writer(|conn| conn.slot())
+    }
+
+    #[cfg(test)]
+    fn with_open_writer<T>(&self, f: impl FnOnce(&mut WriterConn) -> T) -> T {
         let mut held = lock(&self.writer);
-        let mut conn = held.take().unwrap_or_else(|| self.connect_writer().unwrap());
-        conn.share_slot(id);
-        *held = Some(conn);
+        let conn = held.get_or_insert_with(|| self.connect_writer().unwrap());
+        f(conn)
     }
 
     fn connect_writer(&self) -> Result<WriterConn, StoreError> {
@@ -569,6 +579,17 @@ mod tests {
             assert_eq!(pg.commit(writes, last).unwrap(), sqlite.commit(writes, last).unwrap());
         }
         assert_same_windows(&pg, &sqlite, base, last);
+    }
+
+    /// Each writer claims a slot of its own, and `pg_locks` confirms it holds the slot's lock
+    /// (so it may skip locking its current buckets).
+    #[test]
+    fn writers_claim_distinct_slots_they_really_hold() {
+        let Some(database) = TestDatabase::create() else { return };
+        let stores = [PostgresStore::open(&database.url).unwrap(), PostgresStore::open(&database.url).unwrap()];
+        let [a, b] = stores.each_ref().map(|s| s.writer_slot());
+        assert!(a.exclusive && b.exclusive, "{a:?} {b:?}");
+        assert_ne!(a.id, b.id);
     }
 
     /// Two writers sharing one slot (as when no slot is free) commit at once into the same

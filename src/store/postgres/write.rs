@@ -221,6 +221,7 @@ macro_rules! move_buckets {
 /// batch ($1..$10, as there), a current bucket of the totals row that the batch's newest replaces
 /// moves to `promotion_rollup`, and so does the batch's newest when it is older than the current
 /// one; the batch's other buckets ($12..$16) go there directly.
+///
 /// A slot of its own is written by this connection alone, so its current buckets are read as
 /// they are.
 const MOVE_BUCKETS: &str = move_buckets!("");
@@ -370,6 +371,12 @@ impl WriterConn {
             .map_err(|_| format!("PostgreSQL did not answer the connection within {COMMIT_DEADLINE:?}"))?
             .map_err(|e: tokio_postgres::Error| describe(&e))?;
         Ok(WriterConn { runtime, client, statements, slot, last_used: Instant::now() })
+    }
+
+    /// The slot this connection writes.
+    #[cfg(test)]
+    pub fn slot(&self) -> Slot {
+        self.slot
     }
 
     /// Write `id`'s aggregate rows, as a connection that found no free slot does.
@@ -526,7 +533,9 @@ const SLOT_LOCK: i32 = 0x6275_7973; // "buys"
 async fn claim_slot(client: &Client) -> Result<Slot, tokio_postgres::Error> {
     for slot in 0..SLOTS {
         match client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&SLOT_LOCK, &slot]).await {
-            Ok(row) if row.try_get::<_, bool>(0)? => return Ok(Slot { id: slot, exclusive: true }),
+            Ok(row) if row.try_get::<_, bool>(0)? => {
+                return Ok(Slot { id: slot, exclusive: holds(client, slot).await? });
+            }
             Ok(_) => {}
             Err(e) if e.as_db_error().is_some() => {
                 tracing::warn!(error = %describe(&e), "advisory locks refused; writer slots are shared");
@@ -539,6 +548,23 @@ async fn claim_slot(client: &Client) -> Result<Slot, tokio_postgres::Error> {
     let slot = (nanos % SLOTS as u32) as i32;
     tracing::warn!(slot, "no free aggregate slot; sharing one");
     Ok(Slot { id: slot, exclusive: false })
+}
+
+/// Whether this session really holds slot `slot`'s advisory lock, as `pg_locks` shows it. Some
+/// PostgreSQL-compatible databases accept the lock functions as stubs that lock nothing (and
+/// grant every slot to everyone); a connection there must treat its slot as shared.
+async fn holds(client: &Client, slot: i32) -> Result<bool, tokio_postgres::Error> {
+    const HELD: &str = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+        AND CAST(classid AS BIGINT) = $1 AND CAST(objid AS BIGINT) = $2 AND objsubid = 2 AND granted";
+    let key = [i64::from(SLOT_LOCK), i64::from(slot)];
+    match client.query_one(HELD, &[&key[0], &key[1]]).await {
+        Ok(row) => Ok(row.try_get::<_, i64>(0)? == 1),
+        Err(e) if e.as_db_error().is_some() => {
+            tracing::warn!(error = %describe(&e), slot, "cannot check the slot's advisory lock; sharing it");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `N` BIGINT columns gathered row by row, passed as `N` array parameters.
