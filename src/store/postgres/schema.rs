@@ -137,15 +137,17 @@ ALTER TABLE promotion_totals
     ADD COLUMN minute_units BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN hour_bucket BIGINT NOT NULL DEFAULT 0, ADD COLUMN hour_buys BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN hour_units BIGINT NOT NULL DEFAULT 0;
--- What reads sum: the moved buckets and the current ones.
+-- What reads sum: the moved buckets and the current ones. Every branch's columns have the
+-- rollup's types (the granularities cast to BIGINT): PostgreSQL pushes a read's conditions into
+-- the branches, and so onto their indexes, only when the types match.
 CREATE VIEW promotion_buckets (promotion_id, granularity_s, bucket_s, slot, buys, units) AS
     SELECT promotion_id, granularity_s, bucket_s, slot, buys, units FROM promotion_rollup
-    UNION ALL SELECT promotion_id, 1, second_bucket, slot, second_buys, second_units FROM promotion_totals
-        WHERE second_buys > 0
-    UNION ALL SELECT promotion_id, 60, minute_bucket, slot, minute_buys, minute_units FROM promotion_totals
-        WHERE minute_buys > 0
-    UNION ALL SELECT promotion_id, 3600, hour_bucket, slot, hour_buys, hour_units FROM promotion_totals
-        WHERE hour_buys > 0;
+    UNION ALL SELECT promotion_id, CAST(1 AS BIGINT), second_bucket, slot, second_buys, second_units
+        FROM promotion_totals WHERE second_buys > 0
+    UNION ALL SELECT promotion_id, CAST(60 AS BIGINT), minute_bucket, slot, minute_buys, minute_units
+        FROM promotion_totals WHERE minute_buys > 0
+    UNION ALL SELECT promotion_id, CAST(3600 AS BIGINT), hour_bucket, slot, hour_buys, hour_units
+        FROM promotion_totals WHERE hour_buys > 0;
 "#,
 ];
 
