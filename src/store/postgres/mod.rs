@@ -581,6 +581,27 @@ mod tests {
         assert_same_windows(&pg, &sqlite, base, last);
     }
 
+    /// A read of one granularity from the view `promotion_buckets` plans only that granularity's
+    /// branch of the current buckets: its conditions reach the branches (they did not while the
+    /// view's granularity column had another type than the rollup's, and reads cost more).
+    #[test]
+    fn the_bucket_view_passes_conditions_to_its_branches() {
+        let Some(database) = TestDatabase::create() else { return };
+        drop(PostgresStore::open(&database.url).unwrap());
+        let mut client = Client::connect(&database.url, NoTls).unwrap();
+        let plan: Vec<String> = client
+            .query(
+                "EXPLAIN SELECT sum(buys) FROM promotion_buckets WHERE promotion_id = 3 AND granularity_s = 60 AND bucket_s >= 0",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let totals_scans = plan.iter().filter(|line| line.contains(" on promotion_totals ")).count();
+        assert_eq!(totals_scans, 1, "{}", plan.join("\n"));
+    }
+
     /// Each writer claims a slot of its own, and `pg_locks` confirms it holds the slot's lock
     /// (so it may skip locking its current buckets).
     #[test]
