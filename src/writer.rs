@@ -181,3 +181,104 @@ fn run(mut rx: mpsc::Receiver<Job>, store: Arc<dyn Store>, clock: Arc<dyn Clock>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::domain::{Buy, BuyRecord};
+    use crate::request_time::TimestampSource;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary};
+
+    /// An in-memory SQLite store whose every commit first waits for a message on `gate`: a
+    /// store that stops answering, then answers once.
+    struct GatedStore {
+        inner: SqliteStore,
+        gate: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    fn unused<T>() -> Result<T, StoreError> {
+        Err(StoreError::Unavailable("the writer only commits".into()))
+    }
+
+    impl Store for GatedStore {
+        fn commit(&self, writes: &[Write], now_us: i64) -> Result<Vec<WriteOutcome>, StoreError> {
+            // A closed gate (the test ended) blocks nothing.
+            let _ = self.gate.lock().unwrap().recv();
+            self.inner.commit(writes, now_us)
+        }
+        fn counts(&self, _: i64, _: Option<i64>) -> Result<Counts, StoreError> {
+            unused()
+        }
+        fn promotions(&self, _: i64, _: i64, _: i64) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
+            unused()
+        }
+        fn promotion_stats(&self, _: i64, _: i64) -> Result<PromotionStats, StoreError> {
+            unused()
+        }
+        fn timeseries(&self, _: i64, _: i64, _: i64, _: Option<i64>) -> Result<Vec<Bucket>, StoreError> {
+            unused()
+        }
+        fn export_page(&self, _: &ExportFilter, _: i64, _: i64, _: usize) -> Result<Vec<ExportRow>, StoreError> {
+            unused()
+        }
+        fn prune_idempotency(&self, _: i64) -> Result<usize, StoreError> {
+            Ok(0)
+        }
+        fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn one_buy() -> Write {
+        let json = serde_json::json!({"user_id": 1, "promotion_id": 2, "product_id": 3, "product_quantity": 1});
+        let record = BuyRecord {
+            buy: Buy::parse(&json, &[]).unwrap(),
+            ip_address: "127.0.0.1".into(),
+            timestamp_us: 1_750_000_000_000_000,
+            received_at_us: 1_750_000_000_000_000,
+            timestamp_source: TimestampSource::Server,
+            idempotency_key: None,
+        };
+        Write { buys: vec![record], idempotency: None }
+    }
+
+    /// A write that waits 3 s for room in a full queue gets only what is left of its 4.5 s for
+    /// the commit: it is answered (503, not acknowledged) 4.5 s after it was submitted, not 3 + 4 s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_waits_at_most_the_submit_deadline_in_all() {
+        let (open, gate) = std::sync::mpsc::channel();
+        let store = GatedStore { inner: SqliteStore::open_memory().unwrap(), gate: Mutex::new(gate) };
+        let writer = Writer::start(Arc::new(store), Arc::new(SystemClock));
+        let handle = writer.handle();
+        let submit = |handle: &WriterHandle| {
+            let handle = handle.clone();
+            tokio::spawn(async move { handle.submit(one_buy()).await })
+        };
+        // The writer takes the first write and waits at the gate; then the queue fills up.
+        let first = submit(&handle);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let until = Instant::now() + Duration::from_secs(5);
+        let mut queued = Vec::new();
+        while handle.queue_depth() < QUEUE_CAPACITY {
+            assert!(Instant::now() < until, "the queue did not fill: {}", handle.queue_depth());
+            queued.push(submit(&handle));
+        }
+        let submitted = Instant::now();
+        let late = submit(&handle);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The first commit goes through; the writer takes the next batch, which frees room for
+        // `late`, and waits at the gate again for good.
+        open.send(()).unwrap();
+        let answer = late.await.unwrap();
+        let waited = submitted.elapsed();
+        assert!(matches!(answer, Err(SubmitError::Timeout)), "{answer:?}");
+        assert!(waited >= Duration::from_millis(4_400), "answered after {waited:?}");
+        assert!(waited < Duration::from_millis(5_000), "answered after {waited:?}");
+        assert!(matches!(first.await.unwrap(), Ok(WriteOutcome::Recorded { last_seq: 1, recorded: 1 })));
+        drop(open);
+    }
+}
