@@ -261,11 +261,12 @@ mod tests {
         // The writer takes the first write and waits at the gate; then the queue fills up.
         let first = submit(&handle);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let until = Instant::now() + Duration::from_secs(5);
-        let mut queued = Vec::new();
+        // Exactly as many as the queue holds: a waiter beyond them would take room before `late`.
+        let _queued: Vec<_> = (0..QUEUE_CAPACITY).map(|_| submit(&handle)).collect();
+        let until = Instant::now() + Duration::from_secs(10);
         while handle.queue_depth() < QUEUE_CAPACITY {
             assert!(Instant::now() < until, "the queue did not fill: {}", handle.queue_depth());
-            queued.push(submit(&handle));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let submitted = Instant::now();
         let late = submit(&handle);
