@@ -208,7 +208,7 @@ impl PostgresStore {
 
     /// The writer's slot (tests).
     #[cfg(test)]
-    fn writer_slot(&self) -> write::Slot {
+    fn writer_slot(&self) -> i32 {
         self.with_open_writer(|conn| conn.slot())
     }
 
@@ -602,15 +602,14 @@ mod tests {
         assert_eq!(totals_scans, 1, "{}", plan.join("\n"));
     }
 
-    /// Each writer claims a slot of its own, and `pg_locks` confirms it holds the slot's lock
-    /// (so it may skip locking its current buckets).
+    /// Each writer claims a slot of its own, so two replicas' commits do not wait for each
+    /// other's aggregate rows.
     #[test]
-    fn writers_claim_distinct_slots_they_really_hold() {
+    fn writers_claim_distinct_slots() {
         let Some(database) = TestDatabase::create() else { return };
         let stores = [PostgresStore::open(&database.url).unwrap(), PostgresStore::open(&database.url).unwrap()];
         let [a, b] = stores.each_ref().map(|s| s.writer_slot());
-        assert!(a.exclusive && b.exclusive, "{a:?} {b:?}");
-        assert_ne!(a.id, b.id);
+        assert_ne!(a, b);
     }
 
     /// Two writers sharing one slot (as when no slot is free) commit at once into the same

@@ -149,6 +149,18 @@ CREATE VIEW promotion_buckets (promotion_id, granularity_s, bucket_s, slot, buys
     UNION ALL SELECT promotion_id, CAST(3600 AS BIGINT), hour_bucket, slot, hour_buys, hour_units
         FROM promotion_totals WHERE hour_buys > 0;
 "#,
+    r#"
+-- What a commit's totals upsert displaced, per granularity: the current bucket a newer one
+-- replaced, or the batch's own bucket when it was older (a late buy). The upsert sets them from
+-- the row as it locked it and returns them, and the same statement adds them to
+-- promotion_rollup: reading the current buckets in an earlier statement cost a join per commit,
+-- and in a shared slot a lock taken before that read. NULL: nothing was displaced. They describe
+-- the last commit only and are never read otherwise.
+ALTER TABLE promotion_totals
+    ADD COLUMN second_spill_bucket BIGINT, ADD COLUMN second_spill_buys BIGINT, ADD COLUMN second_spill_units BIGINT,
+    ADD COLUMN minute_spill_bucket BIGINT, ADD COLUMN minute_spill_buys BIGINT, ADD COLUMN minute_spill_units BIGINT,
+    ADD COLUMN hour_spill_bucket BIGINT, ADD COLUMN hour_spill_buys BIGINT, ADD COLUMN hour_spill_units BIGINT;
+"#,
 ];
 
 /// Bring the schema up to date. Holds the advisory lock for the whole run, so replicas starting

@@ -44,13 +44,12 @@
 //! A commit with buys of many promotions would otherwise upsert three `promotion_rollup` rows
 //! (second, minute, hour) per promotion, the largest share of its work. Instead each promotion's
 //! totals row, which the commit updates anyway, also counts its newest second, minute and hour
-//! (per slot). [`MOVE_BUCKETS`] runs first: it moves to `promotion_rollup` every current bucket
-//! that the batch's newer one replaces, the batch's newest bucket when it is older than the
-//! current one (a late buy), and the batch's other buckets. Then [`PROMOTION_TOTALS`] replaces,
-//! adds to or keeps each current bucket. Reads sum both through the view `promotion_buckets`. A
-//! bucket moves about once per second per promotion and slot, not once per commit. In a shared
-//! slot, writers must see each other's current buckets: [`ENSURE_TOTALS`] creates the missing
-//! totals rows and [`MOVE_BUCKETS_SHARED`] locks them, in key order, before reading them.
+//! (per slot). The upsert of [`PROMOTION_TOTALS`] replaces, adds to or keeps each current bucket,
+//! and records in the row what that displaced: the bucket a newer one replaced, or the batch's
+//! bucket when it was older (a late buy). It returns those, and the same statement adds them and
+//! the batch's other buckets to `promotion_rollup`. Reads sum both through the view
+//! `promotion_buckets`. A bucket moves about once per second per promotion and slot, not once per
+//! commit. The upsert reads each row as it locks it, so writers sharing a slot are correct too.
 //!
 //! # When is a commit known?
 //!
@@ -83,6 +82,7 @@
 //! that is a server error, so the commit is retried.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use futures_util::join;
@@ -118,59 +118,90 @@ const CLAIM_KEYS: &str = "
 const FIND_KEYS: &str =
     "SELECT key, fingerprint, last_seq, recorded FROM idempotency WHERE key = ANY(CAST($1 AS TEXT[]))";
 
-/// New buyers ($7, $8) are inserted first; those that were new count towards `unique_buyers`.
-/// $10..$18 are the batch's newest second, minute and hour of each promotion with their buys and
-/// units: a newer bucket replaces the row's current one (moved to `promotion_rollup` just before by
-/// [`MOVE_BUCKETS`]), the same bucket adds to it, an older one leaves it (it went to the rollup).
-const PROMOTION_TOTALS: &str = "
+/// The commit's per-promotion statement. New buyers ($7, $8) are inserted first; those that were
+/// new count towards `unique_buyers`. Then each promotion's totals row ($1..$6, slot $9) is
+/// upserted with the batch's newest second, minute and hour and their buys and units ($10..$18):
+/// a newer bucket replaces the row's current one, the same bucket adds to it, an older one (a late
+/// buy) leaves it. What that displaces (the replaced bucket, or the late one) is set in the row's
+/// `*_spill_*` columns, returned, and added to `promotion_rollup` with the batch's other buckets
+/// ($19..$23), all in this one statement. The upsert reads each row as it locks it, so writers
+/// sharing a slot wait for each other's buckets rather than moving one twice.
+static PROMOTION_TOTALS: LazyLock<String> = LazyLock::new(|| {
+    let assignments: Vec<String> = ["second", "minute", "hour"].map(bucket_assignments).into();
+    format!(
+        "
     WITH new_buyers AS (
         INSERT INTO promotion_buyers (promotion_id, user_id)
         SELECT p, u FROM UNNEST(CAST($7 AS BIGINT[]), CAST($8 AS BIGINT[])) AS b (p, u)
         ORDER BY p, u
         ON CONFLICT DO NOTHING
-        RETURNING promotion_id)
-    INSERT INTO promotion_totals
-        (promotion_id, slot, total_buys, total_units, revenue_cents, unique_buyers, first_buy_us, last_buy_us,
-         second_bucket, second_buys, second_units, minute_bucket, minute_buys, minute_units,
-         hour_bucket, hour_buys, hour_units)
-    SELECT t.p, $9, t.n, t.u, t.r, coalesce(nb.n, 0), t.f, t.l, t.sb, t.sn, t.su, t.mb, t.mn, t.mu, t.hb, t.hn, t.hu
-    FROM UNNEST(CAST($1 AS BIGINT[]), CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]),
-                CAST($5 AS BIGINT[]), CAST($6 AS BIGINT[]), CAST($10 AS BIGINT[]), CAST($11 AS BIGINT[]),
-                CAST($12 AS BIGINT[]), CAST($13 AS BIGINT[]), CAST($14 AS BIGINT[]), CAST($15 AS BIGINT[]),
-                CAST($16 AS BIGINT[]), CAST($17 AS BIGINT[]), CAST($18 AS BIGINT[]))
-        AS t (p, n, u, r, f, l, sb, sn, su, mb, mn, mu, hb, hn, hu)
-    LEFT JOIN (SELECT promotion_id, count(*) AS n FROM new_buyers GROUP BY promotion_id) AS nb
-        ON nb.promotion_id = t.p
-    ORDER BY t.p
-    ON CONFLICT (promotion_id, slot) DO UPDATE SET
-        total_buys = promotion_totals.total_buys + excluded.total_buys,
-        total_units = promotion_totals.total_units + excluded.total_units,
-        revenue_cents = CASE WHEN promotion_totals.revenue_cents > 9223372036854775807 - excluded.revenue_cents
-            THEN 9223372036854775807 ELSE promotion_totals.revenue_cents + excluded.revenue_cents END,
-        unique_buyers = promotion_totals.unique_buyers + excluded.unique_buyers,
-        first_buy_us = LEAST(promotion_totals.first_buy_us, excluded.first_buy_us),
-        last_buy_us = GREATEST(promotion_totals.last_buy_us, excluded.last_buy_us),
-        second_bucket = GREATEST(promotion_totals.second_bucket, excluded.second_bucket),
-        second_buys = CASE WHEN excluded.second_bucket > promotion_totals.second_bucket THEN excluded.second_buys
-            WHEN excluded.second_bucket = promotion_totals.second_bucket
-            THEN promotion_totals.second_buys + excluded.second_buys ELSE promotion_totals.second_buys END,
-        second_units = CASE WHEN excluded.second_bucket > promotion_totals.second_bucket THEN excluded.second_units
-            WHEN excluded.second_bucket = promotion_totals.second_bucket
-            THEN promotion_totals.second_units + excluded.second_units ELSE promotion_totals.second_units END,
-        minute_bucket = GREATEST(promotion_totals.minute_bucket, excluded.minute_bucket),
-        minute_buys = CASE WHEN excluded.minute_bucket > promotion_totals.minute_bucket THEN excluded.minute_buys
-            WHEN excluded.minute_bucket = promotion_totals.minute_bucket
-            THEN promotion_totals.minute_buys + excluded.minute_buys ELSE promotion_totals.minute_buys END,
-        minute_units = CASE WHEN excluded.minute_bucket > promotion_totals.minute_bucket THEN excluded.minute_units
-            WHEN excluded.minute_bucket = promotion_totals.minute_bucket
-            THEN promotion_totals.minute_units + excluded.minute_units ELSE promotion_totals.minute_units END,
-        hour_bucket = GREATEST(promotion_totals.hour_bucket, excluded.hour_bucket),
-        hour_buys = CASE WHEN excluded.hour_bucket > promotion_totals.hour_bucket THEN excluded.hour_buys
-            WHEN excluded.hour_bucket = promotion_totals.hour_bucket
-            THEN promotion_totals.hour_buys + excluded.hour_buys ELSE promotion_totals.hour_buys END,
-        hour_units = CASE WHEN excluded.hour_bucket > promotion_totals.hour_bucket THEN excluded.hour_units
-            WHEN excluded.hour_bucket = promotion_totals.hour_bucket
-            THEN promotion_totals.hour_units + excluded.hour_units ELSE promotion_totals.hour_units END";
+        RETURNING promotion_id),
+    totals AS (
+        INSERT INTO promotion_totals
+            (promotion_id, slot, total_buys, total_units, revenue_cents, unique_buyers, first_buy_us, last_buy_us,
+             second_bucket, second_buys, second_units, minute_bucket, minute_buys, minute_units,
+             hour_bucket, hour_buys, hour_units)
+        SELECT t.p, $9, t.n, t.u, t.r, coalesce(nb.n, 0), t.f, t.l, t.sb, t.sn, t.su, t.mb, t.mn, t.mu, t.hb, t.hn, t.hu
+        FROM UNNEST(CAST($1 AS BIGINT[]), CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]),
+                    CAST($5 AS BIGINT[]), CAST($6 AS BIGINT[]), CAST($10 AS BIGINT[]), CAST($11 AS BIGINT[]),
+                    CAST($12 AS BIGINT[]), CAST($13 AS BIGINT[]), CAST($14 AS BIGINT[]), CAST($15 AS BIGINT[]),
+                    CAST($16 AS BIGINT[]), CAST($17 AS BIGINT[]), CAST($18 AS BIGINT[]))
+            AS t (p, n, u, r, f, l, sb, sn, su, mb, mn, mu, hb, hn, hu)
+        LEFT JOIN (SELECT promotion_id, count(*) AS n FROM new_buyers GROUP BY promotion_id) AS nb
+            ON nb.promotion_id = t.p
+        ORDER BY t.p
+        ON CONFLICT (promotion_id, slot) DO UPDATE SET
+            total_buys = promotion_totals.total_buys + excluded.total_buys,
+            total_units = promotion_totals.total_units + excluded.total_units,
+            revenue_cents = CASE WHEN promotion_totals.revenue_cents > 9223372036854775807 - excluded.revenue_cents
+                THEN 9223372036854775807 ELSE promotion_totals.revenue_cents + excluded.revenue_cents END,
+            unique_buyers = promotion_totals.unique_buyers + excluded.unique_buyers,
+            first_buy_us = LEAST(promotion_totals.first_buy_us, excluded.first_buy_us),
+            last_buy_us = GREATEST(promotion_totals.last_buy_us, excluded.last_buy_us),
+            {}
+        RETURNING promotion_id, second_spill_bucket, second_spill_buys, second_spill_units,
+            minute_spill_bucket, minute_spill_buys, minute_spill_units, hour_spill_bucket, hour_spill_buys,
+            hour_spill_units),
+    moves (p, g, b, n, u) AS (
+        SELECT t.promotion_id, v.g, v.b, v.n, v.u
+        FROM totals AS t CROSS JOIN LATERAL (VALUES
+            (CAST(1 AS BIGINT), t.second_spill_bucket, t.second_spill_buys, t.second_spill_units),
+            (60, t.minute_spill_bucket, t.minute_spill_buys, t.minute_spill_units),
+            (3600, t.hour_spill_bucket, t.hour_spill_buys, t.hour_spill_units)) AS v (g, b, n, u)
+        WHERE v.b IS NOT NULL
+        UNION ALL
+        SELECT p, g, b, n, u FROM UNNEST(CAST($19 AS BIGINT[]), CAST($20 AS BIGINT[]), CAST($21 AS BIGINT[]),
+                                         CAST($22 AS BIGINT[]), CAST($23 AS BIGINT[])) AS o (p, g, b, n, u))
+    INSERT INTO promotion_rollup (promotion_id, granularity_s, bucket_s, slot, buys, units)
+    SELECT p, g, b, $9, CAST(sum(n) AS BIGINT), CAST(sum(u) AS BIGINT) FROM moves
+    GROUP BY p, g, b
+    ORDER BY p, g, b
+    ON CONFLICT (promotion_id, granularity_s, bucket_s, slot)
+    DO UPDATE SET buys = promotion_rollup.buys + excluded.buys, units = promotion_rollup.units + excluded.units",
+        assignments.join(",\n            ")
+    )
+});
+
+/// The totals upsert's assignments for granularity `g` (`second`, `minute` or `hour`): its
+/// current bucket, buys and units, and what the batch displaces from it (NULL when nothing).
+fn bucket_assignments(g: &str) -> String {
+    let (new, current) = (format!("excluded.{g}_bucket"), format!("promotion_totals.{g}_bucket"));
+    // A replaced bucket moves only if it counted anything (a row's first bucket is an empty 0).
+    let replaced = format!("{new} > {current} AND promotion_totals.{g}_buys > 0");
+    let mut sql = format!("{g}_bucket = GREATEST({current}, {new}),\n            ");
+    sql += &format!("{g}_spill_bucket = CASE WHEN {replaced} THEN {current} WHEN {new} < {current} THEN {new} END");
+    for v in ["buys", "units"] {
+        let (kept, added) = (format!("promotion_totals.{g}_{v}"), format!("excluded.{g}_{v}"));
+        sql += &format!(
+            ",\n            {g}_{v} = CASE WHEN {new} > {current} THEN {added} \
+             WHEN {new} = {current} THEN {kept} + {added} ELSE {kept} END"
+        );
+        sql += &format!(
+            ",\n            {g}_spill_{v} = CASE WHEN {replaced} THEN {kept} WHEN {new} < {current} THEN {added} END"
+        );
+    }
+    sql
+}
 
 const ROLLUP: &str = "
     INSERT INTO rollup (granularity_s, bucket_s, slot, buys, units)
@@ -180,68 +211,6 @@ const ROLLUP: &str = "
     ORDER BY g, b
     ON CONFLICT (granularity_s, bucket_s, slot)
     DO UPDATE SET buys = rollup.buys + excluded.buys, units = rollup.units + excluded.units";
-
-/// The statement of [`MOVE_BUCKETS`], with `$lock` after the totals rows' join.
-macro_rules! move_buckets {
-    ($lock:literal) => {
-        concat!(
-            "
-    WITH c AS (
-        SELECT n.*, t.second_bucket, t.second_buys, t.second_units, t.minute_bucket, t.minute_buys,
-               t.minute_units, t.hour_bucket, t.hour_buys, t.hour_units
-        FROM UNNEST(CAST($1 AS BIGINT[]), CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]),
-                    CAST($5 AS BIGINT[]), CAST($6 AS BIGINT[]), CAST($7 AS BIGINT[]), CAST($8 AS BIGINT[]),
-                    CAST($9 AS BIGINT[]), CAST($10 AS BIGINT[])) AS n (p, sb, sn, su, mb, mn, mu, hb, hn, hu)
-        JOIN promotion_totals AS t ON t.promotion_id = n.p AND t.slot = $11
-",
-            $lock,
-            "),
-    moves (p, g, b, n, u) AS (
-        SELECT c.p, v.g, CASE WHEN v.nb > v.cb THEN v.cb ELSE v.nb END,
-               CASE WHEN v.nb > v.cb THEN v.cn ELSE v.nn END, CASE WHEN v.nb > v.cb THEN v.cu ELSE v.nu END
-        FROM c CROSS JOIN LATERAL (VALUES
-            (CAST(1 AS BIGINT), c.sb, c.sn, c.su, c.second_bucket, c.second_buys, c.second_units),
-            (60, c.mb, c.mn, c.mu, c.minute_bucket, c.minute_buys, c.minute_units),
-            (3600, c.hb, c.hn, c.hu, c.hour_bucket, c.hour_buys, c.hour_units)) AS v (g, nb, nn, nu, cb, cn, cu)
-        WHERE (v.nb > v.cb AND v.cn > 0) OR v.nb < v.cb
-        UNION ALL
-        SELECT p, g, b, n, u FROM UNNEST(CAST($12 AS BIGINT[]), CAST($13 AS BIGINT[]), CAST($14 AS BIGINT[]),
-                                         CAST($15 AS BIGINT[]), CAST($16 AS BIGINT[])) AS o (p, g, b, n, u))
-    INSERT INTO promotion_rollup (promotion_id, granularity_s, bucket_s, slot, buys, units)
-    SELECT p, g, b, $11, CAST(sum(n) AS BIGINT), CAST(sum(u) AS BIGINT) FROM moves
-    GROUP BY p, g, b
-    ORDER BY p, g, b
-    ON CONFLICT (promotion_id, granularity_s, bucket_s, slot)
-    DO UPDATE SET buys = promotion_rollup.buys + excluded.buys, units = promotion_rollup.units + excluded.units"
-        )
-    };
-}
-
-/// Runs before [`PROMOTION_TOTALS`], which it prepares: for each promotion and granularity of the
-/// batch ($1..$10, as there), a current bucket of the totals row that the batch's newest replaces
-/// moves to `promotion_rollup`, and so does the batch's newest when it is older than the current
-/// one; the batch's other buckets ($12..$16) go there directly.
-///
-/// A slot of its own is written by this connection alone, so its current buckets are read as
-/// they are.
-const MOVE_BUCKETS: &str = move_buckets!("");
-/// The same for a shared slot: the totals rows are locked first, in key order, so a writer waits
-/// for another's current buckets rather than moving the same bucket twice. [`ENSURE_TOTALS`] has
-/// created the rows that were missing, so there is a row to lock even for a promotion new to the
-/// slot that another writer is recording at the same time.
-const MOVE_BUCKETS_SHARED: &str = move_buckets!("\n        ORDER BY n.p\n        FOR UPDATE OF t");
-
-/// Shared slots only, before [`MOVE_BUCKETS_SHARED`]: an empty totals row for each promotion of
-/// the batch ($1) that has none in slot $2 (filled in by [`PROMOTION_TOTALS`] in the same
-/// transaction). A separate statement, so the next one's snapshot sees rows that another writer
-/// committed while this one waited for them.
-const ENSURE_TOTALS: &str = "
-    INSERT INTO promotion_totals
-        (promotion_id, slot, total_buys, total_units, revenue_cents, unique_buyers, first_buy_us, last_buy_us)
-    SELECT p, $2, 0, 0, 0, 0, 9223372036854775807, -9223372036854775808
-    FROM UNNEST(CAST($1 AS BIGINT[])) AS n (p)
-    ORDER BY p
-    ON CONFLICT (promotion_id, slot) DO NOTHING";
 
 const PROMOTION_PRODUCTS: &str = "
     INSERT INTO promotion_products (promotion_id, product_id, slot, buys, units)
@@ -282,21 +251,20 @@ const PRUNE_KEYS: &str = "
     DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency WHERE created_at_us < $1 LIMIT $2)";
 
 /// Every statement of the write path, prepared once per connection.
-const STATEMENTS: [&str; 13] = [
-    DELETE_EXPIRED_KEYS,
-    CLAIM_KEYS,
-    FIND_KEYS,
-    PROMOTION_TOTALS,
-    ROLLUP,
-    MOVE_BUCKETS,
-    MOVE_BUCKETS_SHARED,
-    ENSURE_TOTALS,
-    PROMOTION_PRODUCTS,
-    TAKE_SEQUENCE,
-    INSERT_BUYS,
-    FILL_KEYS,
-    PRUNE_KEYS,
-];
+fn write_statements() -> [&'static str; 10] {
+    [
+        DELETE_EXPIRED_KEYS,
+        CLAIM_KEYS,
+        FIND_KEYS,
+        PROMOTION_TOTALS.as_str(),
+        ROLLUP,
+        PROMOTION_PRODUCTS,
+        TAKE_SEQUENCE,
+        INSERT_BUYS,
+        FILL_KEYS,
+        PRUNE_KEYS,
+    ]
+}
 
 /// Why a commit (or a prune) did not succeed, and what may follow.
 #[derive(Debug)]
@@ -327,8 +295,8 @@ pub struct WriterConn {
     runtime: tokio::runtime::Runtime,
     client: Client,
     statements: Statements,
-    /// The aggregate rows this connection updates (see [`claim_slot`]).
-    slot: Slot,
+    /// The `slot` column of the aggregate rows this connection updates (see [`claim_slot`]).
+    slot: i32,
     last_used: Instant,
 }
 
@@ -337,7 +305,7 @@ pub struct Statements(HashMap<&'static str, Statement>);
 
 impl Statements {
     fn get(&self, sql: &'static str) -> &Statement {
-        // Every constant used here is in STATEMENTS, prepared with the connection.
+        // Every statement used here is in write_statements(), prepared with the connection.
         &self.0[sql]
     }
 }
@@ -358,7 +326,7 @@ impl WriterConn {
             });
             client.batch_execute(session).await?;
             let mut statements = HashMap::new();
-            for sql in STATEMENTS {
+            for sql in write_statements() {
                 statements.insert(sql, client.prepare(sql).await?);
             }
             let slot = claim_slot(&client).await?;
@@ -375,14 +343,14 @@ impl WriterConn {
 
     /// The slot this connection writes.
     #[cfg(test)]
-    pub fn slot(&self) -> Slot {
+    pub fn slot(&self) -> i32 {
         self.slot
     }
 
     /// Write `id`'s aggregate rows, as a connection that found no free slot does.
     #[cfg(test)]
     pub fn share_slot(&mut self, id: i32) {
-        self.slot = Slot { id, exclusive: false };
+        self.slot = id;
     }
 
     /// Whether the connection is known to be closed.
@@ -509,15 +477,6 @@ async fn bounded<T>(
     }
 }
 
-/// The aggregate rows a writer connection updates.
-#[derive(Debug, Clone, Copy)]
-pub struct Slot {
-    /// The `slot` column of its rows.
-    pub id: i32,
-    /// Whether this connection holds the slot's advisory lock (no other writer updates its rows).
-    pub exclusive: bool,
-}
-
 /// Slots a connection may claim; beyond that many writer connections, slots are shared.
 const SLOTS: i32 = 64;
 /// First key of the two-key advisory locks that mark claimed slots (the one-key lock of the
@@ -528,14 +487,12 @@ const SLOT_LOCK: i32 = 0x6275_7973; // "buys"
 /// the connection, so a replica that dies frees its slot at once. Slots only spread contention;
 /// correctness never depends on them (two connections sharing a slot wait for each other's
 /// aggregate rows, as any two transactions updating one row do), so when all are taken, or on a
-/// database that refuses the two-key advisory lock, a random slot does. A lost connection is
-/// still an error: the writer reconnects.
-async fn claim_slot(client: &Client) -> Result<Slot, tokio_postgres::Error> {
+/// database that refuses the two-key advisory lock or grants it to everyone (CockroachDB's stub
+/// locks), slots are shared. A lost connection is still an error: the writer reconnects.
+async fn claim_slot(client: &Client) -> Result<i32, tokio_postgres::Error> {
     for slot in 0..SLOTS {
         match client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&SLOT_LOCK, &slot]).await {
-            Ok(row) if row.try_get::<_, bool>(0)? => {
-                return Ok(Slot { id: slot, exclusive: holds(client, slot).await? });
-            }
+            Ok(row) if row.try_get::<_, bool>(0)? => return Ok(slot),
             Ok(_) => {}
             Err(e) if e.as_db_error().is_some() => {
                 tracing::warn!(error = %describe(&e), "advisory locks refused; writer slots are shared");
@@ -547,24 +504,7 @@ async fn claim_slot(client: &Client) -> Result<Slot, tokio_postgres::Error> {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
     let slot = (nanos % SLOTS as u32) as i32;
     tracing::warn!(slot, "no free aggregate slot; sharing one");
-    Ok(Slot { id: slot, exclusive: false })
-}
-
-/// Whether this session really holds slot `slot`'s advisory lock, as `pg_locks` shows it. Some
-/// PostgreSQL-compatible databases accept the lock functions as stubs that lock nothing (and
-/// grant every slot to everyone); a connection there must treat its slot as shared.
-async fn holds(client: &Client, slot: i32) -> Result<bool, tokio_postgres::Error> {
-    const HELD: &str = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
-        AND CAST(classid AS BIGINT) = $1 AND CAST(objid AS BIGINT) = $2 AND objsubid = 2 AND granted";
-    let key = [i64::from(SLOT_LOCK), i64::from(slot)];
-    match client.query_one(HELD, &[&key[0], &key[1]]).await {
-        Ok(row) => Ok(row.try_get::<_, i64>(0)? == 1),
-        Err(e) if e.as_db_error().is_some() => {
-            tracing::warn!(error = %describe(&e), slot, "cannot check the slot's advisory lock; sharing it");
-            Ok(false)
-        }
-        Err(e) => Err(e),
-    }
+    Ok(slot)
 }
 
 /// `N` BIGINT columns gathered row by row, passed as `N` array parameters.
@@ -703,7 +643,7 @@ async fn commit(
     st: &Statements,
     writes: &[Write],
     now_us: i64,
-    slot: Slot,
+    slot: i32,
 ) -> Result<Vec<WriteOutcome>, Failure> {
     let mut keys = HashMap::new();
     let began = writes.iter().any(|w| w.idempotency.is_some());
@@ -847,24 +787,18 @@ async fn record(
     recorded: &[&BuyRecord],
     filled: &[(&str, i64)],
     began: bool,
-    slot: Slot,
+    slot: i32,
 ) -> Result<Option<i64>, Failure> {
     let r = Recording::new(recorded);
     let some = r.n > 0;
     let (filled_keys, filled_rel): (Vec<&str>, Vec<i64>) = filled.iter().copied().unzip();
     // Parameters as numbered in the statements (the slot is a parameter of each).
-    let (slot, shared) = (slot.id, !slot.exclusive);
-    let moving = if shared { MOVE_BUCKETS_SHARED } else { MOVE_BUCKETS };
     let (totals_first, current) = r.totals.0.split_at(6);
-    let current: Vec<&(dyn ToSql + Sync)> = current.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
     let mut totals: Vec<&(dyn ToSql + Sync)> = totals_first.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
     totals.extend(r.buyers.params());
     totals.push(&slot);
-    totals.extend(current.iter().copied());
-    let mut moves: Vec<&(dyn ToSql + Sync)> = vec![&r.totals.0[0]];
-    moves.extend(current.iter().copied());
-    moves.push(&slot);
-    moves.extend(r.promotion_rollup.params());
+    totals.extend(current.iter().map(|c| c as &(dyn ToSql + Sync)));
+    totals.extend(r.promotion_rollup.params());
     let [rollup, product_counts] = [r.rollup.params(), r.products.params()].map(|mut params| {
         params.push(&slot);
         params
@@ -876,13 +810,9 @@ async fn record(
 
     // Each future sends its statement when first polled, and `join!` polls them in this order:
     // the statements reach the server in this order, without waiting for each other's answers.
-    let (begin, ensured, moved, totals, rollup, products, total, buys, fill, commit) = join!(
+    let (begin, totals, rollup, products, total, buys, fill, commit) = join!(
         async { if began { Ok(()) } else { client.batch_execute("BEGIN").await } },
-        async {
-            if some && shared { client.execute(st.get(ENSURE_TOTALS), &[&r.totals.0[0], &slot]).await } else { Ok(0) }
-        },
-        async { if some { client.execute(st.get(moving), &moves).await } else { Ok(0) } },
-        async { if some { client.execute(st.get(PROMOTION_TOTALS), &totals).await } else { Ok(0) } },
+        async { if some { client.execute(st.get(&PROMOTION_TOTALS), &totals).await } else { Ok(0) } },
         async { if some { client.execute(st.get(ROLLUP), &rollup).await } else { Ok(0) } },
         async { if some { client.execute(st.get(PROMOTION_PRODUCTS), &product_counts).await } else { Ok(0) } },
         async {
@@ -905,17 +835,7 @@ async fn record(
         Ok(row) => (row, None),
         Err(e) => (None, Some(e)),
     };
-    let statements = [
-        begin.err(),
-        ensured.err(),
-        moved.err(),
-        totals.err(),
-        rollup.err(),
-        products.err(),
-        total_error,
-        buys.err(),
-        fill.err(),
-    ];
+    let statements = [begin.err(), totals.err(), rollup.err(), products.err(), total_error, buys.err(), fill.err()];
     if let Some(e) = statements.iter().flatten().next() {
         return Err(if e.as_db_error().is_some() {
             // The server refused a statement, so the transaction was aborted and the pipelined
