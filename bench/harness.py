@@ -44,7 +44,8 @@ PARTS = THROUGHPUT + ["growth", "locust"]
 SWEEP = [5, 10, 50, 100, 200, 300]
 BATCH = 100  # buys per POST /buys request, as in bench/batch.lua
 NAMES = {"baseline": "baseline (in memory)", "sqlite": "SQLite (durable)", "postgres": "PostgreSQL, 1 replica",
-         "postgres-1": "PostgreSQL, 1 replica", "postgres-2": "PostgreSQL, 2 replicas (total)"}
+         "postgres-1": "PostgreSQL, 1 replica", "postgres-2": "PostgreSQL, 2 replicas (total)",
+         "postgres-2-apart": "control: 2 processes, a database each (total)"}
 GROWTH_READS = {"stats": "GET /stats", "stats_168h": "GET /stats?timeframe_hours=168",
                 "promo_stats": "GET /promotions/{top}/stats", "promotions": "GET /promotions",
                 "timeseries": "GET /stats/timeseries (minute, 24 h)"}
@@ -529,10 +530,16 @@ def scenario_buy_64(run):
         pg2_url = run.pg_url("buy64_2")
         pg1 = start_service(run, "buy-64-postgres-1", pg1_url)
         pg2 = [start_service(run, f"buy-64-postgres-2-replica{i}", pg2_url) for i in (1, 2)]
-        servers += [pg1, *pg2]
-        targets += [Target("postgres-1", [pg1], lua("post_buy")), Target("postgres-2", pg2, lua("post_buy"))]
+        # The control: the same two processes on the same server, but each on a database of its
+        # own, so they share no counter, no rows and no locks. What two replicas lose against it
+        # is what sharing one database costs; what it loses against one replica is what running
+        # two processes on these 2 cores costs.
+        apart = [start_service(run, f"buy-64-postgres-2-apart{i}", run.pg_url(f"buy64_apart{i}")) for i in (1, 2)]
+        servers += [pg1, *pg2, *apart]
+        targets += [Target("postgres-1", [pg1], lua("post_buy")), Target("postgres-2", pg2, lua("post_buy")),
+                    Target("postgres-2-apart", apart, lua("post_buy"))]
     else:
-        skipped["postgres-1"] = skipped["postgres-2"] = run.pg.skip_reason()
+        skipped["postgres-1"] = skipped["postgres-2"] = skipped["postgres-2-apart"] = run.pg.skip_reason()
     for s in servers:
         check_buy(s)
     runs = measure(run, "buy-64", targets, 64, a.rounds, a.seconds)
@@ -727,6 +734,10 @@ def targets_table(parts):
         if p1 and p2:
             rows.append(("POST /buy, PostgreSQL 2 replicas on one database: total ≥ 1 replica",
                          f"{p2['rps']:,.0f} vs {p1['rps']:,.0f} req/s ({p2['rps'] / p1['rps']:.2f}x)", verdict(p2["rps"] >= p1["rps"])))
+            apart = summarize(b64["runs"].get("postgres-2-apart"))
+            if apart:
+                rows.append(("(explains the row above) the same 2 processes, a database each: sharing one database costs",
+                             f"{apart['rps']:,.0f} req/s apart; shared = {p2['rps'] / apart['rps']:.2f}x of apart", "—"))
     else:
         rows.append(("POST /buy targets (SQLite ratio and p99, PostgreSQL 1 and 2 replicas)", "buy-64 not measured", "—"))
     gr = parts.get("growth", {}).get("data")
@@ -874,9 +885,12 @@ def md_buy_64(part):
     d = part["data"]
     out = ["POST /buy at 64 connections, the targets' setting. The two-replica row is two buy-tracker processes "
            "on one database, each driven by its own wrk with 32 connections at the same time: req/s summed, "
-           "percentiles the slower replica's, RSS summed. Each PostgreSQL row has its own fresh database.", ""]
+           "percentiles the slower replica's, RSS summed. The control row runs two processes the same way, each on a "
+           "database of its own (no shared counter, rows or locks): the two-replica row against it is the cost of "
+           "sharing one database; it against one replica is the cost of a second process on the same 2 cores. "
+           "Each PostgreSQL row has its own fresh databases.", ""]
     out += [x + "  " for x in skipped_lines(d)]
-    out += throughput_and_cpu(d["runs"], ["baseline", "sqlite", "postgres-1", "postgres-2"])
+    out += throughput_and_cpu(d["runs"], ["baseline", "sqlite", "postgres-1", "postgres-2", "postgres-2-apart"])
     reps = d["runs"].get("postgres-2")
     if reps:
         out += ["", "Each replica of the two-replica row (medians over the rounds):", "",
