@@ -11,19 +11,18 @@
 //!
 //! The counter is taken **last**: everything that does not need a sequence number (claiming the
 //! idempotency keys, new buyers, per-promotion totals and buckets, rollups, products) runs first; then
-//! `UPDATE counter … RETURNING total` takes the block `total − n + 1 ..= total`, and only then are
-//! the buys inserted, numbered from the counter row this transaction just updated (so the client
-//! need not wait for the number before sending the insert), then COMMIT. The buys are inserted
-//! after the counter rather than with placeholders rewritten later, which would write every buy
-//! twice. While the counter is held, the server runs the buys' insert, the keys' `last_seq` and
-//! the COMMIT, and nothing else.
+//! one statement ([`NUMBER_BUYS`]) takes the block `total − n + 1 ..= total` with `UPDATE counter …
+//! RETURNING total`, inserts the buys numbered from it and fills in the keys' `last_seq`, then
+//! COMMIT. The buys are inserted after the counter rather than with placeholders rewritten later,
+//! which would write every buy twice. While the counter is held, the server runs the rest of that
+//! one statement and the COMMIT, and nothing else.
 //!
 //! # One round trip
 //!
 //! All those statements are *pipelined*: sent together on the connection and answered together,
 //! so a commit costs one round trip (two when the batch carries idempotency keys, whose claims
 //! decide which buys are recorded). This matters twice: the writer thread waits for its commit,
-//! so its round trips bound throughput; and the counter row is held from `TAKE_SEQUENCE` to
+//! so its round trips bound throughput; and the counter row is held from [`NUMBER_BUYS`] to
 //! COMMIT, so no client round trip happens while another replica waits for it. The `postgres`
 //! crate used for reads has no pipelining, so the writer drives `tokio-postgres` itself, on a
 //! small runtime of its own (see [`WriterConn`]).
@@ -106,7 +105,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 const DELETE_EXPIRED_KEYS: &str = "DELETE FROM idempotency WHERE key = ANY(CAST($1 AS TEXT[])) AND created_at_us < $2";
 
-/// `last_seq` is a placeholder, filled in by [`FILL_KEYS`] once the counter is taken.
+/// `last_seq` is a placeholder, filled in by [`NUMBER_BUYS`] once the counter is taken.
 const CLAIM_KEYS: &str = "
     INSERT INTO idempotency (key, fingerprint, last_seq, recorded, created_at_us)
     SELECT k, f, 0, n, $4
@@ -221,37 +220,36 @@ const PROMOTION_PRODUCTS: &str = "
     ON CONFLICT (promotion_id, product_id, slot)
     DO UPDATE SET buys = promotion_products.buys + excluded.buys, units = promotion_products.units + excluded.units";
 
-/// Takes the block of sequence numbers; see the module comment.
-const TAKE_SEQUENCE: &str =
-    "UPDATE counter SET total = total + $1, total_units = total_units + $2 WHERE id = 1 RETURNING total";
-
-/// Buy number `r` (1-based in the batch of $1) gets `total - $1 + r`, read from the counter row
-/// this transaction has just updated.
-const INSERT_BUYS: &str = "
-    INSERT INTO buys (buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents,
-                      ip_address, timestamp_us, received_at_us, timestamp_source, idempotency_key)
-    SELECT c.total - $1 + b.r, b.user_id, b.promotion_id, b.product_id, b.quantity, b.price,
-           b.ip, b.stamp, b.received, b.source, b.key
-    FROM counter AS c,
-         UNNEST(CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]), CAST($5 AS BIGINT[]),
-                CAST($6 AS BIGINT[]), CAST($7 AS BIGINT[]), CAST($8 AS TEXT[]), CAST($9 AS BIGINT[]),
-                CAST($10 AS BIGINT[]), CAST($11 AS TEXT[]), CAST($12 AS TEXT[]))
-             AS b (r, user_id, promotion_id, product_id, quantity, price, ip, stamp, received, source, key)
-    WHERE c.id = 1";
-
-/// The claimed keys get the sequence number of their write's last buy, numbered as in
-/// [`INSERT_BUYS`].
-const FILL_KEYS: &str = "
-    UPDATE idempotency SET last_seq = (SELECT total FROM counter WHERE id = 1) - $1 + f.rel_last
-    FROM UNNEST(CAST($2 AS TEXT[]), CAST($3 AS BIGINT[])) AS f (key, rel_last)
-    WHERE idempotency.key = f.key";
+/// Takes the block of sequence numbers (see the module comment), inserts the buys numbered from
+/// it and gives the claimed keys their last sequence number, in one statement, so the counter row
+/// is held for this statement and the COMMIT only. Buy number `r` (1-based in the batch of $1)
+/// gets `total - $1 + r`; a key ($14) whose write's last buy is `rel_last` ($15) gets
+/// `total - $1 + rel_last`. Returns the counter's new total.
+const NUMBER_BUYS: &str = "
+    WITH taken AS (
+        UPDATE counter SET total = total + $1, total_units = total_units + $2 WHERE id = 1 RETURNING total),
+    inserted AS (
+        INSERT INTO buys (buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents,
+                          ip_address, timestamp_us, received_at_us, timestamp_source, idempotency_key)
+        SELECT t.total - $1 + b.r, b.user_id, b.promotion_id, b.product_id, b.quantity, b.price,
+               b.ip, b.stamp, b.received, b.source, b.key
+        FROM taken AS t,
+             UNNEST(CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]), CAST($5 AS BIGINT[]), CAST($6 AS BIGINT[]),
+                    CAST($7 AS BIGINT[]), CAST($8 AS BIGINT[]), CAST($9 AS TEXT[]), CAST($10 AS BIGINT[]),
+                    CAST($11 AS BIGINT[]), CAST($12 AS TEXT[]), CAST($13 AS TEXT[]))
+                 AS b (r, user_id, promotion_id, product_id, quantity, price, ip, stamp, received, source, key)),
+    filled AS (
+        UPDATE idempotency SET last_seq = t.total - $1 + f.rel_last
+        FROM taken AS t, UNNEST(CAST($14 AS TEXT[]), CAST($15 AS BIGINT[])) AS f (key, rel_last)
+        WHERE idempotency.key = f.key)
+    SELECT total FROM taken";
 
 /// Deletes one chunk of expired keys.
 const PRUNE_KEYS: &str = "
     DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency WHERE created_at_us < $1 LIMIT $2)";
 
 /// Every statement of the write path, prepared once per connection.
-fn write_statements() -> [&'static str; 10] {
+fn write_statements() -> [&'static str; 8] {
     [
         DELETE_EXPIRED_KEYS,
         CLAIM_KEYS,
@@ -259,9 +257,7 @@ fn write_statements() -> [&'static str; 10] {
         PROMOTION_TOTALS.as_str(),
         ROLLUP,
         PROMOTION_PRODUCTS,
-        TAKE_SEQUENCE,
-        INSERT_BUYS,
-        FILL_KEYS,
+        NUMBER_BUYS,
         PRUNE_KEYS,
     ]
 }
@@ -780,7 +776,7 @@ async fn claim_keys<'a>(
 
 /// Record the buys (if any), fill in the claimed keys and COMMIT, in one pipelined round trip
 /// (beginning the transaction too unless `began`). Returns the counter's new total when buys
-/// were recorded.
+/// were recorded or keys filled.
 async fn record(
     client: &Client,
     st: &Statements,
@@ -805,25 +801,36 @@ async fn record(
     });
     let [rel, users, promotions, products, quantities] = &r.ids.0;
     let [stamps, received] = &r.times.0;
-    let buys: [&(dyn ToSql + Sync); 12] =
-        [&r.n, rel, users, promotions, products, quantities, &r.prices, &r.ips, stamps, received, &r.sources, &r.keys];
+    let numbering: [&(dyn ToSql + Sync); 15] = [
+        &r.n,
+        &r.units,
+        rel,
+        users,
+        promotions,
+        products,
+        quantities,
+        &r.prices,
+        &r.ips,
+        stamps,
+        received,
+        &r.sources,
+        &r.keys,
+        &filled_keys,
+        &filled_rel,
+    ];
 
     // Each future sends its statement when first polled, and `join!` polls them in this order:
     // the statements reach the server in this order, without waiting for each other's answers.
-    let (begin, totals, rollup, products, total, buys, fill, commit) = join!(
+    let (begin, totals, rollup, products, total, commit) = join!(
         async { if began { Ok(()) } else { client.batch_execute("BEGIN").await } },
         async { if some { client.execute(st.get(&PROMOTION_TOTALS), &totals).await } else { Ok(0) } },
         async { if some { client.execute(st.get(ROLLUP), &rollup).await } else { Ok(0) } },
         async { if some { client.execute(st.get(PROMOTION_PRODUCTS), &product_counts).await } else { Ok(0) } },
         async {
-            if some { client.query_one(st.get(TAKE_SEQUENCE), &[&r.n, &r.units]).await.map(Some) } else { Ok(None) }
-        },
-        async { if some { client.execute(st.get(INSERT_BUYS), &buys).await } else { Ok(0) } },
-        async {
-            if filled.is_empty() {
-                Ok(0)
+            if some || !filled.is_empty() {
+                client.query_one(st.get(NUMBER_BUYS), &numbering).await.map(Some)
             } else {
-                client.execute(st.get(FILL_KEYS), &[&r.n, &filled_keys, &filled_rel]).await
+                Ok(None)
             }
         },
         client.batch_execute("COMMIT"),
@@ -835,7 +842,7 @@ async fn record(
         Ok(row) => (row, None),
         Err(e) => (None, Some(e)),
     };
-    let statements = [begin.err(), totals.err(), rollup.err(), products.err(), total_error, buys.err(), fill.err()];
+    let statements = [begin.err(), totals.err(), rollup.err(), products.err(), total_error];
     if let Some(e) = statements.iter().flatten().next() {
         return Err(if e.as_db_error().is_some() {
             // The server refused a statement, so the transaction was aborted and the pipelined
