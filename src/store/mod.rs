@@ -5,6 +5,7 @@
 //! pool, so a slow disk never stalls the async workers.
 
 pub mod aggregate;
+mod pool;
 pub mod postgres;
 pub mod sqlite;
 

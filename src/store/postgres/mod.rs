@@ -25,8 +25,8 @@ mod read;
 mod schema;
 mod write;
 
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use postgres::error::SqlState;
 use postgres::{Client, NoTls};
@@ -34,6 +34,7 @@ use postgres::{Client, NoTls};
 use read::ReadConn;
 use write::{Failure, WriterConn};
 
+use super::pool::Pool;
 use super::{
     Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, Write, WriteOutcome,
 };
@@ -54,8 +55,6 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(4);
 /// Read connections per process; the writer has one more. With PostgreSQL's default of 100
 /// connections, that leaves room for five replicas.
 pub const MAX_READERS: usize = 16;
-/// How long a read waits for a pooled connection when all are busy.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts at a commit that recorded nothing and failed with a transient error.
 const COMMIT_ATTEMPTS: u32 = 3;
 /// Expired idempotency keys deleted per statement, so pruning never holds many locks at once.
@@ -71,19 +70,7 @@ pub struct PostgresStore {
     session: String,
     /// The writer's connection; `None` until (re)opened by the next commit.
     writer: Mutex<Option<WriterConn>>,
-    readers: ReadPool,
-}
-
-/// Read connections: idle ones, and how many are open in all (idle or in use).
-struct ReadPool {
-    state: Mutex<PoolState>,
-    /// Signalled when a connection is returned or closed.
-    freed: Condvar,
-}
-
-struct PoolState {
-    idle: Vec<ReadConn>,
-    open: usize,
+    readers: Pool<ReadConn>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -172,7 +159,7 @@ impl PostgresStore {
             config,
             session,
             writer: Mutex::new(None),
-            readers: ReadPool { state: Mutex::new(PoolState { idle: Vec::new(), open: 0 }), freed: Condvar::new() },
+            readers: Pool::new(MAX_READERS, "PostgreSQL"),
         };
         // `open` may be called on an async worker, where the blocking client must not run.
         let writer = std::thread::scope(|scope| {
@@ -248,36 +235,7 @@ impl PostgresStore {
 
     /// A read connection and whether it was pooled (a pooled one may have gone stale).
     fn acquire(&self) -> Result<(ReadConn, bool), StoreError> {
-        let pool = &self.readers;
-        let deadline = Instant::now() + ACQUIRE_TIMEOUT;
-        let mut state = lock(&pool.state);
-        loop {
-            if let Some(conn) = state.idle.pop() {
-                return Ok((conn, true));
-            }
-            if state.open < MAX_READERS {
-                state.open += 1;
-                drop(state);
-                return match self.connect() {
-                    Ok(client) => Ok((ReadConn::new(client), false)),
-                    Err(e) => {
-                        self.closed(1);
-                        Err(unavailable(&e))
-                    }
-                };
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(StoreError::Unavailable(format!("all {MAX_READERS} PostgreSQL read connections are busy")));
-            }
-            state = pool.freed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
-        }
-    }
-
-    /// Account for `n` read connections closed.
-    fn closed(&self, n: usize) {
-        lock(&self.readers.state).open -= n;
-        self.readers.freed.notify_all();
+        self.readers.acquire(|| self.connect().map(ReadConn::new).map_err(|e| unavailable(&e)))
     }
 
     /// Run `f` on a read connection. A pooled connection that turns out broken (PostgreSQL was
@@ -288,26 +246,21 @@ impl PostgresStore {
         loop {
             match f(&mut conn) {
                 Ok(value) => {
-                    lock(&self.readers.state).idle.push(conn);
-                    self.readers.freed.notify_one();
+                    self.readers.give_back(conn);
                     return Ok(value);
                 }
                 Err(e) if is_broken(&e, conn.client.is_closed()) => {
                     drop(conn);
-                    self.closed(1);
+                    self.readers.closed(1);
                     if !pooled {
                         return Err(unavailable(&e));
                     }
                     tracing::warn!(error = %describe(&e), "PostgreSQL read connection lost; reconnecting");
-                    let stale = std::mem::take(&mut lock(&self.readers.state).idle);
-                    let n = stale.len();
-                    drop(stale);
-                    self.closed(n);
+                    drop(self.readers.take_idle());
                     (conn, pooled) = self.acquire()?;
                 }
                 Err(e) => {
-                    lock(&self.readers.state).idle.push(conn);
-                    self.readers.freed.notify_one();
+                    self.readers.give_back(conn);
                     return Err(unavailable(&e));
                 }
             }
@@ -390,7 +343,7 @@ impl Store for PostgresStore {
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         let writer = lock(&self.writer).take();
-        let idle = std::mem::take(&mut lock(&self.readers.state).idle);
+        let idle = self.readers.take_idle();
         if writer.is_none() && idle.is_empty() {
             return;
         }
@@ -414,6 +367,7 @@ mod tests {
     use crate::store::aggregate::US;
     use crate::store::sqlite::SqliteStore;
     use crate::store::{IDEMPOTENCY_TTL_US, IdempotencyClaim};
+    use std::time::Instant;
 
     /// A fresh database, dropped at the end of the test.
     struct TestDatabase {

@@ -19,6 +19,7 @@ mod write;
 
 use schema::migrate;
 
+use super::pool::Pool;
 use super::{
     Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, Write, WriteOutcome,
 };
@@ -62,11 +63,15 @@ impl Drop for SqliteStore {
     }
 }
 
-/// Idle read connections to the same file; a reader is opened when none is idle.
+/// Read connections to the same file, at most [`MAX_READERS`].
 struct ReadPool {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    connections: Pool<Connection>,
 }
+
+/// Read connections per store. Reads are short and CPU-bound on a local file; more at once would
+/// only add page caches (each grows to 2 MiB) and contend for the same cores.
+const MAX_READERS: usize = 8;
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -102,7 +107,7 @@ impl SqliteStore {
         start_checkpointer(path.to_path_buf(), stop.clone()).map_err(|e| describe(&e))?;
         Ok(SqliteStore {
             writer: Mutex::new(conn),
-            readers: Some(ReadPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }),
+            readers: Some(ReadPool { path: path.to_path_buf(), connections: Pool::new(MAX_READERS, "SQLite") }),
             stop,
         })
     }
@@ -119,16 +124,13 @@ impl SqliteStore {
         let Some(pool) = &self.readers else {
             return f(&lock(&self.writer)).map_err(unavailable);
         };
-        let conn = match lock(&pool.idle).pop() {
-            Some(conn) => conn,
-            None => {
-                let conn = Connection::open(&pool.path).map_err(unavailable)?;
-                conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
-                conn
-            }
-        };
+        let (conn, _) = pool.connections.acquire(|| {
+            let conn = Connection::open(&pool.path).map_err(unavailable)?;
+            conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
+            Ok(conn)
+        })?;
         let result = f(&conn).map_err(unavailable);
-        lock(&pool.idle).push(conn);
+        pool.connections.give_back(conn);
         result
     }
 }
