@@ -716,6 +716,11 @@ mod tests {
         let series = store.timeseries(60, minute, minute, None).unwrap();
         assert_eq!((series.len(), series[0].buys, series[0].units), (1, 2, 6));
         assert_eq!(store.promotions(at - 10 * US, 10, 0).unwrap().1, 1);
+        // The buyer stored before the migrations (which rekey the buyers) is still known: buying
+        // again does not count as a new buyer.
+        let again = Write { buys: vec![record(5, 2, 3, 1, None, at + 2)], idempotency: None };
+        store.commit(&[again], at).unwrap();
+        assert_eq!(store.promotion_stats(2, at - 10 * US).unwrap().unique_buyers, 2);
     }
 
     /// Pruned second and minute rollups change no answer a read can ask for (the unpruned

@@ -132,7 +132,7 @@ static PROMOTION_TOTALS: LazyLock<String> = LazyLock::new(|| {
     WITH new_buyers AS (
         INSERT INTO promotion_buyers (promotion_id, user_id)
         SELECT p, u FROM UNNEST(CAST($7 AS BIGINT[]), CAST($8 AS BIGINT[])) AS b (p, u)
-        ORDER BY p, u
+        ORDER BY u, p
         ON CONFLICT DO NOTHING
         RETURNING promotion_id),
     totals AS (
