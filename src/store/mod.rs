@@ -10,6 +10,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::domain::BuyRecord;
 
@@ -287,6 +288,13 @@ pub(crate) fn assert_pruning_changes_no_answer(pruned: &dyn Store, kept: &dyn St
             kept.timeseries(3600, 0, to, promotion).unwrap()
         );
     }
+}
+
+/// Lock a mutex of a store, ignoring poisoning. What the stores guard cannot be left half-updated
+/// by a panic: a connection is either in a pool or not, and SQLite rolls back a transaction that
+/// is dropped open. So the poison flag carries no information.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

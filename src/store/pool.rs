@@ -5,13 +5,14 @@
 //! PostgreSQL that exhausts the server's connections, on SQLite each one grows its own page cache.
 //! A read that finds every connection busy waits for one, then gives up with a 503.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::StoreError;
+use super::lock;
 
 /// How long a read waits for a connection when all are busy.
-pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// At most `max` connections of type `C`, idle or in use.
 pub struct Pool<C> {
@@ -26,12 +27,6 @@ pub struct Pool<C> {
 struct State<C> {
     idle: Vec<C>,
     open: usize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing guarded here is left half-updated by a panic (a connection is either in the
-    // collection or not), so the poison flag carries no information.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<C> Pool<C> {

@@ -25,7 +25,7 @@ mod read;
 mod schema;
 mod write;
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use postgres::error::SqlState;
@@ -34,6 +34,7 @@ use postgres::{Client, NoTls};
 use read::ReadConn;
 use write::{Failure, WriterConn};
 
+use super::lock;
 use super::pool::Pool;
 use super::{
     Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, Write, WriteOutcome,
@@ -71,12 +72,6 @@ pub struct PostgresStore {
     /// The writer's connection; `None` until (re)opened by the next commit.
     writer: Mutex<Option<WriterConn>>,
     readers: Pool<ReadConn>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing guarded here is left half-updated by a panic (a connection is either in the
-    // collection or not), so the poison flag carries no information.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One line for an error: PostgreSQL's own message when the server sent one.

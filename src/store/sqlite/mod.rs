@@ -19,6 +19,7 @@ mod write;
 
 use schema::migrate;
 
+use super::lock;
 use super::pool::Pool;
 use super::{
     Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, Write, WriteOutcome,
@@ -75,12 +76,6 @@ const MAX_READERS: usize = 8;
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock leaves SQLite itself consistent (an open transaction is
-    // rolled back when dropped), so the poison flag carries no information here.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl SqliteStore {
