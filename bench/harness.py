@@ -45,7 +45,8 @@ SWEEP = [5, 10, 50, 100, 200, 300]
 BATCH = 100  # buys per POST /buys request, as in bench/batch.lua
 NAMES = {"baseline": "baseline (in memory)", "sqlite": "SQLite (durable)", "postgres": "PostgreSQL, 1 replica",
          "postgres-1": "PostgreSQL, 1 replica", "postgres-2": "PostgreSQL, 2 replicas (total)",
-         "postgres-2-apart": "control: 2 processes, a database each (total)"}
+         "postgres-2-apart": "control: 2 processes, a database each (total)",
+         "sqlite-2-apart": "control: 2 SQLite processes, a file each (total)"}
 GROWTH_READS = {"stats": "GET /stats", "stats_168h": "GET /stats?timeframe_hours=168",
                 "promo_stats": "GET /promotions/{top}/stats", "promotions": "GET /promotions",
                 "timeseries": "GET /stats/timeseries (minute, 24 h)"}
@@ -521,8 +522,12 @@ def scenario_buy_64(run):
     a = run.args
     base = start_baseline(run, "buy-64-baseline")
     sq = start_service(run, "buy-64-sqlite", run.sqlite_url("buy64"))
-    servers = [base, sq]
-    targets = [Target("baseline", [base], lua("post_buy")), Target("sqlite", [sq], lua("post_buy"))]
+    # A second control, without PostgreSQL: two SQLite processes, each on a file of its own, share
+    # nothing but the cores. What they lose against one is the price of a second process alone.
+    sq2 = [start_service(run, f"buy-64-sqlite-2-apart{i}", run.sqlite_url(f"buy64_apart{i}")) for i in (1, 2)]
+    servers = [base, sq, *sq2]
+    targets = [Target("baseline", [base], lua("post_buy")), Target("sqlite", [sq], lua("post_buy")),
+               Target("sqlite-2-apart", sq2, lua("post_buy"))]
     skipped = {}
     pg1_url = run.pg_url("buy64_1")
     if pg1_url:
@@ -738,6 +743,10 @@ def targets_table(parts):
             if apart:
                 rows.append(("(explains the row above) the same 2 processes, a database each: sharing one database costs",
                              f"{apart['rps']:,.0f} req/s apart; shared = {p2['rps'] / apart['rps']:.2f}x of apart", "—"))
+        sq2 = summarize(b64["runs"].get("sqlite-2-apart"))
+        if sq and sq2:
+            rows.append(("(explains the rows above) 2 SQLite processes, a file each, against 1: a second process alone costs",
+                         f"{sq2['rps']:,.0f} vs {sq['rps']:,.0f} req/s ({sq2['rps'] / sq['rps']:.2f}x)", "—"))
     else:
         rows.append(("POST /buy targets (SQLite ratio and p99, PostgreSQL 1 and 2 replicas)", "buy-64 not measured", "—"))
     gr = parts.get("growth", {}).get("data")
@@ -888,9 +897,12 @@ def md_buy_64(part):
            "percentiles the slower replica's, RSS summed. The control row runs two processes the same way, each on a "
            "database of its own (no shared counter, rows or locks): the two-replica row against it is the cost of "
            "sharing one database; it against one replica is the cost of a second process on the same 2 cores. "
+           "The SQLite control does the same without PostgreSQL (two processes, a file each, 32 connections each): "
+           "against the SQLite row it is what a second process costs when nothing at all is shared. "
            "Each PostgreSQL row has its own fresh databases.", ""]
     out += [x + "  " for x in skipped_lines(d)]
-    out += throughput_and_cpu(d["runs"], ["baseline", "sqlite", "postgres-1", "postgres-2", "postgres-2-apart"])
+    out += throughput_and_cpu(d["runs"], ["baseline", "sqlite", "sqlite-2-apart", "postgres-1", "postgres-2",
+                                          "postgres-2-apart"])
     reps = d["runs"].get("postgres-2")
     if reps:
         out += ["", "Each replica of the two-replica row (medians over the rounds):", "",
