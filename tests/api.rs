@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{StoreKind, TestApp, buy};
+use common::{StoreKind, TestApp, buy, concurrent_buys};
 use serde_json::{Value, json};
 
 async fn records_a_buy_with_the_original_shape(kind: StoreKind) {
@@ -282,24 +282,7 @@ async fn concurrent_requests_with_one_key_record_once(kind: StoreKind) {
 async fn concurrent_buys_get_gap_free_sequence_numbers(kind: StoreKind) {
     let app = TestApp::spawn(kind).await;
     let n = 3000;
-    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let request = app.client.post(app.url("/buy")).json(&buy(i, i % 7, i % 11, 1 + i % 3));
-            let semaphore = semaphore.clone();
-            tokio::spawn(async move {
-                let _permit = semaphore.acquire().await.unwrap();
-                let response = request.send().await.unwrap();
-                assert_eq!(response.status(), 200);
-                response.json::<Value>().await.unwrap()["buy_count"].as_i64().unwrap()
-            })
-        })
-        .collect();
-    let mut counts = Vec::with_capacity(n as usize);
-    for task in tasks {
-        counts.push(task.await.unwrap());
-    }
-    counts.sort_unstable();
+    let counts = concurrent_buys(&app.client, &[app.url("")], n, 256).await;
     assert_eq!(counts, (1..=n).collect::<Vec<_>>());
     let stats = app.get_json("/stats").await;
     assert_eq!(stats["total_buys"], n);

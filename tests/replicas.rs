@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::postgres_db::{TestDatabase, server_or_skip};
-use common::{Server, Starting, buy};
+use common::{Server, Starting, buy, concurrent_buys};
 use serde_json::{Value, json};
 
 /// Start `n` replicas of the binary on `database_url` all at once (so their migrations race, as
@@ -51,24 +51,7 @@ async fn replicas_share_one_gap_free_sequence() {
     let replicas = bases(&servers);
     let client = reqwest::Client::new();
     let n: i64 = 1500;
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(96));
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let (client, replicas, semaphore) = (client.clone(), replicas.clone(), semaphore.clone());
-            tokio::spawn(async move {
-                let _permit = semaphore.acquire().await.unwrap();
-                let replica = &replicas[i as usize % replicas.len()];
-                let response = post_buy(&client, replica, &buy(i, i % 7, i % 11, 1 + i % 3), None).await;
-                assert_eq!(response.status(), 200);
-                response.json::<Value>().await.unwrap()["buy_count"].as_i64().unwrap()
-            })
-        })
-        .collect();
-    let mut counts = Vec::with_capacity(n as usize);
-    for task in tasks {
-        counts.push(task.await.unwrap());
-    }
-    counts.sort_unstable();
+    let counts = concurrent_buys(&client, &replicas, n, 96).await;
     assert_eq!(counts, (1..=n).collect::<Vec<_>>(), "sequence numbers are unique and gap-free");
     let units: i64 = (0..n).map(|i| 1 + i % 3).sum();
     for replica in replicas.iter() {

@@ -92,6 +92,32 @@ pub fn buy(user_id: i64, promotion_id: i64, product_id: i64, quantity: i64) -> V
     json!({"user_id": user_id, "promotion_id": promotion_id, "product_id": product_id, "product_quantity": quantity})
 }
 
+/// Post `n` buys at once (buy `i` is `buy(i, i % 7, i % 11, 1 + i % 3)`, sent to
+/// `bases[i % bases.len()]`), at most `in_flight` at a time; each must be answered 200. Returns
+/// their sequence numbers, sorted.
+pub async fn concurrent_buys(client: &reqwest::Client, bases: &[String], n: i64, in_flight: usize) -> Vec<i64> {
+    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let url = format!("{}/buy", bases[i as usize % bases.len()]);
+            let request = client.post(url).json(&buy(i, i % 7, i % 11, 1 + i % 3));
+            let semaphore = semaphore.clone();
+            tokio::spawn(async move {
+                let _permit = semaphore.acquire().await.unwrap();
+                let response = request.send().await.expect("request");
+                assert_eq!(response.status(), 200);
+                response.json::<Value>().await.unwrap()["buy_count"].as_i64().unwrap()
+            })
+        })
+        .collect();
+    let mut counts = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        counts.push(task.await.unwrap());
+    }
+    counts.sort_unstable();
+    counts
+}
+
 /// Generate one `#[tokio::test]` per store for a test body `async fn name(kind: StoreKind)`.
 #[macro_export]
 macro_rules! on_every_store {
