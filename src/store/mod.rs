@@ -253,6 +253,36 @@ pub fn open(url: &StoreUrl) -> Result<std::sync::Arc<dyn Store>, String> {
     }
 }
 
+/// Shared by both stores' tests: every answer a read can ask for is the same in `a` as in `b`.
+/// That is the counts since each of `cutoffs` (overall and of each of `promotions`), the
+/// promotion page and each promotion's stats since each cutoff, and the minute and hour series
+/// (`minutes` and `hours`: first and last bucket start, in seconds), overall and per promotion.
+#[cfg(test)]
+pub(crate) fn assert_same_answers(
+    a: &dyn Store,
+    b: &dyn Store,
+    cutoffs: &[i64],
+    promotions: &[i64],
+    minutes: (i64, i64),
+    hours: (i64, i64),
+) {
+    let each = || std::iter::once(None).chain(promotions.iter().copied().map(Some));
+    for &since in cutoffs {
+        for p in each() {
+            assert_eq!(a.counts(since, p).unwrap(), b.counts(since, p).unwrap(), "since {since}, promotion {p:?}");
+        }
+        assert_eq!(a.promotions(since, 10, 0).unwrap(), b.promotions(since, 10, 0).unwrap(), "since {since}");
+        for &p in promotions {
+            assert_eq!(a.promotion_stats(p, since).unwrap(), b.promotion_stats(p, since).unwrap(), "since {since}");
+        }
+    }
+    for (g, (from, to)) in [(60, minutes), (3600, hours)] {
+        for p in each() {
+            assert_eq!(a.timeseries(g, from, to, p).unwrap(), b.timeseries(g, from, to, p).unwrap(), "{g} s, {p:?}");
+        }
+    }
+}
+
 /// Shared by both stores' tests: prune `pruned` as the writer would at `now_us`, then require
 /// every answer a read can ask for to equal `kept`'s (the same writes, nothing pruned).
 #[cfg(test)]
@@ -265,29 +295,9 @@ pub(crate) fn assert_pruning_changes_no_answer(pruned: &dyn Store, kept: &dyn St
     assert!(deleted > 3000, "old second and minute rows were deleted ({deleted})");
     let hours = |h: i64| h * 3600 * US;
     let edges = [now_us - hours(168), now_us - hours(168) + 1, now_us - hours(168) + 59 * US + 7, now_us - 1];
-    let hourly = (0..=168).map(|h| now_us - hours(h));
-    for since in hourly.chain(edges).chain(cutoffs.iter().copied()) {
-        for promotion in [None, Some(0), Some(1), Some(2)] {
-            assert_eq!(
-                pruned.counts(since, promotion).unwrap(),
-                kept.counts(since, promotion).unwrap(),
-                "since {since}, promotion {promotion:?}"
-            );
-        }
-        assert_eq!(pruned.promotion_stats(1, since).unwrap(), kept.promotion_stats(1, since).unwrap());
-        assert_eq!(pruned.promotions(since, 10, 0).unwrap(), kept.promotions(since, 10, 0).unwrap());
-    }
+    let since: Vec<i64> = (0..=168).map(|h| now_us - hours(h)).chain(edges).chain(cutoffs.iter().copied()).collect();
     let (from, to) = ((now_us - hours(168)) / US / 60 * 60, now_us / US / 60 * 60);
-    for promotion in [None, Some(2)] {
-        assert_eq!(
-            pruned.timeseries(60, from, to, promotion).unwrap(),
-            kept.timeseries(60, from, to, promotion).unwrap()
-        );
-        assert_eq!(
-            pruned.timeseries(3600, 0, to, promotion).unwrap(),
-            kept.timeseries(3600, 0, to, promotion).unwrap()
-        );
-    }
+    assert_same_answers(pruned, kept, &since, &[0, 1, 2], (from, to), (0, to));
 }
 
 /// Lock a mutex of a store, ignoring poisoning. What the stores guard cannot be left half-updated

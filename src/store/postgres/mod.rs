@@ -490,24 +490,9 @@ mod tests {
     fn assert_same_windows(pg: &PostgresStore, sqlite: &SqliteStore, base: i64, to_us: i64) {
         let span = (to_us - base + 3 * 3600 * US) as u64;
         let cutoffs: Vec<i64> = (0..300u64).map(|i| base - 3 * 3600 * US + (i * 7_919_007_331 % span) as i64).collect();
-        for &cutoff in &cutoffs {
-            for p in [None, Some(0), Some(1), Some(2), Some(3)] {
-                assert_eq!(pg.counts(cutoff, p).unwrap(), sqlite.counts(cutoff, p).unwrap(), "cutoff {cutoff}, {p:?}");
-            }
-        }
-        for &cutoff in cutoffs.iter().step_by(10) {
-            assert_eq!(pg.promotions(cutoff, 10, 0).unwrap(), sqlite.promotions(cutoff, 10, 0).unwrap());
-            for p in 0..4 {
-                assert_eq!(pg.promotion_stats(p, cutoff).unwrap(), sqlite.promotion_stats(p, cutoff).unwrap());
-            }
-        }
         let (from, to) = (base / US - 3 * 3600, to_us / US);
-        for g in [60, 3600] {
-            let (from, to) = (from - from.rem_euclid(g), to - to.rem_euclid(g));
-            for p in [None, Some(0), Some(3)] {
-                assert_eq!(pg.timeseries(g, from, to, p).unwrap(), sqlite.timeseries(g, from, to, p).unwrap());
-            }
-        }
+        let series = |g: i64| (from - from.rem_euclid(g), to - to.rem_euclid(g));
+        crate::store::assert_same_answers(pg, sqlite, &cutoffs, &[0, 1, 2, 3], series(60), series(3600));
     }
 
     /// Late and out-of-order buys, in batches across seconds, minutes and hours: each promotion's
