@@ -485,6 +485,14 @@ mod tests {
         (out, clock)
     }
 
+    /// A PostgreSQL store on a fresh database and an empty SQLite store to compare it with (`None`
+    /// when no server is configured: the test is skipped). Keep the database until the end.
+    fn beside_sqlite() -> Option<(TestDatabase, PostgresStore, SqliteStore)> {
+        let database = TestDatabase::create()?;
+        let pg = PostgresStore::open(&database.url).unwrap();
+        Some((database, pg, SqliteStore::open_memory().unwrap()))
+    }
+
     /// Every window, promotion page, promotion's stats and series from `base - 3 h` to `to_us`
     /// answers in `pg` as in `sqlite`.
     fn assert_same_windows(pg: &PostgresStore, sqlite: &SqliteStore, base: i64, to_us: i64) {
@@ -500,9 +508,7 @@ mod tests {
     /// and every window answers as in SQLite.
     #[test]
     fn late_and_out_of_order_buys_answer_as_the_sqlite_store() {
-        let Some(database) = TestDatabase::create() else { return };
-        let pg = PostgresStore::open(&database.url).unwrap();
-        let sqlite = SqliteStore::open_memory().unwrap();
+        let Some((_database, pg, sqlite)) = beside_sqlite() else { return };
         let base = 1_750_000_000 * US;
         let (batches, last) = late_and_out_of_order(12_345, base, 150);
         let stamps: Vec<i64> = batches.iter().flatten().map(|w| w.buys[0].timestamp_us).collect();
@@ -589,9 +595,7 @@ mod tests {
 
     #[test]
     fn answers_exactly_as_the_sqlite_store() {
-        let Some(database) = TestDatabase::create() else { return };
-        let pg = PostgresStore::open(&database.url).unwrap();
-        let sqlite = SqliteStore::open_memory().unwrap();
+        let Some((_database, pg, sqlite)) = beside_sqlite() else { return };
         let base = 1_750_000_000 * US;
         let mut seen = Vec::new();
         for (writes, now) in batches(base) {
@@ -707,9 +711,7 @@ mod tests {
     /// SQLite store gives the expected answers), and old rows are really deleted.
     #[test]
     fn pruned_rollups_answer_every_readable_window_exactly() {
-        let Some(database) = TestDatabase::create() else { return };
-        let pg = PostgresStore::open(&database.url).unwrap();
-        let kept = SqliteStore::open_memory().unwrap();
+        let Some((_database, pg, kept)) = beside_sqlite() else { return };
         let now = 1_750_000_000 * US;
         let mut stamps: Vec<i64> = (0..3000).map(|i| now - 10 * 24 * 3600 * US + i * 287_999_917 + i % 997).collect();
         stamps.push(now - 5 * 365 * 24 * 3600 * US);
