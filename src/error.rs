@@ -162,6 +162,9 @@ pub enum ApiError {
     /// 503: the store or the write queue cannot take the request now.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// 503 with `Retry-After: 1`: the service is busy with work of this kind; retry shortly.
+    #[error("busy: {0}")]
+    Busy(String),
     /// 500: a bug or an unexpected failure; details are logged, never sent.
     #[error("internal: {0}")]
     Internal(String),
@@ -206,7 +209,7 @@ impl IntoResponse for ApiError {
                     "input": null,
                 }]}),
             ),
-            ApiError::Unavailable(why) => {
+            ApiError::Unavailable(why) | ApiError::Busy(why) => {
                 (StatusCode::SERVICE_UNAVAILABLE, json!({"detail": format!("Service unavailable: {why}")}))
             }
             ApiError::Internal(cause) => {
@@ -217,6 +220,9 @@ impl IntoResponse for ApiError {
             }
         };
         let mut response = (status, axum::Json(body)).into_response();
+        if matches!(self, ApiError::Busy(_)) {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -152,6 +152,51 @@ async fn no_rate_limit_by_default() {
     }
 }
 
+/// At most `MAX_EXPORTS` exports stream at once. With that many stalled by clients that stopped
+/// reading, one more waits about a second and gets 503 with `Retry-After`, while other reads
+/// still answer; once the stalled clients go away, exports run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_beyond_the_limit_get_503_with_retry_after() {
+    use buy_tracker::http::export::MAX_EXPORTS;
+    let app = TestApp::spawn(StoreKind::Memory).await;
+    // About 13 MB of CSV: more than an unread connection buffers, so each stalled export stalls.
+    for batch in 0..150 {
+        let buys: Vec<_> = (0..1000).map(|i| buy(batch * 1000 + i, i % 50, i % 500, 1)).collect();
+        assert_eq!(app.post("/buys", &serde_json::json!({ "buys": buys })).await.status(), 200);
+    }
+    let mut stalled = Vec::new();
+    for _ in 0..MAX_EXPORTS {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(b"GET /export HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
+        // The status line comes once the export holds its slot; then this client stops reading.
+        let mut head = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut head)).await.unwrap().unwrap();
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+        stalled.push(stream);
+    }
+    let started = Instant::now();
+    let busy = app.get("/export").await;
+    assert_eq!(busy.status(), 503);
+    assert!(started.elapsed() >= Duration::from_millis(900), "it waited for a slot first");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(busy.headers()["retry-after"], "1");
+    let detail = busy.json::<serde_json::Value>().await.unwrap()["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains("exports are already streaming"), "{detail}");
+    assert_eq!(app.get_json("/stats").await["total_buys"], 150_000, "other reads still answer");
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = app.get("/export?promotion_id=7").await;
+        if response.status() == 200 {
+            let csv = response.text().await.unwrap();
+            assert_eq!(csv.lines().count(), 1 + 3000, "header and every buy of promotion 7");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stalled exports never gave their slots back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Keys never reach the logs, whether right or wrong (the server runs with --dev: debug level).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_never_logged() {
