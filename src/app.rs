@@ -56,6 +56,7 @@ impl Application {
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             in_flight: Default::default(),
             shutdown: stopping,
+            live: Default::default(),
             exports: Arc::new(tokio::sync::Semaphore::new(crate::http::export::MAX_EXPORTS)),
         });
         let access = Access::new(&config.write_keys, &config.read_keys);

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, SubsecRound, TimeDelta, Utc};
@@ -223,6 +224,25 @@ async fn events_stream_stats_every_second(kind: StoreKind) {
     }
 }
 
+/// After its own first event, a stream shows the snapshot shared by every stream. Twenty streams
+/// opened together, reading three events each, see a few distinct snapshots after their first
+/// (each carries its `current_time` to the microsecond), not one per event. A buy acknowledged
+/// before a stream opens is in all its events.
+async fn event_streams_share_one_snapshot_a_second(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    let streams = futures_util::future::join_all((0..20).map(|_| read_events(&app, 3))).await;
+    let shared: HashSet<String> =
+        streams.iter().flat_map(|events| events[1..].iter().map(|e| e["current_time"].to_string())).collect();
+    assert!(shared.len() <= 6, "{} distinct snapshots among 40 shared events", shared.len());
+    app.post("/buy", &buy(1, 2, 3, 4)).await;
+    // With every stream closed, the task taking snapshots stops within a second; a new stream
+    // starts it again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for event in read_events(&app, 2).await {
+        assert_eq!(event["total_buys"], 1);
+    }
+}
+
 /// An open event stream does not hold a graceful shutdown open.
 async fn shutdown_ends_event_streams(kind: StoreKind) {
     let app = TestApp::spawn(kind).await;
@@ -272,6 +292,7 @@ on_every_store!(
     timeseries_fills_every_bucket,
     export_streams_every_field,
     events_stream_stats_every_second,
+    event_streams_share_one_snapshot_a_second,
     shutdown_ends_event_streams,
     metrics_label_routes_by_pattern,
     analytics_reads_need_a_key_when_keys_are_set,

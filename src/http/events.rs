@@ -1,23 +1,91 @@
 //! `GET /events` (SPEC §5): Server-Sent Events, a stats snapshot every second.
 //!
-//! Each connection is a stream driven by its own interval; when the client disconnects axum drops
-//! the stream and nothing more is done for it. Streams end when the service shuts down, so they
-//! never hold a graceful shutdown open.
+//! A stream's first event is computed for it, so it includes every buy acknowledged before the
+//! request. After that, all streams of the process share one snapshot a second ([`LiveStats`]):
+//! open dashboards then cost the store one read a second, however many there are. Measured on
+//! PostgreSQL before sharing, each stream read on its own: 2,000 streams took 0.75 of the 2
+//! cores, and at 5,000 the events fell to one every two seconds. When a client disconnects axum
+//! drops its stream; streams end when the service shuts down, so they never hold a graceful
+//! shutdown open.
 
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use super::AppState;
 use super::query::Timeframe;
 use super::stats::StatsResponse;
 use crate::error::ApiError;
+
+/// How often the shared snapshot is taken while any stream is open.
+const PERIOD: Duration = Duration::from_secs(1);
+
+/// One event's content: a `stats` snapshot as JSON, or an `error` with its detail.
+type Payload = Result<String, String>;
+
+/// The snapshot shared by every open stream, taken by one task while anyone listens.
+pub struct LiveStats {
+    latest: watch::Sender<Arc<Payload>>,
+    /// Whether the task taking snapshots runs; it stops when the last stream has gone.
+    running: Mutex<bool>,
+}
+
+impl Default for LiveStats {
+    fn default() -> Self {
+        LiveStats { latest: watch::Sender::new(Arc::new(Err(String::new()))), running: Mutex::new(false) }
+    }
+}
+
+impl LiveStats {
+    /// Follow the shared snapshots (only those taken from now on), starting the task if needed.
+    fn subscribe(&self, state: &AppState) -> watch::Receiver<Arc<Payload>> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let receiver = self.latest.subscribe();
+        if !*running {
+            *running = true;
+            tokio::spawn(take_snapshots(state.clone()));
+        }
+        receiver
+    }
+
+    /// Whether the task should stop, since no stream listens; decided under the same lock as
+    /// [`LiveStats::subscribe`], so a new stream either sees the task running or starts one.
+    fn stop_if_unwatched(&self) -> bool {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if self.latest.receiver_count() == 0 {
+            *running = false;
+        }
+        !*running
+    }
+}
+
+/// Take a snapshot every [`PERIOD`] for the open streams, until none is left or the service
+/// shuts down.
+async fn take_snapshots(state: AppState) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + PERIOD, PERIOD);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.wait_for(|stopping| *stopping) => break,
+        }
+        if state.live.stop_if_unwatched() {
+            return;
+        }
+        let payload = payload(&state).await;
+        state.live.latest.send_replace(Arc::new(payload));
+    }
+    *state.live.running.lock().unwrap_or_else(|p| p.into_inner()) = false;
+}
 
 /// What each `stats` event carries.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -47,39 +115,39 @@ async fn snapshot(state: &AppState) -> Result<StatsEvent, ApiError> {
     })
 }
 
+async fn payload(state: &AppState) -> Payload {
+    match snapshot(state).await {
+        Ok(data) => serde_json::to_string(&data).map_err(|e| format!("unserialisable snapshot: {e}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn event(payload: &Payload) -> Event {
+    match payload {
+        Ok(json) => Event::default().event("stats").data(json),
+        Err(detail) => Event::default().event("error").data(serde_json::json!({ "detail": detail }).to_string()),
+    }
+}
+
 /// A live stream of stats.
 #[utoipa::path(get, path = "/events", tag = "analytics", responses(
-    (status = 200, description = "text/event-stream: every second an `event: stats` whose data is GET /stats for the last hour plus `buys_last_minute` and `total_units`; `event: error` with a `detail` when the store does not answer; comment lines keep idle proxies open", body = StatsEvent, content_type = "text/event-stream"),
+    (status = 200, description = "text/event-stream: every second an `event: stats` whose data is GET /stats for the last hour plus `buys_last_minute` and `total_units`; `event: error` with a `detail` when the store does not answer; comment lines keep idle proxies open. The first event is taken for this request; the following ones are shared by every open stream of the replica (taken once a second for all)", body = StatsEvent, content_type = "text/event-stream"),
     (status = 401, description = "Read keys are set and none was sent"),
 ))]
 pub async fn events(State(state): State<AppState>) -> impl IntoResponse {
     let mut shutdown = state.shutdown.clone();
-    let ticks = tokio_stream_interval(Duration::from_secs(1));
-    let stream = ticks
-        .then(move |()| {
-            let state = state.clone();
-            async move {
-                let event = match snapshot(&state).await {
-                    Ok(data) => Event::default().event("stats").json_data(data),
-                    Err(e) => Event::default().event("error").json_data(serde_json::json!({"detail": e.to_string()})),
-                };
-                Ok::<_, Infallible>(event.unwrap_or_else(|_| Event::default().comment("unserialisable event skipped")))
-            }
-        })
-        .take_until(async move {
-            let _ = shutdown.wait_for(|stopping| *stopping).await;
-        });
+    // Subscribed before the first snapshot is taken, so no shared one is missed after it.
+    let shared = state.live.subscribe(&state);
+    let first = futures_util::stream::once(async move { event(&payload(&state).await) });
+    let following = futures_util::stream::unfold(shared, |mut shared| async move {
+        shared.changed().await.ok()?;
+        let next = event(&shared.borrow_and_update());
+        Some((next, shared))
+    });
+    let stream = first.chain(following).map(Ok::<_, Infallible>).take_until(async move {
+        let _ = shutdown.wait_for(|stopping| *stopping).await;
+    });
     let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive"));
     // Tell buffering proxies (nginx) to pass events through as they come.
     ([("x-accel-buffering", "no"), (header::CACHE_CONTROL.as_str(), "no-cache")], sse)
-}
-
-/// A stream yielding now and then every `period`.
-fn tokio_stream_interval(period: Duration) -> impl Stream<Item = ()> {
-    let mut interval = tokio::time::interval(period);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    futures_util::stream::unfold(interval, |mut interval| async move {
-        interval.tick().await;
-        Some(((), interval))
-    })
 }

@@ -53,6 +53,8 @@ pub struct Shared {
     pub in_flight: InFlight,
     /// Turns true when the service starts shutting down (ends long-lived streams).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The stats snapshot shared by `/events` streams.
+    pub live: events::LiveStats,
     /// Slots for exports streaming at once ([`export::MAX_EXPORTS`]).
     pub exports: Arc<tokio::sync::Semaphore>,
 }
