@@ -9,7 +9,7 @@
 //! shutdown open.
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -45,9 +45,14 @@ impl Default for LiveStats {
 }
 
 impl LiveStats {
+    /// The running flag. A panic cannot leave it half-set, so a poisoned lock is used as is.
+    fn running(&self) -> MutexGuard<'_, bool> {
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Follow the shared snapshots (only those taken from now on), starting the task if needed.
     fn subscribe(&self, state: &AppState) -> watch::Receiver<Arc<Payload>> {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = self.running();
         let receiver = self.latest.subscribe();
         if !*running {
             *running = true;
@@ -59,7 +64,7 @@ impl LiveStats {
     /// Whether the task should stop, since no stream listens; decided under the same lock as
     /// [`LiveStats::subscribe`], so a new stream either sees the task running or starts one.
     fn stop_if_unwatched(&self) -> bool {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = self.running();
         if self.latest.receiver_count() == 0 {
             *running = false;
         }
@@ -84,7 +89,7 @@ async fn take_snapshots(state: AppState) {
         let payload = payload(&state).await;
         state.live.latest.send_replace(Arc::new(payload));
     }
-    *state.live.running.lock().unwrap_or_else(|p| p.into_inner()) = false;
+    *state.live.running() = false;
 }
 
 /// What each `stats` event carries.
