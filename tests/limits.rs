@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use buy_tracker::http::export::{MAX_EXPORTS, STALL_TIMEOUT};
 use common::{StoreKind, TestApp, buy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -152,48 +153,83 @@ async fn no_rate_limit_by_default() {
     }
 }
 
-/// At most `MAX_EXPORTS` exports stream at once. With that many stalled by clients that stopped
-/// reading, one more waits about a second and gets 503 with `Retry-After`, while other reads
-/// still answer; once the stalled clients go away, exports run again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exports_beyond_the_limit_get_503_with_retry_after() {
-    use buy_tracker::http::export::MAX_EXPORTS;
+/// An in-memory service holding 150,000 buys: about 13 MB of CSV, more than an unread
+/// connection buffers, so an export whose client stops reading stalls.
+async fn app_with_150_000_buys() -> TestApp {
     let app = TestApp::spawn(StoreKind::Memory).await;
-    // About 13 MB of CSV: more than an unread connection buffers, so each stalled export stalls.
     for batch in 0..150 {
         let buys: Vec<_> = (0..1000).map(|i| buy(batch * 1000 + i, i % 50, i % 500, 1)).collect();
         assert_eq!(app.post("/buys", &serde_json::json!({ "buys": buys })).await.status(), 200);
     }
-    let mut stalled = Vec::new();
-    for _ in 0..MAX_EXPORTS {
-        let mut stream = TcpStream::connect(app.addr).await.unwrap();
-        stream.write_all(b"GET /export HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
-        // The status line comes once the export holds its slot; then this client stops reading.
-        let mut head = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut head)).await.unwrap().unwrap();
-        assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
-        stalled.push(stream);
-    }
-    let started = Instant::now();
-    let busy = app.get("/export").await;
-    assert_eq!(busy.status(), 503);
-    assert!(started.elapsed() >= Duration::from_millis(900), "it waited for a slot first");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
-    assert_eq!(busy.headers()["retry-after"], "1");
-    let detail = busy.json::<serde_json::Value>().await.unwrap()["detail"].as_str().unwrap().to_string();
-    assert!(detail.contains("exports are already streaming"), "{detail}");
-    assert_eq!(app.get_json("/stats").await["total_buys"], 150_000, "other reads still answer");
-    drop(stalled);
+    app
+}
+
+/// Starts an export and reads its status line (sent once the export holds its slot), then stops
+/// reading.
+async fn stalled_export(app: &TestApp) -> TcpStream {
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(b"GET /export HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut head)).await.unwrap().unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+    stream
+}
+
+/// Exports of promotion 7 until one answers 200 (within 10 s); checks it is complete.
+async fn export_promotion_7_succeeds(app: &TestApp) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let response = app.get("/export?promotion_id=7").await;
         if response.status() == 200 {
             let csv = response.text().await.unwrap();
             assert_eq!(csv.lines().count(), 1 + 3000, "header and every buy of promotion 7");
-            break;
+            return;
         }
         assert!(Instant::now() < deadline, "the stalled exports never gave their slots back");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// At most `MAX_EXPORTS` exports stream at once. With that many stalled by clients that stopped
+/// reading, one more waits half a second and gets 503 with `Retry-After`, while other reads
+/// still answer; once the stalled clients go away, exports run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_beyond_the_limit_get_503_with_retry_after() {
+    let app = app_with_150_000_buys().await;
+    let mut stalled = Vec::new();
+    for _ in 0..MAX_EXPORTS {
+        stalled.push(stalled_export(&app).await);
+    }
+    let started = Instant::now();
+    let busy = app.get("/export").await;
+    assert_eq!(busy.status(), 503);
+    assert!(started.elapsed() >= Duration::from_millis(400), "it waited for a slot first");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(busy.headers()["retry-after"], "1");
+    let detail = busy.json::<serde_json::Value>().await.unwrap()["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains("exports are already streaming"), "{detail}");
+    assert_eq!(app.get_json("/stats").await["total_buys"], 150_000, "other reads still answer");
+    drop(stalled);
+    export_promotion_7_succeeds(&app).await;
+}
+
+/// A client that stays connected but stops reading is cut off after `STALL_TIMEOUT`, which
+/// gives its slot back: four such clients cannot block every export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_whose_clients_stop_reading_are_cut_off() {
+    let app = app_with_150_000_buys().await;
+    let mut stalled = Vec::new();
+    for _ in 0..MAX_EXPORTS {
+        stalled.push(stalled_export(&app).await);
+    }
+    tokio::time::sleep(STALL_TIMEOUT + Duration::from_secs(2)).await;
+    export_promotion_7_succeeds(&app).await;
+    for mut stream in stalled {
+        // What was buffered still arrives, then the connection is cut: no final empty chunk, so
+        // the client cannot take the truncated export for a whole one.
+        let rest = read_until_closed(&mut stream, Duration::from_secs(5)).await.expect("the server closed it");
+        assert!(rest.len() < 10_000_000, "cut off before the end: {} bytes", rest.len());
+        assert!(!rest.ends_with("\r\n0\r\n\r\n"), "the response was ended as if complete");
     }
 }
 

@@ -19,6 +19,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::AppState;
 use super::query::Timeframe;
@@ -31,16 +32,23 @@ const PERIOD: Duration = Duration::from_secs(1);
 /// One event's content: a `stats` snapshot as JSON, or an `error` with its detail.
 type Payload = Result<String, String>;
 
+/// A shared snapshot and when its reads began.
+struct Snapshot {
+    taken: Instant,
+    payload: Payload,
+}
+
 /// The snapshot shared by every open stream, taken by one task while anyone listens.
 pub struct LiveStats {
-    latest: watch::Sender<Arc<Payload>>,
+    latest: watch::Sender<Arc<Snapshot>>,
     /// Whether the task taking snapshots runs; it stops when the last stream has gone.
     running: Mutex<bool>,
 }
 
 impl Default for LiveStats {
     fn default() -> Self {
-        LiveStats { latest: watch::Sender::new(Arc::new(Err(String::new()))), running: Mutex::new(false) }
+        let empty = Snapshot { taken: Instant::now(), payload: Err(String::new()) };
+        LiveStats { latest: watch::Sender::new(Arc::new(empty)), running: Mutex::new(false) }
     }
 }
 
@@ -50,8 +58,8 @@ impl LiveStats {
         self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Follow the shared snapshots (only those taken from now on), starting the task if needed.
-    fn subscribe(&self, state: &AppState) -> watch::Receiver<Arc<Payload>> {
+    /// Follow the shared snapshots published from now on, starting the task if needed.
+    fn subscribe(&self, state: &AppState) -> watch::Receiver<Arc<Snapshot>> {
         let mut running = self.running();
         let receiver = self.latest.subscribe();
         if !*running {
@@ -75,6 +83,17 @@ impl LiveStats {
 /// Take a snapshot every [`PERIOD`] for the open streams, until none is left or the service
 /// shuts down.
 async fn take_snapshots(state: AppState) {
+    // A panic must not leave the flag set with no task behind it: streams would then get their
+    // first event and nothing more.
+    struct ClearOnPanic<'a>(&'a LiveStats);
+    impl Drop for ClearOnPanic<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                *self.0.running() = false;
+            }
+        }
+    }
+    let _guard = ClearOnPanic(&state.live);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + PERIOD, PERIOD);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = state.shutdown.clone();
@@ -86,8 +105,9 @@ async fn take_snapshots(state: AppState) {
         if state.live.stop_if_unwatched() {
             return;
         }
+        let taken = Instant::now();
         let payload = payload(&state).await;
-        state.live.latest.send_replace(Arc::new(payload));
+        state.live.latest.send_replace(Arc::new(Snapshot { taken, payload }));
     }
     *state.live.running() = false;
 }
@@ -143,11 +163,18 @@ pub async fn events(State(state): State<AppState>) -> impl IntoResponse {
     let mut shutdown = state.shutdown.clone();
     // Subscribed before the first snapshot is taken, so no shared one is missed after it.
     let shared = state.live.subscribe(&state);
+    // A shared snapshot whose reads began before this stream's own is older than the first
+    // event, and might lack a buy acknowledged before the request: skipped.
+    let first_taken = Instant::now();
     let first = futures_util::stream::once(async move { event(&payload(&state).await) });
-    let following = futures_util::stream::unfold(shared, |mut shared| async move {
-        shared.changed().await.ok()?;
-        let next = event(&shared.borrow_and_update());
-        Some((next, shared))
+    let following = futures_util::stream::unfold(shared, move |mut shared| async move {
+        loop {
+            shared.changed().await.ok()?;
+            let snapshot = shared.borrow_and_update().clone();
+            if snapshot.taken >= first_taken {
+                return Some((event(&snapshot.payload), shared));
+            }
+        }
     });
     let stream = first.chain(following).map(Ok::<_, Infallible>).take_until(async move {
         let _ = shutdown.wait_for(|stopping| *stopping).await;

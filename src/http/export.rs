@@ -1,10 +1,13 @@
 //! `GET /export?format=csv|ndjson` (SPEC §5): the selected buys in sequence order, streamed.
 //!
 //! A blocking task pages through the store by sequence number and hands formatted chunks to the
-//! response through a small bounded channel, so memory stays flat however many rows there are,
-//! and a client that stops reading stops the task.
+//! response through a small bounded channel, so memory stays flat however many rows there are.
+//! A client that goes away stops the task at once; one that stops reading, after
+//! [`STALL_TIMEOUT`].
 
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -24,8 +27,11 @@ use crate::store::{ExportFilter, ExportRow};
 /// `GET /stats` from 29,000 to 91 req/s and left the process at 750 MB resident afterwards.
 pub const MAX_EXPORTS: usize = 4;
 /// How long an export waits for a slot before it is answered 503 with `Retry-After`. Short, so
-/// that with the store's own timeout the answer still comes within 5 seconds (SPEC §6).
-const SLOT_WAIT: Duration = Duration::from_secs(1);
+/// that with the store's own 4 s timeout the answer still comes within 5 seconds (SPEC §6).
+const SLOT_WAIT: Duration = Duration::from_millis(500);
+/// How long a chunk may wait for the client to take it. A client that stops reading is cut off
+/// after this, so it cannot hold a slot for ever (four such clients would block every export).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Rows read per store call. Pages of 2,000 rows made chunks of about 180 KiB, which the
 /// allocator kept after exports mixed with other reads (RSS 300–460 MB after 4 exports at a time
@@ -87,13 +93,13 @@ impl Format {
         ("until" = Option<String>, Query, format = DateTime, description = "RFC 3339: buys with timestamp before this time"),
     ),
     responses(
-        (status = 200, description = "Streamed in sequence order: buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents, ip_address, timestamp, received_at, timestamp_source. Buys recorded after the request started are not included. If the store fails mid-stream the transfer is cut off (never silently truncated).", content(
+        (status = 200, description = "Streamed in sequence order: buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents, ip_address, timestamp, received_at, timestamp_source. Buys recorded after the request started are not included. If the store fails mid-stream, or the client stops reading for 30 s, the transfer is cut off (never silently truncated).", content(
             (String = "text/csv"),
             (String = "application/x-ndjson"),
         )),
         (status = 401, description = "Read keys are set and none was sent"),
         (status = 422, description = "A parameter is invalid", body = crate::http::docs::ValidationErrors),
-        (status = 503, description = "The store is unavailable, or 4 exports are already streaming (the most at once; the request waits up to 1 s for one to finish, then gets `Retry-After: 1`)"),
+        (status = 503, description = "The store is unavailable, or 4 exports are already streaming (the most at once; the request waits up to 0.5 s for one to finish, then gets `Retry-After: 1`)"),
     )
 )]
 pub async fn export(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
@@ -107,22 +113,29 @@ pub async fn export(State(state): State<AppState>, RawQuery(query): RawQuery) ->
         since_us: params.time("since")?,
         until_us: params.time("until")?,
     };
-    let slot = match tokio::time::timeout(SLOT_WAIT, state.exports.clone().acquire_owned()).await {
-        Ok(Ok(slot)) => slot,
-        Ok(Err(_)) => return Err(ApiError::Unavailable("the service is shutting down".into())),
-        Err(_) => {
-            return Err(ApiError::Busy(format!(
-                "{MAX_EXPORTS} exports are already streaming, the most at once; retry when one has finished"
-            )));
-        }
+    let Ok(slot) = tokio::time::timeout(SLOT_WAIT, state.exports.clone().acquire_owned()).await else {
+        return Err(ApiError::Busy(format!(
+            "{MAX_EXPORTS} exports are already streaming, the most at once; retry when one has finished"
+        )));
     };
+    let slot = slot.expect("the export semaphore is never closed");
     // Fix the end now, so an export under constant writes still ends.
     let now = state.clock.now_us();
     let up_to = state.read_store(move |store| store.counts(now, None)).await?.total_buys;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
+    // Set once the last chunk is handed over. A stream that ends without it was cut off (the
+    // store failed, or the client stopped reading) and must end in an error, which aborts the
+    // connection: ending it normally would send a well-formed, silently truncated response.
+    let complete = Arc::new(AtomicBool::new(false));
     let store = state.store.clone();
+    let runtime = tokio::runtime::Handle::current();
+    // A chunk handed to the response, or false when the client went away or stopped reading.
+    let send = move |chunk| {
+        runtime.block_on(tokio::time::timeout(STALL_TIMEOUT, tx.send(chunk))).is_ok_and(|sent| sent.is_ok())
+    };
+    let completed = complete.clone();
     tokio::task::spawn_blocking(move || {
-        // Held until the stream ends or the client goes away.
+        // Held until the last chunk is handed over, or the export is cut off.
         let _slot = slot;
         let mut after = 0;
         let mut out = String::new();
@@ -135,7 +148,6 @@ pub async fn export(State(state): State<AppState>, RawQuery(query): RawQuery) ->
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::error!(error = %e, "export failed mid-stream; cutting the response off");
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
                     return;
                 }
             };
@@ -144,15 +156,28 @@ pub async fn export(State(state): State<AppState>, RawQuery(query): RawQuery) ->
             }
             let last_page = rows.len() < PAGE;
             after = rows.last().map_or(after, |r| r.buy_count);
-            // A closed channel means the client went away: stop reading.
-            if tx.blocking_send(Ok(Bytes::from(std::mem::take(&mut out)))).is_err() || last_page {
+            if !send(Bytes::from(std::mem::take(&mut out))) {
+                tracing::info!("export client gone or not reading; cutting the response off");
+                return;
+            }
+            if last_page {
+                completed.store(true, Ordering::Release);
                 return;
             }
         }
     });
-    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
-    }));
+    let chunks = futures_util::stream::unfold(Some(rx), move |rx| {
+        let complete = complete.clone();
+        async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Some(chunk) => Some((Ok(chunk), Some(rx))),
+                None if complete.load(Ordering::Acquire) => None,
+                None => Some((Err(std::io::Error::other("the export was cut off")), None)),
+            }
+        }
+    });
+    let body = Body::from_stream(chunks);
     let (content_type, name) = match format {
         Format::Csv => ("text/csv; charset=utf-8", "buys.csv"),
         Format::Ndjson => ("application/x-ndjson", "buys.ndjson"),
