@@ -153,15 +153,19 @@ async fn no_rate_limit_by_default() {
     }
 }
 
-/// An in-memory service holding 150,000 buys: about 13 MB of CSV, more than an unread
-/// connection buffers, so an export whose client stops reading stalls.
-async fn app_with_150_000_buys() -> TestApp {
+/// An in-memory service holding 150,000 buys (about 13 MB of CSV, more than an unread connection
+/// buffers), with `MAX_EXPORTS` exports stalled by clients that stopped reading.
+async fn app_with_stalled_exports() -> (TestApp, Vec<TcpStream>) {
     let app = TestApp::spawn(StoreKind::Memory).await;
     for batch in 0..150 {
         let buys: Vec<_> = (0..1000).map(|i| buy(batch * 1000 + i, i % 50, i % 500, 1)).collect();
         assert_eq!(app.post("/buys", &serde_json::json!({ "buys": buys })).await.status(), 200);
     }
-    app
+    let mut stalled = Vec::new();
+    for _ in 0..MAX_EXPORTS {
+        stalled.push(stalled_export(&app).await);
+    }
+    (app, stalled)
 }
 
 /// Starts an export and reads its status line (sent once the export holds its slot), then stops
@@ -195,11 +199,7 @@ async fn export_promotion_7_succeeds(app: &TestApp) {
 /// still answer; once the stalled clients go away, exports run again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exports_beyond_the_limit_get_503_with_retry_after() {
-    let app = app_with_150_000_buys().await;
-    let mut stalled = Vec::new();
-    for _ in 0..MAX_EXPORTS {
-        stalled.push(stalled_export(&app).await);
-    }
+    let (app, stalled) = app_with_stalled_exports().await;
     let started = Instant::now();
     let busy = app.get("/export").await;
     assert_eq!(busy.status(), 503);
@@ -217,11 +217,7 @@ async fn exports_beyond_the_limit_get_503_with_retry_after() {
 /// gives its slot back: four such clients cannot block every export.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exports_whose_clients_stop_reading_are_cut_off() {
-    let app = app_with_150_000_buys().await;
-    let mut stalled = Vec::new();
-    for _ in 0..MAX_EXPORTS {
-        stalled.push(stalled_export(&app).await);
-    }
+    let (app, stalled) = app_with_stalled_exports().await;
     tokio::time::sleep(STALL_TIMEOUT + Duration::from_secs(2)).await;
     export_promotion_7_succeeds(&app).await;
     for mut stream in stalled {
