@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::Buy;
 use crate::error::{ApiError, FieldError};
+use crate::lock::lock;
 use crate::store::IdempotencyClaim;
 
 /// The header's name.
@@ -70,7 +71,7 @@ pub struct InFlightGuard {
 impl InFlight {
     /// Mark `key` in flight, or 409 if it already is.
     pub fn enter(&self, key: &str) -> Result<InFlightGuard, ApiError> {
-        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut set = lock(&self.0);
         if !set.insert(key.to_string()) {
             return Err(ApiError::IdempotencyInFlight);
         }
@@ -80,7 +81,7 @@ impl InFlight {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.set.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        lock(&self.set.0).remove(&self.key);
     }
 }
 

@@ -17,6 +17,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod idempotency;
+pub mod lock;
 pub mod metrics;
 pub mod request_time;
 pub mod server;

@@ -25,6 +25,7 @@ use super::AppState;
 use super::query::Timeframe;
 use super::stats::StatsResponse;
 use crate::error::ApiError;
+use crate::lock::lock;
 
 /// How often the shared snapshot is taken while any stream is open.
 const PERIOD: Duration = Duration::from_secs(1);
@@ -53,9 +54,8 @@ impl Default for LiveStats {
 }
 
 impl LiveStats {
-    /// The running flag. A panic cannot leave it half-set, so a poisoned lock is used as is.
     fn running(&self) -> MutexGuard<'_, bool> {
-        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.running)
     }
 
     /// Follow the shared snapshots published from now on, starting the task if needed.

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::client_ip::{TrustedProxies, client_ip};
+use crate::lock::lock;
 
 /// Buckets kept before idle ones are swept, bounding memory under many distinct clients.
 const SWEEP_ABOVE: usize = 100_000;
@@ -49,7 +50,7 @@ impl RateLimiter {
 
     /// Take one token for `client` at `now`; `Err(seconds)` until the next token when empty.
     pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), f64> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buckets = lock(&self.buckets);
         if buckets.len() > SWEEP_ABOVE {
             // A bucket that would be full again carries no state worth keeping.
             let refill = self.rate.burst / self.rate.per_second;

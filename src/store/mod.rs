@@ -10,7 +10,6 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
 
 use crate::domain::BuyRecord;
 
@@ -298,13 +297,6 @@ pub(crate) fn assert_pruning_changes_no_answer(pruned: &dyn Store, kept: &dyn St
     let since: Vec<i64> = (0..=168).map(|h| now_us - hours(h)).chain(edges).chain(cutoffs.iter().copied()).collect();
     let (from, to) = ((now_us - hours(168)) / US / 60 * 60, now_us / US / 60 * 60);
     assert_same_answers(pruned, kept, &since, &[0, 1, 2], (from, to), (0, to));
-}
-
-/// Lock a mutex of a store, ignoring poisoning. What the stores guard cannot be left half-updated
-/// by a panic: a connection is either in a pool or not, and SQLite rolls back a transaction that
-/// is dropped open. So the poison flag carries no information.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::StoreError;
-use super::lock;
+use crate::lock::lock;
 
 /// How long a read waits for a connection when all are busy.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);

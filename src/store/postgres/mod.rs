@@ -34,11 +34,11 @@ use postgres::{Client, NoTls};
 use read::ReadConn;
 use write::{Failure, WriterConn};
 
-use super::lock;
 use super::pool::Pool;
 use super::{
     Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, Write, WriteOutcome,
 };
+use crate::lock::lock;
 
 /// How long opening a connection may take before the call fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -19,11 +19,11 @@ mod write;
 
 use schema::migrate;
 
-use super::lock;
 use super::pool::Pool;
 use super::{
     Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, Write, WriteOutcome,
 };
+use crate::lock::lock;
 
 /// SQLite behind the [`Store`] interface.
 pub struct SqliteStore {
