@@ -9,7 +9,7 @@
 //! shutdown open.
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -54,13 +54,9 @@ impl Default for LiveStats {
 }
 
 impl LiveStats {
-    fn running(&self) -> MutexGuard<'_, bool> {
-        lock(&self.running)
-    }
-
     /// Follow the shared snapshots published from now on, starting the task if needed.
     fn subscribe(&self, state: &AppState) -> watch::Receiver<Arc<Snapshot>> {
-        let mut running = self.running();
+        let mut running = lock(&self.running);
         let receiver = self.latest.subscribe();
         if !*running {
             *running = true;
@@ -72,7 +68,7 @@ impl LiveStats {
     /// Whether the task should stop, since no stream listens; decided under the same lock as
     /// [`LiveStats::subscribe`], so a new stream either sees the task running or starts one.
     fn stop_if_unwatched(&self) -> bool {
-        let mut running = self.running();
+        let mut running = lock(&self.running);
         if self.latest.receiver_count() == 0 {
             *running = false;
         }
@@ -89,12 +85,12 @@ async fn take_snapshots(state: AppState) {
     impl Drop for ClearOnPanic<'_> {
         fn drop(&mut self) {
             if std::thread::panicking() {
-                *self.0.running() = false;
+                *lock(&self.0.running) = false;
             }
         }
     }
     let _guard = ClearOnPanic(&state.live);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + PERIOD, PERIOD);
+    let mut ticks = tokio::time::interval_at(Instant::now() + PERIOD, PERIOD);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = state.shutdown.clone();
     loop {
@@ -109,7 +105,7 @@ async fn take_snapshots(state: AppState) {
         let payload = payload(&state).await;
         state.live.latest.send_replace(Arc::new(Snapshot { taken, payload }));
     }
-    *state.live.running() = false;
+    *lock(&state.live.running) = false;
 }
 
 /// What each `stats` event carries.
