@@ -4,11 +4,10 @@
 //! Needs the `schemathesis` command (`pip install schemathesis`); without it the test prints a
 //! SKIP line, unless BUY_TRACKER_REQUIRE_SCHEMATHESIS=1 (CI), which makes a missing tool a failure.
 
-mod common;
 
 use std::process::Command;
 
-use common::{StoreKind, TestApp};
+use crate::common::{StoreKind, TestApp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_requests_match_the_schema_and_never_fail_the_server() {
@@ -23,7 +22,7 @@ async fn generated_requests_match_the_schema_and_never_fail_the_server() {
     let url = app.url("/openapi.json");
     // Positive-data acceptance is left out: a reused Idempotency-Key with another body is
     // refused (422) by contract, although the request itself matches the schema. /events never
-    // ends, so it is left out too (tests/analytics.rs covers it).
+    // ends, so it is left out too (tests/it/analytics.rs covers it).
     let output = tokio::task::spawn_blocking(move || {
         Command::new("schemathesis")
             .args(["run", &url, "--max-examples", "25", "--exclude-path", "/events", "--seed", "1"])

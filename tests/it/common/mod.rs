@@ -1,6 +1,5 @@
 //! Test harness: the real service bound to port 0 on a fresh store in its own temp dir, either
 //! in-process (fast, most tests) or as the real binary (signals, kills, CLI).
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -30,7 +29,8 @@ pub enum StoreKind {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
-    pub dir: tempfile::TempDir,
+    /// The store's folder, removed when the app is dropped.
+    _dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -57,7 +57,7 @@ impl TestApp {
         let task = tokio::spawn(app.run_until(async {
             let _ = rx.await;
         }));
-        TestApp { addr, client: reqwest::Client::new(), dir, shutdown: Some(tx), task: Some(task) }
+        TestApp { addr, client: reqwest::Client::new(), _dir: dir, shutdown: Some(tx), task: Some(task) }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -16,7 +16,6 @@
 //! WebDriver is spoken over plain HTTP with reqwest: fantoccini without its TLS features offers no
 //! connector the crate can name without another dependency.
 
-mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -25,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{StoreKind, TestApp, buy};
+use crate::common::{StoreKind, TestApp, buy};
 use reqwest::Method;
 use serde_json::{Value, json};
 

@@ -4,13 +4,12 @@
 //! The SQLite file lives on a small tmpfs the test mounts (needs root, as in CI). Without the
 //! right to mount, the test prints a SKIP line, unless BUY_TRACKER_REQUIRE_MOUNT=1 (CI).
 
-mod common;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Server, buy};
+use crate::common::{Server, buy};
 use serde_json::Value;
 
 /// Unmounts the tmpfs when the test ends, whatever happens.

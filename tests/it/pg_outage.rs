@@ -6,7 +6,6 @@
 //! Needs PostgreSQL's server binaries and root (to run them as the `postgres` user). Without them
 //! the test prints a SKIP line, unless BUY_TRACKER_REQUIRE_POSTGRES=1 (CI).
 
-mod common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -15,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Server, buy};
+use crate::common::{Server, buy};
 use serde_json::Value;
 
 fn skip(message: &str) {

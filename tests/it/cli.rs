@@ -2,7 +2,6 @@
 //! environment: no `BUY_TRACKER_*`, `DATABASE_URL` or `RUST_LOG` from the machine reaches it, and
 //! it runs in a temporary working directory so the default store never lands in the repository.
 
-mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -11,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Server, buy};
+use crate::common::{Server, buy};
 use serde_json::Value;
 
 /// How long a command that should fail at once may run before the test gives up on it.

@@ -1,12 +1,11 @@
 //! Slow and idle clients, and oversized requests: the service stays available and answers (or
 //! closes) instead of hanging or crashing.
 
-mod common;
 
 use std::time::{Duration, Instant};
 
 use buy_tracker::http::export::{MAX_EXPORTS, STALL_TIMEOUT};
-use common::{StoreKind, TestApp, buy};
+use crate::common::{StoreKind, TestApp, buy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -233,7 +232,7 @@ async fn exports_whose_clients_stop_reading_are_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_never_logged() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::Server::start(
+    let server = crate::common::Server::start(
         &dir.path().join("buys.db"),
         &["--dev", "--write-key", "w-secret-4711", "--read-key", "r-secret-0815"],
     );

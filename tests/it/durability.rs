@@ -2,7 +2,6 @@
 //! file: acknowledged buys survive `kill -9` and graceful stops, and no sequence number is ever
 //! handed out twice. Written for slow, shared machines: generous timeouts, no timing assertions.
 
-mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -10,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Server, buy};
+use crate::common::{Server, buy};
 use serde_json::Value;
 
 /// Per-request timeout: far above anything a healthy server needs, so only a hang reaches it.

@@ -5,15 +5,14 @@
 //! Each test creates its own database on the server named by `BUY_TRACKER_TEST_POSTGRES_URL` and
 //! is skipped (with a SKIP line) without it; see `common/postgres_db.rs`.
 
-mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::postgres_db::{TestDatabase, server_or_skip};
-use common::{Server, Starting, buy, concurrent_buys};
+use crate::common::postgres_db::{TestDatabase, server_or_skip};
+use crate::common::{Server, Starting, buy, concurrent_buys};
 use serde_json::{Value, json};
 
 /// Start `n` replicas of the binary on `database_url` all at once (so their migrations race, as

@@ -1,12 +1,11 @@
 //! Black-box tests of the analytics endpoints (SPEC §5) on known data, run on every store.
 
-mod common;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, SubsecRound, TimeDelta, Utc};
-use common::{StoreKind, TestApp, buy};
+use crate::common::{StoreKind, TestApp, buy};
 use serde_json::{Value, json};
 
 /// A buy with a price.

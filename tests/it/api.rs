@@ -1,10 +1,9 @@
 //! Black-box tests of the HTTP contract (SPEC §2, §5 writes, §6), run on every store.
 
-mod common;
 
 use std::collections::HashSet;
 
-use common::{StoreKind, TestApp, buy, concurrent_buys};
+use crate::common::{StoreKind, TestApp, buy, concurrent_buys};
 use serde_json::{Value, json};
 
 async fn records_a_buy_with_the_original_shape(kind: StoreKind) {
