@@ -276,6 +276,25 @@ async fn metrics_label_routes_by_pattern(kind: StoreKind) {
     assert!(!text.contains("/no/such/path"));
 }
 
+/// Made-up methods share the label `other`: a client cannot add series (and memory) at will.
+async fn metrics_methods_are_a_fixed_set(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    for i in 0..30 {
+        let method = reqwest::Method::from_bytes(format!("XM{i}").as_bytes()).unwrap();
+        app.client.request(method, app.url("/nope")).send().await.unwrap();
+    }
+    app.client.request(reqwest::Method::from_bytes(b"get").unwrap(), app.url("/health")).send().await.unwrap();
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let methods: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("http_requests_total{"))
+        .filter_map(|l| l.split("method=\"").nth(1)?.split('"').next())
+        .collect();
+    assert!(methods.contains("other"), "{methods:?}");
+    let allowed = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"];
+    assert!(methods.iter().all(|m| allowed.contains(m)), "{methods:?}");
+}
+
 async fn analytics_reads_need_a_key_when_keys_are_set(kind: StoreKind) {
     let app = TestApp::spawn_with(kind, |c| c.read_keys = vec!["r".into()]).await;
     for path in ["/promotions", "/promotions/1/stats", "/stats/timeseries", "/export", "/events", "/stats"] {
@@ -295,5 +314,6 @@ on_every_store!(
     event_streams_share_one_snapshot_a_second,
     shutdown_ends_event_streams,
     metrics_label_routes_by_pattern,
+    metrics_methods_are_a_fixed_set,
     analytics_reads_need_a_key_when_keys_are_set,
 );
