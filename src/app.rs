@@ -22,6 +22,7 @@ use crate::cli::Config;
 use crate::clock::{Clock, SystemClock};
 use crate::http::access::{self, Access};
 use crate::http::buy::{BATCH_BODY_LIMIT, BUY_BODY_LIMIT};
+use crate::http::forgery::AllowedOrigins;
 use crate::http::rate_limit::{self, RateLimiter};
 use crate::http::{AppState, Shared, buy, docs, events, export, health, metrics, middleware, promotions, root, stats};
 use crate::writer::Writer;
@@ -34,6 +35,8 @@ pub struct Application {
     addr: SocketAddr,
     shutdown: tokio::sync::watch::Sender<bool>,
     header_timeout: std::time::Duration,
+    /// Writes are open to anyone who can reach the address (no write key, not loopback).
+    open_to_anyone: bool,
 }
 
 impl Application {
@@ -57,6 +60,7 @@ impl Application {
             in_flight: Default::default(),
             shutdown: stopping,
             live: Default::default(),
+            origins: AllowedOrigins::new(&config.cors_origins),
             exports: Arc::new(tokio::sync::Semaphore::new(crate::http::export::MAX_EXPORTS)),
         });
         let access = Access::new(&config.write_keys, &config.read_keys);
@@ -66,7 +70,8 @@ impl Application {
             .await
             .map_err(|e| format!("cannot listen on --host {} --port {}: {e}", config.host, config.port))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        Ok(Application { listener, router, writer, addr, shutdown, header_timeout: config.header_timeout })
+        let open_to_anyone = config.write_keys.is_empty() && !addr.ip().is_loopback();
+        Ok(Application { listener, router, writer, addr, shutdown, header_timeout: config.header_timeout, open_to_anyone })
     }
 
     /// The address actually bound (the port is the real one when 0 was asked for).
@@ -78,6 +83,13 @@ impl Application {
     /// received, commit every queued write, and return.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!("listening on http://{}", self.addr);
+        if self.open_to_anyone {
+            tracing::warn!(
+                "no --write-key is set and {} is not a loopback address: anyone who can reach it can record buys; \
+                 set --write-key (or bind --host 127.0.0.1 behind a proxy that checks keys)",
+                self.addr.ip()
+            );
+        }
         let streams = self.shutdown;
         let signal = async move {
             shutdown.await;

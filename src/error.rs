@@ -153,6 +153,12 @@ pub enum ApiError {
     /// 401: a key is required and was missing or wrong.
     #[error("unauthorized")]
     Unauthorized,
+    /// 403: a write from a browser page whose origin `--cors-origin` does not allow.
+    #[error("origin not allowed")]
+    ForbiddenOrigin,
+    /// 415: a write whose body is declared as something the endpoint does not take.
+    #[error("unsupported media type")]
+    UnsupportedMediaType(&'static str),
     /// 409: the same Idempotency-Key is still being processed.
     #[error("idempotency key in flight")]
     IdempotencyInFlight,
@@ -196,6 +202,11 @@ impl IntoResponse for ApiError {
                 StatusCode::UNAUTHORIZED,
                 json!({"detail": "Missing or invalid API key: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"}),
             ),
+            ApiError::ForbiddenOrigin => (
+                StatusCode::FORBIDDEN,
+                json!({"detail": "Writes from this origin are not allowed: the service's --cors-origin does not list it"}),
+            ),
+            ApiError::UnsupportedMediaType(why) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, json!({ "detail": why })),
             ApiError::IdempotencyInFlight => (
                 StatusCode::CONFLICT,
                 json!({"detail": "A request with this Idempotency-Key is still being processed; retry later"}),

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::forgery::{self, Bodies};
 use super::{AppState, body_bytes, headers_and_body, json_body};
 use crate::client_ip::client_ip;
 use crate::domain::{Buy, BuyRecord, parse_batch};
@@ -95,9 +96,11 @@ pub struct BatchResponse {
     responses(
         (status = 200, description = "Committed durably before this answer", body = BuyResponse),
         (status = 401, description = "Write keys are set and none was sent"),
+        (status = 403, description = "The request carries an Origin header that --cors-origin does not allow (a browser page on another site)"),
         (status = 409, description = "The same Idempotency-Key is in flight"),
         (status = 408, description = "Body not complete within the body timeout (15 s)"),
         (status = 413, description = "Body over 16 KiB"),
+        (status = 415, description = "Content-Type is present and is neither application/json nor …+json"),
         (status = 422, description = "Invalid body or header", body = crate::http::docs::ValidationErrors),
         (status = 503, description = "The store is unavailable or the write queue is full: not acknowledged. Usually nothing was recorded; when the store did not confirm the commit in time it may have been, so retry with an Idempotency-Key"),
     )
@@ -107,6 +110,7 @@ pub async fn record_buy(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    forgery::check(&state.origins, Bodies::Json, request.headers())?;
     let (headers, body) = headers_and_body(request).await;
     let body = body_bytes(body, BUY_BODY_LIMIT)?;
     let buy = Buy::from_json(&body).map_err(ApiError::Validation)?;
@@ -123,9 +127,11 @@ pub async fn record_buy(
     responses(
         (status = 200, description = "All buys committed durably, with consecutive sequence numbers", body = BatchResponse),
         (status = 401, description = "Write keys are set and none was sent"),
+        (status = 403, description = "The request carries an Origin header that --cors-origin does not allow (a browser page on another site)"),
         (status = 409, description = "The same Idempotency-Key is in flight"),
         (status = 408, description = "Body not complete within the body timeout (15 s)"),
         (status = 413, description = "Body over 2 MiB"),
+        (status = 415, description = "Content-Type is present and is neither application/json nor …+json"),
         (status = 422, description = "Some items invalid (each named by index); nothing recorded", body = crate::http::docs::ValidationErrors),
         (status = 503, description = "The store is unavailable: not acknowledged (as for POST /buy)"),
     )
@@ -135,6 +141,7 @@ pub async fn record_batch(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    forgery::check(&state.origins, Bodies::Json, request.headers())?;
     let (headers, body) = headers_and_body(request).await;
     let body = body_bytes(body, BATCH_BODY_LIMIT)?;
     let buys = parse_batch(&json_body(&body)?).map_err(ApiError::Validation)?;

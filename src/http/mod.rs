@@ -7,6 +7,7 @@ pub mod buy;
 pub mod docs;
 pub mod events;
 pub mod export;
+pub mod forgery;
 pub mod health;
 pub mod metrics;
 pub mod middleware;
@@ -55,6 +56,8 @@ pub struct Shared {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// The stats snapshot shared by `/events` streams.
     pub live: events::LiveStats,
+    /// Origins whose browser pages may write.
+    pub origins: forgery::AllowedOrigins,
     /// Slots for exports streaming at once ([`export::MAX_EXPORTS`]).
     pub exports: Arc<tokio::sync::Semaphore>,
 }

@@ -343,6 +343,37 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies(kind: StoreKi
     assert_eq!(stored_ip(&strict).await, "127.0.0.1");
 }
 
+/// A page on another site cannot record buys: no `text/plain` or form bodies (they need no CORS
+/// preflight), and no request from a browser origin that `--cors-origin` does not allow.
+async fn cross_site_writes_are_refused(kind: StoreKind) {
+    let app = TestApp::spawn_with(kind, |c| c.cors_origins = vec!["https://shop.example".into()]).await;
+    let body = buy(1, 2, 3, 4).to_string();
+    let post = |path: &str, headers: &[(&str, &str)]| {
+        let mut request = app.client.post(app.url(path)).body(body.clone());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    for path in ["/buy", "/buys"] {
+        for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+            let response = post(path, &[("content-type", content_type)]).await.unwrap();
+            assert_eq!(response.status(), 415, "{path} {content_type}");
+            assert!(response.json::<Value>().await.unwrap()["detail"].is_string());
+        }
+        let forged = post(path, &[("content-type", "application/json"), ("origin", "https://evil.example")]);
+        let response = forged.await.unwrap();
+        assert_eq!(response.status(), 403, "{path}");
+        assert!(response.json::<Value>().await.unwrap()["detail"].is_string());
+    }
+    assert_eq!(app.get_json("/stats").await["total_buys"], 0, "nothing refused was recorded");
+    let allowed = post("/buy", &[("content-type", "application/json; charset=utf-8"), ("origin", "https://shop.example")]);
+    assert_eq!(allowed.await.unwrap().status(), 200);
+    assert_eq!(post("/buy", &[]).await.unwrap().status(), 200, "without Content-Type the body is read as JSON");
+    assert_eq!(post("/buy", &[("content-type", "application/vnd.shop+json")]).await.unwrap().status(), 200);
+    assert_eq!(app.get_json("/stats").await["total_buys"], 3);
+}
+
 async fn graceful_stop_keeps_acknowledged_buys(kind: StoreKind) {
     let app = TestApp::spawn(kind).await;
     let response = app.post("/buy", &buy(1, 2, 3, 4)).await;
@@ -367,5 +398,6 @@ on_every_store!(
     concurrent_buys_get_gap_free_sequence_numbers,
     keys_guard_writes_and_reads,
     forwarding_headers_are_believed_only_from_trusted_proxies,
+    cross_site_writes_are_refused,
     graceful_stop_keeps_acknowledged_buys,
 );

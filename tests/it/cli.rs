@@ -301,3 +301,27 @@ async fn sigint_stops_gracefully() {
     assert_eq!(stats["total_buys"], 1, "{stats}");
     assert_eq!(stop(server, "TERM"), Some(0));
 }
+
+/// Bound to a public address without write keys, the service warns that anyone can write; with
+/// a write key it does not.
+#[test]
+fn open_writes_on_a_public_address_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let warning = "anyone who can reach it can record buys";
+    let mut open = command(dir.path());
+    open.args(["--host", "0.0.0.0", "--port", "0", "--database-url", "memory:"]);
+    let (server, _) = start(open);
+    let deadline = Instant::now() + START_TIMEOUT;
+    let warned = std::iter::from_fn(|| server.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok())
+        .any(|line| line.contains(warning));
+    assert!(warned, "no warning about open writes");
+    assert_eq!(stop(server, "TERM"), Some(0));
+
+    let mut keyed = command(dir.path());
+    keyed.args(["--host", "0.0.0.0", "--port", "0", "--database-url", "memory:", "--write-key", "k"]);
+    let (server, _) = start(keyed);
+    server.signal("TERM");
+    let lines: Vec<String> = std::iter::from_fn(|| server.lines.recv_timeout(STOP_TIMEOUT).ok()).collect();
+    assert!(!lines.iter().any(|l| l.contains(warning)), "{lines:?}");
+    assert_eq!(server.wait(STOP_TIMEOUT), Some(0));
+}
