@@ -15,8 +15,6 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
-use utoipa::OpenApi;
-use utoipa_swagger_ui::SwaggerUi;
 
 use crate::cli::Config;
 use crate::clock::{Clock, SystemClock};
@@ -24,7 +22,7 @@ use crate::http::access::{self, Access};
 use crate::http::buy::{BATCH_BODY_LIMIT, BUY_BODY_LIMIT};
 use crate::http::forgery::AllowedOrigins;
 use crate::http::rate_limit::{self, RateLimiter};
-use crate::http::{AppState, Shared, buy, docs, events, export, health, metrics, middleware, promotions, root, stats};
+use crate::http::{AppState, Shared, buy, events, export, health, metrics, middleware, pages, promotions, root, stats};
 use crate::writer::Writer;
 
 /// A bound, ready-to-run service.
@@ -140,13 +138,16 @@ pub fn router(
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
         .route("/metrics", get(metrics::metrics))
-        .route("/redoc", get(docs::reference_page))
-        .route("/dashboard", get(docs::dashboard_page));
+        .route("/redoc", get(pages::reference_page))
+        .route("/dashboard", get(pages::dashboard_page))
+        .route("/docs", get(pages::swagger_page))
+        .route("/docs/", get(pages::swagger_page))
+        .route("/docs/{*file}", get(pages::swagger_asset))
+        .route("/openapi.json", get(pages::openapi_document));
     let app = Router::new()
         .merge(writes)
         .merge(reads)
         .merge(open)
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", docs::ApiDoc::openapi()))
         .fallback(root::not_found)
         .method_not_allowed_fallback(root::method_not_allowed)
         .with_state(state);

@@ -1,10 +1,5 @@
-//! The OpenAPI document (generated from the handlers' annotations), Swagger UI at `/docs` (assets
-//! embedded by utoipa-swagger-ui) and our own reference page at `/redoc`.
-//!
-//! No crate on our toolchain serves ReDoc without a CDN, so `/redoc` is a small page of ours that
-//! renders the same document; it loads nothing from another host.
+//! The OpenAPI document, generated from the handlers' annotations (served by [`super::pages`]).
 
-use axum::response::Html;
 use serde::Serialize;
 use utoipa::openapi::schema::{ArrayBuilder, Object, OneOfBuilder, SchemaType, Type};
 use utoipa::{OpenApi, ToSchema};
@@ -80,13 +75,3 @@ not before 2000 and at most 5 minutes ahead; else the server time. The client IP
     )
 )]
 pub struct ApiDoc;
-
-/// The live dashboard served at `/dashboard` (our own page; it loads nothing from another host).
-pub async fn dashboard_page() -> Html<&'static str> {
-    Html(include_str!("../../assets/dashboard.html"))
-}
-
-/// The reference page served at `/redoc`.
-pub async fn reference_page() -> Html<&'static str> {
-    Html(include_str!("../../assets/reference.html"))
-}

@@ -11,6 +11,7 @@ pub mod forgery;
 pub mod health;
 pub mod metrics;
 pub mod middleware;
+pub mod pages;
 pub mod promotions;
 pub mod query;
 pub mod rate_limit;

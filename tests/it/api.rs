@@ -169,9 +169,10 @@ async fn health_root_and_docs(kind: StoreKind) {
     for path in ["/buy", "/buys", "/stats", "/health", "/health/live", "/"] {
         assert!(openapi["paths"][path].is_object(), "{path} documented");
     }
-    for page in ["/docs/", "/redoc"] {
+    for page in ["/docs", "/docs/", "/redoc"] {
         let response = app.get(page).await;
         assert_eq!(response.status(), 200, "{page}");
+        assert_eq!(response.url().path(), page, "{page} answers with the page itself, not a redirect");
         let html = response.text().await.unwrap();
         assert!(html.contains("<html") || html.contains("<!DOCTYPE"), "{page}");
         for external in ["src=\"http", "href=\"http", "src='http", "@import url(http", "cdn."] {
@@ -180,6 +181,9 @@ async fn health_root_and_docs(kind: StoreKind) {
     }
     let swagger_js = app.get("/docs/swagger-ui-bundle.js").await;
     assert_eq!(swagger_js.status(), 200, "Swagger UI assets are served by the binary");
+    let initializer = app.get("/docs/swagger-initializer.js").await.text().await.unwrap();
+    assert!(initializer.contains("/openapi.json"), "Swagger UI reads our document");
+    assert_eq!(app.get("/docs/no-such-file.js").await.status(), 404);
 }
 
 async fn unknown_paths_and_methods_answer_json(kind: StoreKind) {
