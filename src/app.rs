@@ -22,8 +22,9 @@ use crate::http::access::{self, Access};
 use crate::http::buy::{BATCH_BODY_LIMIT, BUY_BODY_LIMIT};
 use crate::http::forgery::AllowedOrigins;
 use crate::http::rate_limit::{self, RateLimiter};
+use crate::http::reads::ReadSlots;
 use crate::http::{AppState, Shared, buy, events, export, health, metrics, middleware, pages, promotions, root, stats};
-use crate::writer::Writer;
+use crate::writer::{Limits, Writer};
 
 /// A bound, ready-to-run service.
 pub struct Application {
@@ -47,9 +48,11 @@ impl Application {
     pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Application, String> {
         crate::metrics::handle();
         let store = crate::store::open(&config.database_url)?;
-        let writer = Writer::start(store.clone(), clock.clone());
+        let writer = Writer::start(store.clone(), clock.clone(), Limits::default())
+            .map_err(|e| format!("cannot start the writer thread: {e}"))?;
         let (shutdown, stopping) = tokio::sync::watch::channel(false);
         let state = AppState::new(Shared {
+            reads: ReadSlots::new(store.read_connections()),
             store,
             writer: writer.handle(),
             clock,

@@ -8,6 +8,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::http::reads::ReadError;
+use crate::store::StoreError;
+use crate::writer::SubmitError;
+
 /// One problem with one input field, in pydantic's error shape.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FieldError {
@@ -168,9 +172,16 @@ pub enum ApiError {
     /// 422: the same Idempotency-Key was used with another body.
     #[error("idempotency key reused")]
     IdempotencyMismatch,
-    /// 503: the store or the write queue cannot take the request now.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
+    /// 503: the store failed; the client is told the kind, the cause is logged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// 503: the write was not acknowledged (queue full, writer stopped, commit failed or
+    /// unconfirmed).
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// 503: a read got no answer in time.
+    #[error(transparent)]
+    Read(#[from] ReadError),
     /// 503 with `Retry-After: 1`: the service is busy with work of this kind; retry shortly.
     #[error("busy: {0}")]
     Busy(String),
@@ -187,6 +198,34 @@ pub struct InternalFailure(pub String);
 /// The body of every 500, with the request id the failure was logged under.
 pub fn internal_error_body(request_id: &str) -> Value {
     json!({"detail": "Internal server error", "request_id": request_id})
+}
+
+impl ApiError {
+    /// The fixed sentence a 503 tells the client.
+    pub fn unavailable_sentence(&self) -> &'static str {
+        match self {
+            ApiError::Store(e) | ApiError::Submit(SubmitError::Store { source: e, .. }) => e.kind().sentence(),
+            ApiError::Submit(SubmitError::QueueFull) => "the write queue is full; retry shortly",
+            ApiError::Submit(SubmitError::Closed) => "the service is not taking writes; retry",
+            ApiError::Submit(SubmitError::Timeout) => {
+                "the store did not confirm the write in time; retry with an Idempotency-Key"
+            }
+            ApiError::Read(_) => "the store did not answer in time; retry",
+            _ => "the service is unavailable; retry",
+        }
+    }
+}
+
+/// An error and its sources, joined for one log line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 impl IntoResponse for ApiError {
@@ -224,9 +263,13 @@ impl IntoResponse for ApiError {
                     "input": null,
                 }]}),
             ),
-            ApiError::Unavailable(why) | ApiError::Busy(why) => {
-                (StatusCode::SERVICE_UNAVAILABLE, json!({"detail": format!("Service unavailable: {why}")}))
+            ApiError::Store(_) | ApiError::Submit(_) | ApiError::Read(_) => {
+                // The cause can hold driver text (SQL states, table names, paths): logged under
+                // the request's span, never sent.
+                tracing::warn!(cause = %error_chain(&self), "answered 503");
+                (StatusCode::SERVICE_UNAVAILABLE, json!({ "detail": self.unavailable_sentence() }))
             }
+            ApiError::Busy(why) => (StatusCode::SERVICE_UNAVAILABLE, json!({ "detail": why })),
             ApiError::Internal(cause) => {
                 let mut response =
                     (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(internal_error_body(""))).into_response();

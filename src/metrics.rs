@@ -26,6 +26,8 @@ pub const COMMIT_BATCH: &str = "buy_tracker_commit_batch_size";
 pub const QUEUE_DEPTH: &str = "buy_tracker_write_queue_depth";
 /// Commits that failed (nothing of them acknowledged).
 pub const COMMIT_FAILURES: &str = "buy_tracker_commit_failures_total";
+/// Writes discarded uncommitted because their requester had given up.
+pub const WRITES_ABANDONED: &str = "buy_tracker_writes_abandoned_total";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -77,6 +79,7 @@ fn describe() {
     metrics::describe_histogram!(COMMIT_BATCH, "Buys per group commit");
     metrics::describe_gauge!(QUEUE_DEPTH, "Writes waiting for the writer");
     metrics::describe_counter!(COMMIT_FAILURES, "Group commits that failed (nothing in them acknowledged)");
+    metrics::describe_counter!(WRITES_ABANDONED, "Writes discarded uncommitted because their requester had given up");
 }
 
 /// The writer's metrics, registered once: each commit then updates them without a registry lookup.
@@ -85,6 +88,7 @@ struct WriterMetrics {
     commit_batch: Histogram,
     buys_recorded: Counter,
     commit_failures: Counter,
+    writes_abandoned: Counter,
     queue_depth: Gauge,
 }
 
@@ -96,6 +100,7 @@ fn writer_metrics() -> &'static WriterMetrics {
             commit_batch: metrics::histogram!(COMMIT_BATCH),
             buys_recorded: metrics::counter!(BUYS_RECORDED),
             commit_failures: metrics::counter!(COMMIT_FAILURES),
+            writes_abandoned: metrics::counter!(WRITES_ABANDONED),
             queue_depth: metrics::gauge!(QUEUE_DEPTH),
         }
     });
@@ -112,6 +117,11 @@ pub fn commit(elapsed: Duration, buys: usize, ok: bool) {
     } else {
         m.commit_failures.increment(1);
     }
+}
+
+/// Count a write discarded because its requester had given up.
+pub fn write_abandoned() {
+    writer_metrics().writes_abandoned.increment(1);
 }
 
 /// Record the writer's queue depth.

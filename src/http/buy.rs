@@ -114,9 +114,12 @@ pub async fn record_buy(
     let (headers, body) = headers_and_body(request).await;
     let body = body_bytes(body, BUY_BODY_LIMIT)?;
     let buy = Buy::from_json(&body).map_err(ApiError::Validation)?;
-    let (outcome, replayed) = record(&state, peer, &headers, "/buy", std::slice::from_ref(&buy)).await?;
-    let response = BuyResponse { success: true, buy_count: outcome.0, message: LoggedMessage(outcome.0) };
-    Ok(with_replay_header(Json(response).into_response(), replayed))
+    // Not kept while the write waits for its commit: the queue's memory is its records only.
+    drop(body);
+    let answer = record(&state, peer, headers, "/buy", vec![buy]).await?;
+    let buy_count = answer.last_seq;
+    let response = BuyResponse { success: true, buy_count, message: LoggedMessage(buy_count) };
+    Ok(with_replay_header(Json(response).into_response(), answer.replayed))
 }
 
 /// Record 1 to 1000 buys atomically.
@@ -145,9 +148,10 @@ pub async fn record_batch(
     let (headers, body) = headers_and_body(request).await;
     let body = body_bytes(body, BATCH_BODY_LIMIT)?;
     let buys = parse_batch(&json_body(&body)?).map_err(ApiError::Validation)?;
-    let ((buy_count, recorded), replayed) = record(&state, peer, &headers, "/buys", &buys).await?;
-    let response = BatchResponse { success: true, recorded, buy_count };
-    Ok(with_replay_header(Json(response).into_response(), replayed))
+    drop(body);
+    let answer = record(&state, peer, headers, "/buys", buys).await?;
+    let response = BatchResponse { success: true, recorded: answer.recorded, buy_count: answer.last_seq };
+    Ok(with_replay_header(Json(response).into_response(), answer.replayed))
 }
 
 fn with_replay_header(mut response: Response, replayed: bool) -> Response {
@@ -161,28 +165,40 @@ fn with_replay_header(mut response: Response, replayed: bool) -> Response {
 /// it never reallocates (`to_string` grew the string twice for an IPv4 address).
 const IP_TEXT_CAPACITY: usize = 45;
 
-/// Stamp `buys` with the request's time, client IP and key, commit them as one write, and
-/// return `((last sequence number, buys recorded), replayed)`.
+/// What a recorded (or replayed) write is answered with.
+struct Recorded {
+    /// The sequence number of its last buy.
+    last_seq: i64,
+    /// How many buys it holds.
+    recorded: usize,
+    /// Whether this is the replay of an earlier request with the same Idempotency-Key.
+    replayed: bool,
+}
+
+/// Stamp `buys` with the request's time, client IP and key, and commit them as one write.
+/// Takes the headers and buys by value, so that nothing but the records is kept while the write
+/// waits for its commit.
 async fn record(
     state: &AppState,
     peer: SocketAddr,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     endpoint: &str,
-    buys: &[Buy],
-) -> Result<((i64, usize), bool), ApiError> {
-    let key = idempotency::key_from(headers)?;
+    buys: Vec<Buy>,
+) -> Result<Recorded, ApiError> {
+    let key = idempotency::key_from(&headers)?;
     // Held until the answer is sent, so a concurrent retry with the same key gets 409.
     let _in_flight = key.as_deref().map(|k| state.in_flight.enter(k)).transpose()?;
     let now = state.clock.now();
-    let time = request_time::resolve(headers, now);
+    let time = request_time::resolve(&headers, now);
     let mut ip = String::with_capacity(IP_TEXT_CAPACITY);
-    let _ = write!(ip, "{}", client_ip(peer.ip(), headers, &state.trusted_proxies));
-    let claim = key.clone().map(|k| idempotency::claim(k, endpoint, buys));
+    let _ = write!(ip, "{}", client_ip(peer.ip(), &headers, &state.trusted_proxies));
+    drop(headers);
+    let claim = key.clone().map(|k| idempotency::claim(k, endpoint, &buys));
     // `repeat_n` moves `ip` into the last record instead of cloning it (one buy: no copy).
     let records = std::iter::repeat_n(ip, buys.len())
         .zip(buys)
         .map(|(ip_address, buy)| BuyRecord {
-            buy: buy.clone(),
+            buy,
             ip_address,
             timestamp_us: time.at.timestamp_micros(),
             received_at_us: now.timestamp_micros(),
@@ -191,14 +207,9 @@ async fn record(
         })
         .collect();
     // Every submit error means "not acknowledged": nothing, or nothing known, was committed.
-    let outcome = state
-        .writer
-        .submit(Write { buys: records, idempotency: claim })
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    match outcome {
-        WriteOutcome::Recorded { last_seq, recorded } => Ok(((last_seq, recorded), false)),
-        WriteOutcome::Replayed { last_seq, recorded } => Ok(((last_seq, recorded), true)),
+    match state.writer.submit(Write { buys: records, idempotency: claim }).await? {
+        WriteOutcome::Recorded { last_seq, recorded } => Ok(Recorded { last_seq, recorded, replayed: false }),
+        WriteOutcome::Replayed { last_seq, recorded } => Ok(Recorded { last_seq, recorded, replayed: true }),
         WriteOutcome::KeyMismatch => Err(ApiError::IdempotencyMismatch),
     }
 }

@@ -30,10 +30,22 @@ pub struct HealthResponse {
     (status = 503, description = "The store does not answer (status `degraded`, with `detail`)", body = HealthResponse),
 ))]
 pub async fn health(State(state): State<AppState>) -> Response {
-    let result = state.read_store(|store| store.ping()).await;
-    let (code, status, detail) = match result {
-        Ok(()) => (StatusCode::OK, "healthy", None),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, "degraded", Some(format!("store unavailable: {e}"))),
+    // A dead writer refuses every write while reads still work: as unhealthy as a dead store.
+    let problem = if !state.writer.is_running() {
+        Some("the writer has stopped: writes are refused".to_string())
+    } else {
+        match state.read_store(|store| store.ping()).await {
+            Ok(()) => None,
+            // A fixed sentence: the cause may hold driver text.
+            Err(e) => {
+                tracing::warn!(cause = %crate::error::error_chain(&e), "health check: the store does not answer");
+                Some(e.unavailable_sentence().to_string())
+            }
+        }
+    };
+    let (code, status, detail) = match problem {
+        None => (StatusCode::OK, "healthy", None),
+        Some(detail) => (StatusCode::SERVICE_UNAVAILABLE, "degraded", Some(detail)),
     };
     let body = HealthResponse {
         status,

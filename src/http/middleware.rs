@@ -13,6 +13,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
+use tracing::Instrument;
 
 use crate::error::{InternalFailure, internal_error_body};
 
@@ -46,7 +47,8 @@ fn request_id_for(request: &Request) -> HeaderValue {
         .unwrap_or_else(new_request_id)
 }
 
-/// Tag every response with the request id; log and hide the cause of every 500; count and time
+/// Open the request's span (its id, method and route on every log line of the request); tag
+/// every response with the request id; log and hide the cause of every 500; count and time
 /// the request by its route pattern (never the raw path, which would make labels unbounded).
 /// The path and route are kept by reference (shared buffers), not copied: they are only read
 /// when something fails and for the metrics.
@@ -56,8 +58,15 @@ pub async fn request_id(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let uri = request.uri().clone();
     let route = request.extensions().get::<MatchedPath>().cloned();
+    // Every log line of the request (a 503's cause, a panic) carries its id and route.
+    let span = tracing::info_span!(
+        "request",
+        request_id = id_str(&id),
+        method = %method,
+        route = route.as_ref().map_or("unmatched", MatchedPath::as_str),
+    );
     // A panicking handler must not take the connection (or the process) down: answer 500.
-    let mut response = match AssertUnwindSafe(next.run(request)).catch_unwind().await {
+    let mut response = match AssertUnwindSafe(next.run(request)).catch_unwind().instrument(span.clone()).await {
         Ok(response) => response,
         Err(panic) => {
             let what = panic
@@ -65,15 +74,15 @@ pub async fn request_id(request: Request, next: Next) -> Response {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            let (id, path) = (id_str(&id), uri.path());
-            tracing::error!(request_id = %id, %method, %path, panic = %what, "handler panicked");
-            internal(id)
+            let path = uri.path();
+            span.in_scope(|| tracing::error!(%path, panic = %what, "handler panicked"));
+            internal(id_str(&id))
         }
     };
     if let Some(InternalFailure(cause)) = response.extensions_mut().remove::<InternalFailure>() {
-        let (id, path) = (id_str(&id), uri.path());
-        tracing::error!(request_id = %id, %method, %path, %cause, "internal error");
-        response = internal(id);
+        let path = uri.path();
+        span.in_scope(|| tracing::error!(%path, %cause, "internal error"));
+        response = internal(id_str(&id));
     }
     let status = response.status().as_u16();
     response.headers_mut().insert(REQUEST_ID, id);

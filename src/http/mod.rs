@@ -15,6 +15,7 @@ pub mod pages;
 pub mod promotions;
 pub mod query;
 pub mod rate_limit;
+pub mod reads;
 pub mod root;
 pub mod stats;
 
@@ -30,6 +31,7 @@ use serde_json::Value;
 use crate::clock::Clock;
 use crate::error::{ApiError, FieldError};
 use crate::idempotency::InFlight;
+use reads::ReadError;
 use crate::store::{Store, StoreError};
 use crate::writer::WriterHandle;
 
@@ -59,6 +61,8 @@ pub struct Shared {
     pub live: events::LiveStats,
     /// Origins whose browser pages may write.
     pub origins: forgery::AllowedOrigins,
+    /// Slots for store reads ([`reads::ReadSlots`]).
+    pub reads: reads::ReadSlots,
     /// Slots for exports streaming at once ([`export::MAX_EXPORTS`]).
     pub exports: Arc<tokio::sync::Semaphore>,
 }
@@ -84,18 +88,17 @@ impl Shared {
         self.started.elapsed().as_secs_f64()
     }
 
-    /// Run a blocking store read on tokio's blocking pool, answering 503 if the store fails or
-    /// takes longer than [`READ_TIMEOUT`] (SPEC §6: never a hang).
+    /// Run a blocking store read (see [`reads`]), answering 503 if the store fails or takes
+    /// longer than [`READ_TIMEOUT`]: never a hang.
     pub async fn read_store<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let store = self.store.clone();
-        let task = tokio::task::spawn_blocking(move || f(store.as_ref()));
-        match tokio::time::timeout(READ_TIMEOUT, task).await {
-            Err(_) => Err(ApiError::Unavailable("the store did not answer in time".into())),
-            Ok(Err(join)) => Err(ApiError::Internal(format!("store read task failed: {join}"))),
-            Ok(Ok(result)) => result.map_err(|e| ApiError::Unavailable(e.to_string())),
+        match self.reads.run(READ_TIMEOUT, move || f(store.as_ref())).await {
+            Ok(result) => Ok(result?),
+            Err(ReadError::Panicked(why)) => Err(ApiError::Internal(format!("store read panicked: {why}"))),
+            Err(timed_out) => Err(timed_out.into()),
         }
     }
 }

@@ -44,12 +44,54 @@ impl StoreUrl {
     }
 }
 
-/// A failure of the store; the HTTP layer answers 503 for these.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The store cannot be reached or refused the operation (disk full, locked, I/O error).
-    #[error("{0}")]
-    Unavailable(String),
+/// What kind of failure a [`StoreError`] is: it decides the fixed sentence a client is told (the
+/// cause itself is only logged, since driver messages can carry SQL, table names or paths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// The store cannot be reached or refused the operation; retrying later may succeed.
+    Unavailable,
+    /// The disk under the store is full.
+    DiskFull,
+    /// Every read connection is busy.
+    Busy,
+}
+
+/// A failure of the store, with its cause kept for the logs; the HTTP layer answers 503.
+/// Cloneable, so that one failed commit can answer every request of its batch.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", kind.sentence())]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    #[source]
+    cause: std::sync::Arc<dyn std::error::Error + Send + Sync>,
+}
+
+impl StoreErrorKind {
+    /// What a client is told: a fixed sentence, never the cause.
+    pub fn sentence(self) -> &'static str {
+        match self {
+            StoreErrorKind::Unavailable => "the store is unavailable; retry",
+            StoreErrorKind::DiskFull => "the disk is full",
+            StoreErrorKind::Busy => "the store is busy; retry",
+        }
+    }
+}
+
+impl StoreError {
+    /// A failure of `kind` caused by `cause` (an error, or a message).
+    pub fn new(kind: StoreErrorKind, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+        StoreError { kind, cause: std::sync::Arc::from(cause.into()) }
+    }
+
+    /// The store cannot be reached or refused the operation.
+    pub fn unavailable(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+        Self::new(StoreErrorKind::Unavailable, cause)
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
 }
 
 /// An Idempotency-Key claimed by a write, with the fingerprint of the request it came with.
@@ -237,6 +279,12 @@ pub trait Store: Send + Sync + 'static {
     /// answers `Ok(0)`: reads are exact either way.
     fn prune_rollups(&self, _before_s: i64) -> Result<usize, StoreError> {
         Ok(0)
+    }
+
+    /// How many reads the store serves at once (its read connections): more at once would only
+    /// wait for one.
+    fn read_connections(&self) -> usize {
+        8
     }
 
     /// Check that the store answers (for `/health`).

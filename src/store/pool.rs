@@ -8,7 +8,7 @@
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::StoreError;
+use super::{StoreError, StoreErrorKind};
 use crate::lock::lock;
 
 /// How long a read waits for a connection when all are busy.
@@ -56,10 +56,8 @@ impl<C> Pool<C> {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(StoreError::Unavailable(format!(
-                    "all {} {} read connections are busy",
-                    self.max, self.what
-                )));
+                let why = format!("all {} {} read connections are busy", self.max, self.what);
+                return Err(StoreError::new(StoreErrorKind::Busy, why));
             }
             state = self.freed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
         }
@@ -121,7 +119,9 @@ mod tests {
         let held: Vec<_> = (0..3).map(|_| pool.acquire(|| unreachable!("all three are idle")).unwrap()).collect();
         assert!(held.iter().all(|(_, pooled)| *pooled));
         let began = Instant::now();
-        let Err(StoreError::Unavailable(message)) = pool.acquire(|| Ok(99)) else { panic!("a fourth connection") };
+        let Err(error) = pool.acquire(|| Ok(99)) else { panic!("a fourth connection") };
+        assert_eq!(error.kind(), StoreErrorKind::Busy);
+        let message = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
         assert!(began.elapsed() >= ACQUIRE_TIMEOUT, "{:?}", began.elapsed());
         assert_eq!(message, "all 3 test read connections are busy");
     }
@@ -130,7 +130,7 @@ mod tests {
     #[test]
     fn failed_and_closed_connections_free_their_place() {
         let pool: Pool<String> = Pool::new(1, "test");
-        assert!(pool.acquire(|| Err(StoreError::Unavailable("refused".into()))).is_err());
+        assert!(pool.acquire(|| Err(StoreError::unavailable("refused"))).is_err());
         let (conn, pooled) = pool.acquire(|| Ok("first".into())).unwrap();
         assert!(!pooled);
         drop(conn);

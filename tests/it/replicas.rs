@@ -256,17 +256,29 @@ async fn an_outage_gives_quick_errors_then_recovers() {
     assert_eq!(client.get(url("/health")).send().await.unwrap().status(), 200);
 
     proxy.set(Mode::Down);
+    let mut refused_ids = Vec::new();
     for _ in 0..2 {
         let started = Instant::now();
         let response = post_buy(&client, replica, &buy(1, 2, 3, 4), None).await;
         assert_eq!(response.status(), 503);
         assert!(started.elapsed() < Duration::from_secs(5), "503 took {:?}", started.elapsed());
+        refused_ids.push(response.headers()["x-request-id"].to_str().unwrap().to_string());
+        assert_fixed_sentence(&response.json::<Value>().await.unwrap());
         let started = Instant::now();
         let health = client.get(url("/health")).send().await.unwrap();
         assert_eq!(health.status(), 503);
         assert!(started.elapsed() < Duration::from_secs(5), "health took {:?}", started.elapsed());
+        assert_fixed_sentence(&health.json::<Value>().await.unwrap());
         let stats = client.get(url("/stats")).send().await.unwrap();
         assert_eq!(stats.status(), 503);
+        assert_fixed_sentence(&stats.json::<Value>().await.unwrap());
+    }
+    // The cause the clients were not told is logged under each refused request's id.
+    let logged: Vec<String> = servers[0].lines.try_iter().collect();
+    for id in &refused_ids {
+        let line = logged.iter().find(|l| l.contains(id.as_str()) && l.contains("answered 503"));
+        let line = line.unwrap_or_else(|| panic!("no log line of request {id} with its cause:\n{}", logged.join("\n")));
+        assert!(line.contains("PostgreSQL"), "{line}");
     }
     assert_eq!(client.get(url("/health/live")).send().await.unwrap().status(), 200);
 
@@ -277,6 +289,19 @@ async fn an_outage_gives_quick_errors_then_recovers() {
     assert_eq!(client.get(url("/health")).send().await.unwrap().status(), 200);
     let stats: Value = client.get(url("/stats")).send().await.unwrap().json().await.unwrap();
     assert_eq!(stats["total_buys"], json!(2));
+}
+
+/// A 503's `detail` is one of our fixed sentences: no driver text (SQL states, messages) reaches
+/// a client.
+fn assert_fixed_sentence(body: &Value) {
+    let detail = body["detail"].as_str().unwrap_or_default();
+    let fixed = [
+        "the store is unavailable; retry",
+        "the store is busy; retry",
+        "the store did not answer in time; retry",
+        "the store did not confirm the write in time; retry with an Idempotency-Key",
+    ];
+    assert!(fixed.contains(&detail), "a 503 told the client {body}");
 }
 
 /// A server that accepts data but never answers (a frozen process, a stuck disk) gets no request

@@ -36,7 +36,7 @@ use write::{Failure, WriterConn};
 
 use super::pool::Pool;
 use super::{
-    Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, Write, WriteOutcome,
+    Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, StoreErrorKind, Write, WriteOutcome,
 };
 use crate::lock::lock;
 
@@ -85,8 +85,10 @@ fn describe(e: &postgres::Error) -> String {
     }
 }
 
+/// A PostgreSQL failure as a store error: a full disk (SQLSTATE 53100) is told apart.
 fn unavailable(e: &postgres::Error) -> StoreError {
-    StoreError::Unavailable(describe(e))
+    let kind = if e.code() == Some(&SqlState::DISK_FULL) { StoreErrorKind::DiskFull } else { StoreErrorKind::Unavailable };
+    StoreError::new(kind, describe(e))
 }
 
 /// Whether the connection is unusable after `e` (closed, I/O failure, server shutting down); a
@@ -163,7 +165,7 @@ impl PostgresStore {
                     // Migrations get a connection of their own, closed afterwards, so that their
                     // session settings (a longer statement timeout) end with it.
                     let mut migrator = store.read_config.connect(NoTls).map_err(|e| unavailable(&e))?;
-                    schema::migrate(&mut migrator).map_err(StoreError::Unavailable)?;
+                    schema::migrate(&mut migrator).map_err(StoreError::unavailable)?;
                     drop(migrator);
                     store.connect_writer()
                 })
@@ -202,7 +204,7 @@ impl PostgresStore {
     }
 
     fn connect_writer(&self) -> Result<WriterConn, StoreError> {
-        WriterConn::connect(&self.config, &self.session).map_err(StoreError::Unavailable)
+        WriterConn::connect(&self.config, &self.session).map_err(StoreError::unavailable)
     }
 
     /// Run `f` on the writer's connection, opened if there is none. A connection that `f`
@@ -216,7 +218,8 @@ impl PostgresStore {
             Some(conn) => (conn, true),
             None => match self.connect_writer() {
                 Ok(conn) => (conn, false),
-                Err(StoreError::Unavailable(message)) => {
+                Err(e) => {
+                    let message = e.to_string();
                     return Err((Failure { message, unknown: false, retryable: false, broken: true }, false));
                 }
             },
@@ -277,7 +280,7 @@ impl Store for PostgresStore {
             let again =
                 !failure.unknown && failure.retryable && (pooled || !failure.broken) && attempt < COMMIT_ATTEMPTS;
             if !again {
-                return Err(StoreError::Unavailable(failure.message));
+                return Err(StoreError::unavailable(failure.message));
             }
             tracing::warn!(error = %failure.message, attempt, "PostgreSQL commit recorded nothing; retrying");
             attempt += 1;
@@ -321,13 +324,17 @@ impl Store for PostgresStore {
         // which only makes a chunk smaller.
         let mut held = lock(&self.writer);
         self.with_writer(&mut held, |conn| conn.prune(before_us, PRUNE_CHUNK))
-            .map_err(|(failure, _)| StoreError::Unavailable(failure.message))
+            .map_err(|(failure, _)| StoreError::unavailable(failure.message))
     }
 
     fn prune_rollups(&self, before_s: i64) -> Result<usize, StoreError> {
         let mut held = lock(&self.writer);
         self.with_writer(&mut held, |conn| conn.prune_rollups(before_s))
-            .map_err(|(failure, _)| StoreError::Unavailable(failure.message))
+            .map_err(|(failure, _)| StoreError::unavailable(failure.message))
+    }
+
+    fn read_connections(&self) -> usize {
+        MAX_READERS
     }
 
     fn ping(&self) -> Result<(), StoreError> {

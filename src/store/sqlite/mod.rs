@@ -21,7 +21,7 @@ use schema::migrate;
 
 use super::pool::Pool;
 use super::{
-    Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, Write, WriteOutcome,
+    Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, StoreErrorKind, Write, WriteOutcome,
 };
 use crate::lock::lock;
 
@@ -74,8 +74,13 @@ struct ReadPool {
 /// only add page caches (each grows to 2 MiB) and contend for the same cores.
 const MAX_READERS: usize = 8;
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+/// A SQLite failure as a store error: a full disk is told apart, everything else is "unavailable".
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    let kind = match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => StoreErrorKind::DiskFull,
+        _ => StoreErrorKind::Unavailable,
+    };
+    StoreError::new(kind, e)
 }
 
 impl SqliteStore {
@@ -195,6 +200,11 @@ impl Store for SqliteStore {
             }
         }
         Ok(deleted)
+    }
+
+    fn read_connections(&self) -> usize {
+        // In memory, every read takes the writer's one connection.
+        if self.readers.is_some() { MAX_READERS } else { 1 }
     }
 
     fn ping(&self) -> Result<(), StoreError> {
