@@ -72,7 +72,15 @@ impl Application {
             .map_err(|e| format!("cannot listen on --host {} --port {}: {e}", config.host, config.port))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let open_to_anyone = config.write_keys.is_empty() && !addr.ip().is_loopback();
-        Ok(Application { listener, router, writer, addr, shutdown, header_timeout: config.header_timeout, open_to_anyone })
+        Ok(Application {
+            listener,
+            router,
+            writer,
+            addr,
+            shutdown,
+            header_timeout: config.header_timeout,
+            open_to_anyone,
+        })
     }
 
     /// The address actually bound (the port is the real one when 0 was asked for).

@@ -202,7 +202,13 @@ impl BuyRecord {
     /// from the server clock, for tests.
     pub(crate) fn example(i: i64, at_us: i64) -> BuyRecord {
         BuyRecord {
-            buy: Buy { user_id: i, promotion_id: i % 7, product_id: i % 11, quantity: Quantity(1), unit_price_cents: None },
+            buy: Buy {
+                user_id: i,
+                promotion_id: i % 7,
+                product_id: i % 11,
+                quantity: Quantity(1),
+                unit_price_cents: None,
+            },
             ip_address: "127.0.0.1".into(),
             timestamp_us: at_us,
             received_at_us: at_us,

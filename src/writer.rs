@@ -234,7 +234,8 @@ fn run(mut rx: mpsc::UnboundedReceiver<Message>, store: &dyn Store, clock: &dyn 
 /// Commit `jobs` in one transaction and answer each of them. `batch` numbers the commit in the
 /// logs, and in the errors its requests get, so that a 503 leads to the commit that caused it.
 fn commit(store: &dyn Store, clock: &dyn Clock, jobs: Vec<Job>, buys: usize, batch: u64) {
-    let (writes, replies): (Vec<Write>, Vec<_>) = jobs.into_iter().map(|job| (job.write, (job.reply, job.room))).unzip();
+    let (writes, replies): (Vec<Write>, Vec<_>) =
+        jobs.into_iter().map(|job| (job.write, (job.reply, job.room))).unzip();
     let started = Instant::now();
     let result = store.commit(&writes, clock.now_us());
     crate::metrics::commit(started.elapsed(), buys, result.is_ok());

@@ -147,6 +147,9 @@ mod tests {
         let any = guard(&["*"], Bodies::Json);
         assert_eq!(status(&any, &[(header::ORIGIN, "https://anywhere.example")]), 200);
         // The origin is checked first: a forged text/plain POST from a page is 403, not 415.
-        assert_eq!(status(&none, &[(header::ORIGIN, "https://evil.example"), (header::CONTENT_TYPE, "text/plain")]), 403);
+        assert_eq!(
+            status(&none, &[(header::ORIGIN, "https://evil.example"), (header::CONTENT_TYPE, "text/plain")]),
+            403
+        );
     }
 }

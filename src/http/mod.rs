@@ -31,9 +31,9 @@ use serde_json::Value;
 use crate::clock::Clock;
 use crate::error::{ApiError, FieldError};
 use crate::idempotency::InFlight;
-use reads::ReadError;
 use crate::store::{Store, StoreError};
 use crate::writer::WriterHandle;
+use reads::ReadError;
 
 /// What every handler can reach: one `Arc` around [`Shared`], so the clone axum makes for every
 /// request is a single reference-count increment (it used to clone seven `Arc`s and handles, and

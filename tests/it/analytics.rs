@@ -1,11 +1,10 @@
 //! Black-box tests of the analytics endpoints (SPEC §5) on known data, run on every store.
 
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chrono::{DateTime, DurationRound, SubsecRound, TimeDelta, Utc};
 use crate::common::{StoreKind, TestApp, buy};
+use chrono::{DateTime, DurationRound, SubsecRound, TimeDelta, Utc};
 use serde_json::{Value, json};
 
 /// A buy with a price.

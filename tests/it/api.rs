@@ -1,6 +1,5 @@
 //! Black-box tests of the HTTP contract (SPEC §2, §5 writes, §6), run on every store.
 
-
 use std::collections::HashSet;
 
 use crate::common::{StoreKind, TestApp, buy, concurrent_buys};
@@ -371,7 +370,8 @@ async fn cross_site_writes_are_refused(kind: StoreKind) {
         assert!(response.json::<Value>().await.unwrap()["detail"].is_string());
     }
     assert_eq!(app.get_json("/stats").await["total_buys"], 0, "nothing refused was recorded");
-    let allowed = post("/buy", &[("content-type", "application/json; charset=utf-8"), ("origin", "https://shop.example")]);
+    let allowed =
+        post("/buy", &[("content-type", "application/json; charset=utf-8"), ("origin", "https://shop.example")]);
     assert_eq!(allowed.await.unwrap().status(), 200);
     assert_eq!(post("/buy", &[]).await.unwrap().status(), 200, "without Content-Type the body is read as JSON");
     assert_eq!(post("/buy", &[("content-type", "application/vnd.shop+json")]).await.unwrap().status(), 200);

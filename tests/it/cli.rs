@@ -2,7 +2,6 @@
 //! environment: no `BUY_TRACKER_*`, `DATABASE_URL` or `RUST_LOG` from the machine reaches it, and
 //! it runs in a temporary working directory so the default store never lands in the repository.
 
-
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -312,8 +311,9 @@ fn open_writes_on_a_public_address_are_warned_about() {
     open.args(["--host", "0.0.0.0", "--port", "0", "--database-url", "memory:"]);
     let (server, _) = start(open);
     let deadline = Instant::now() + START_TIMEOUT;
-    let warned = std::iter::from_fn(|| server.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok())
-        .any(|line| line.contains(warning));
+    let warned =
+        std::iter::from_fn(|| server.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok())
+            .any(|line| line.contains(warning));
     assert!(warned, "no warning about open writes");
     assert_eq!(stop(server, "TERM"), Some(0));
 

@@ -16,7 +16,6 @@
 //! WebDriver is spoken over plain HTTP with reqwest: fantoccini without its TLS features offers no
 //! connector the crate can name without another dependency.
 
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;

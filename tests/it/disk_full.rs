@@ -4,7 +4,6 @@
 //! The SQLite file lives on a small tmpfs the test mounts (needs root, as in CI). Without the
 //! right to mount, the test prints a SKIP line, unless BUY_TRACKER_REQUIRE_MOUNT=1 (CI).
 
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;

@@ -2,7 +2,6 @@
 //! file: acknowledged buys survive `kill -9` and graceful stops, and no sequence number is ever
 //! handed out twice. Written for slow, shared machines: generous timeouts, no timing assertions.
 
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;

@@ -1,11 +1,10 @@
 //! Slow and idle clients, and oversized requests: the service stays available and answers (or
 //! closes) instead of hanging or crashing.
 
-
 use std::time::{Duration, Instant};
 
-use buy_tracker::http::export::{MAX_EXPORTS, STALL_TIMEOUT};
 use crate::common::{StoreKind, TestApp, buy};
+use buy_tracker::http::export::{MAX_EXPORTS, STALL_TIMEOUT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

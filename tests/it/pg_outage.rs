@@ -6,7 +6,6 @@
 //! Needs PostgreSQL's server binaries and root (to run them as the `postgres` user). Without them
 //! the test prints a SKIP line, unless BUY_TRACKER_REQUIRE_POSTGRES=1 (CI).
 
-
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;

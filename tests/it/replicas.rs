@@ -5,7 +5,6 @@
 //! Each test creates its own database on the server named by `BUY_TRACKER_TEST_POSTGRES_URL` and
 //! is skipped (with a SKIP line) without it; see `common/postgres_db.rs`.
 
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;

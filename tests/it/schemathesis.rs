@@ -4,7 +4,6 @@
 //! Needs the `schemathesis` command (`pip install schemathesis`); without it the test prints a
 //! SKIP line, unless BUY_TRACKER_REQUIRE_SCHEMATHESIS=1 (CI), which makes a missing tool a failure.
 
-
 use std::process::Command;
 
 use crate::common::{StoreKind, TestApp};

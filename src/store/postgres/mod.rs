@@ -36,7 +36,8 @@ use write::{Failure, WriterConn};
 
 use super::pool::Pool;
 use super::{
-    Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, StoreErrorKind, Write, WriteOutcome,
+    Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, StoreErrorKind,
+    Write, WriteOutcome,
 };
 use crate::lock::lock;
 
@@ -87,7 +88,8 @@ fn describe(e: &postgres::Error) -> String {
 
 /// A PostgreSQL failure as a store error: a full disk (SQLSTATE 53100) is told apart.
 fn unavailable(e: &postgres::Error) -> StoreError {
-    let kind = if e.code() == Some(&SqlState::DISK_FULL) { StoreErrorKind::DiskFull } else { StoreErrorKind::Unavailable };
+    let kind =
+        if e.code() == Some(&SqlState::DISK_FULL) { StoreErrorKind::DiskFull } else { StoreErrorKind::Unavailable };
     StoreError::new(kind, describe(e))
 }
 
@@ -167,7 +169,7 @@ impl PostgresStore {
                     let mut migrator = store.read_config.connect(NoTls).map_err(|e| unavailable(&e))?;
                     schema::migrate(&mut migrator).map_err(StoreError::unavailable)?;
                     drop(migrator);
-                    store.connect_writer()
+                    store.connect_writer().map_err(StoreError::unavailable)
                 })
                 .join()
         })
@@ -203,8 +205,8 @@ impl PostgresStore {
         f(conn)
     }
 
-    fn connect_writer(&self) -> Result<WriterConn, StoreError> {
-        WriterConn::connect(&self.config, &self.session).map_err(StoreError::unavailable)
+    fn connect_writer(&self) -> Result<WriterConn, String> {
+        WriterConn::connect(&self.config, &self.session)
     }
 
     /// Run `f` on the writer's connection, opened if there is none. A connection that `f`
@@ -218,8 +220,7 @@ impl PostgresStore {
             Some(conn) => (conn, true),
             None => match self.connect_writer() {
                 Ok(conn) => (conn, false),
-                Err(e) => {
-                    let message = e.to_string();
+                Err(message) => {
                     return Err((Failure { message, unknown: false, retryable: false, broken: true }, false));
                 }
             },

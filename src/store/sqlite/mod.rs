@@ -21,7 +21,8 @@ use schema::migrate;
 
 use super::pool::Pool;
 use super::{
-    Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, StoreErrorKind, Write, WriteOutcome,
+    Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, StoreErrorKind,
+    Write, WriteOutcome,
 };
 use crate::lock::lock;
 
