@@ -146,7 +146,13 @@ impl Store for SqliteStore {
     }
 
     fn counts(&self, since_us: i64, promotion_id: Option<i64>) -> Result<Counts, StoreError> {
-        self.read(|conn| read::counts(conn, since_us, promotion_id))
+        // One read transaction: the totals and the recent counts come from one snapshot.
+        self.read(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let counts = read::counts(&tx, since_us, promotion_id)?;
+            tx.finish()?;
+            Ok(counts)
+        })
     }
 
     fn promotions(&self, since_us: i64, limit: i64, offset: i64) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
@@ -308,6 +314,31 @@ mod tests {
         let recent: Vec<i64> = stamps.iter().filter(|&&t| t >= now - 168 * 3600 * US).step_by(97).copied().collect();
         let cutoffs: Vec<i64> = recent.iter().flat_map(|&t| [t, t + 1]).chain([now - 90 * US - 3]).collect();
         crate::store::assert_pruning_changes_no_answer(&pruned, &kept, now, &cutoffs);
+    }
+
+    /// Totals and recent counts come from one snapshot: with every buy recent, `recent_buys`
+    /// equals `total_buys` in every read taken while commits go on. (Read in two snapshots, a
+    /// commit between them made the recent count exceed the total.)
+    #[test]
+    fn counts_are_read_in_one_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open_file(&dir.path().join("store.db")).unwrap());
+        let now = 1_750_000_000 * US;
+        let writing = Arc::new(AtomicBool::new(true));
+        let writer = {
+            let (store, writing) = (store.clone(), writing.clone());
+            std::thread::spawn(move || {
+                while writing.load(Ordering::Relaxed) {
+                    store.commit(&[Write { buys: vec![record(now, 1)], idempotency: None }], now).unwrap();
+                }
+            })
+        };
+        for _ in 0..3_000 {
+            let counts = store.counts(now - US, None).unwrap();
+            assert_eq!(counts.recent_buys, counts.total_buys, "{counts:?}");
+        }
+        writing.store(false, Ordering::Relaxed);
+        writer.join().unwrap();
     }
 
     #[test]
