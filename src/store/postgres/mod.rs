@@ -137,7 +137,13 @@ fn configure(url: &str) -> Result<(tokio_postgres::Config, String), String> {
         config.application_name("buy-tracker");
     }
     let options = config.get_options().unwrap_or_default();
-    let mut session = String::new();
+    // "A 200 means on disk" must not depend on the server's defaults: a role or database set to
+    // `synchronous_commit = off` would acknowledge commits before their WAL is flushed. Only
+    // `off` is raised; `local`, `remote_write`, `remote_apply` already flush locally, and the
+    // stronger ones are kept.
+    let mut session = String::from(
+        "SELECT set_config('synchronous_commit', 'on', false) WHERE current_setting('synchronous_commit') = 'off';",
+    );
     if !options.contains("statement_timeout") {
         session.push_str(&format!("SET statement_timeout = '{STATEMENT_TIMEOUT}';"));
     }
@@ -746,6 +752,21 @@ mod tests {
         client.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&newer]).unwrap();
         let error = PostgresStore::open(&database.url).err().unwrap();
         assert!(error.contains(&format!("schema is version {newer}, newer than this build")), "{error}");
+    }
+
+    /// A database whose default is `synchronous_commit = off` still gets commits flushed before
+    /// they are acknowledged: the writer's session sets it back to `on`.
+    #[test]
+    fn commits_are_durable_whatever_the_database_default() {
+        let Some(db) = TestDatabase::create() else { return };
+        let mut client = Client::connect(&db.server, NoTls).unwrap();
+        client.batch_execute(&format!("ALTER DATABASE {} SET synchronous_commit = off", db.name)).unwrap();
+        drop(client);
+        let store = PostgresStore::open(&db.url).unwrap();
+        assert_eq!(store.with_open_writer(|conn| conn.setting("synchronous_commit")), "on");
+        let mut plain = Client::connect(&db.url, NoTls).unwrap();
+        let default: String = plain.query_one("SHOW synchronous_commit", &[]).unwrap().get(0);
+        assert_eq!(default, "off", "the database default is off, as the test set it");
     }
 
     #[test]

@@ -343,6 +343,13 @@ impl WriterConn {
         self.slot
     }
 
+    /// The value of the session setting `name` (tests).
+    #[cfg(test)]
+    pub fn setting(&mut self, name: &str) -> String {
+        let client = &self.client;
+        self.runtime.block_on(async { client.query_one("SELECT current_setting($1)", &[&name]).await.unwrap().get(0) })
+    }
+
     /// Write `id`'s aggregate rows, as a connection that found no free slot does.
     #[cfg(test)]
     pub fn share_slot(&mut self, id: i32) {
