@@ -27,8 +27,11 @@ use crate::store::{IDEMPOTENCY_TTL_US, ROLLUP_KEEP_S, Store, StoreError, Write, 
 
 /// Upper bound on the buys in one transaction, so a commit's latency stays bounded.
 pub const MAX_BATCH_BUYS: usize = 8_192;
-/// How often expired Idempotency-Keys are deleted.
+/// How often expired Idempotency-Keys and unreachable rollups are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Expired keys deleted per prune: one short statement between two commits. While a prune finds
+/// a full slice, the next runs after the next commit rather than a minute later.
+const PRUNE_KEYS: usize = 10_000;
 
 /// How much the writer holds and how long a request waits.
 #[derive(Debug, Clone, Copy)]
@@ -193,6 +196,7 @@ fn run(mut rx: mpsc::UnboundedReceiver<Message>, store: &dyn Store, clock: &dyn 
     let _notice = DeathNotice;
     let mut last_prune = Instant::now();
     let mut batch = 0;
+    let mut backlog = false;
     // After `close`, `blocking_recv` still yields what was queued, then `None`: the loop drains.
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = Vec::new();
@@ -224,9 +228,9 @@ fn run(mut rx: mpsc::UnboundedReceiver<Message>, store: &dyn Store, clock: &dyn 
             batch += 1;
             commit(store, clock, jobs, buys, batch);
         }
-        if last_prune.elapsed() >= PRUNE_EVERY {
+        if backlog || last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = Instant::now();
-            prune(store, clock.now_us());
+            backlog = prune(store, clock.now_us());
         }
     }
 }
@@ -255,14 +259,18 @@ fn commit(store: &dyn Store, clock: &dyn Clock, jobs: Vec<Job>, buys: usize, bat
     }
 }
 
-/// Forget expired Idempotency-Keys and rollups no read can reach any more.
-fn prune(store: &dyn Store, now_us: i64) {
-    if let Err(e) = store.prune_idempotency(now_us - IDEMPOTENCY_TTL_US) {
-        tracing::warn!(error = %e, "pruning expired idempotency keys failed");
-    }
+/// Forget a slice of expired Idempotency-Keys and of the rollups no read can reach any more;
+/// returns whether keys are left over (a backlog). Rollups age out every second, so a slice of
+/// them is always found: they are worked off a call a minute.
+fn prune(store: &dyn Store, now_us: i64) -> bool {
+    let keys = store.prune_idempotency(now_us - IDEMPOTENCY_TTL_US, PRUNE_KEYS).unwrap_or_else(|e| {
+        tracing::warn!(error = %crate::error::error_chain(&e), "pruning expired idempotency keys failed");
+        0
+    });
     if let Err(e) = store.prune_rollups(now_us.div_euclid(1_000_000) - ROLLUP_KEEP_S) {
-        tracing::warn!(error = %e, "pruning old second and minute rollups failed");
+        tracing::warn!(error = %crate::error::error_chain(&e), "pruning old second and minute rollups failed");
     }
+    keys == PRUNE_KEYS
 }
 
 #[cfg(test)]
@@ -315,7 +323,7 @@ mod tests {
         fn export_page(&self, _: &ExportFilter, _: i64, _: i64, _: usize) -> Result<Vec<ExportRow>, StoreError> {
             unused()
         }
-        fn prune_idempotency(&self, _: i64) -> Result<usize, StoreError> {
+        fn prune_idempotency(&self, _: i64, _: usize) -> Result<usize, StoreError> {
             Ok(0)
         }
         fn ping(&self) -> Result<(), StoreError> {

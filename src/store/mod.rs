@@ -271,8 +271,10 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<ExportRow>, StoreError>;
 
-    /// Forget Idempotency-Keys older than `before_us`.
-    fn prune_idempotency(&self, before_us: i64) -> Result<usize, StoreError>;
+    /// Forget at most `limit` Idempotency-Keys older than `before_us`, oldest first; returns how
+    /// many. Bounded, because it runs on the writer between commits: a backlog (after a long
+    /// outage) is worked off a slice per call rather than in one statement that stalls commits.
+    fn prune_idempotency(&self, before_us: i64, limit: usize) -> Result<usize, StoreError>;
 
     /// Delete second and minute rollup rows of buckets before `before_s`, a bounded amount per
     /// call (see [`ROLLUP_KEEP_S`]); returns the rows deleted. A store that keeps them all

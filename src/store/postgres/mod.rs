@@ -59,8 +59,6 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(4);
 pub const MAX_READERS: usize = 16;
 /// Attempts at a commit that recorded nothing and failed with a transient error.
 const COMMIT_ATTEMPTS: u32 = 3;
-/// Expired idempotency keys deleted per statement, so pruning never holds many locks at once.
-const PRUNE_CHUNK: i64 = 10_000;
 
 /// PostgreSQL behind the [`Store`] interface.
 pub struct PostgresStore {
@@ -326,11 +324,11 @@ impl Store for PostgresStore {
         self.read(|conn| read::export_page(conn, filter, after, up_to, limit))
     }
 
-    fn prune_idempotency(&self, before_us: i64) -> Result<usize, StoreError> {
+    fn prune_idempotency(&self, before_us: i64, limit: usize) -> Result<usize, StoreError> {
         // Chunks keep each statement short; other replicas may prune the same keys meanwhile,
         // which only makes a chunk smaller.
         let mut held = lock(&self.writer);
-        self.with_writer(&mut held, |conn| conn.prune(before_us, PRUNE_CHUNK))
+        self.with_writer(&mut held, |conn| conn.prune(before_us, limit as i64))
             .map_err(|(failure, _)| StoreError::unavailable(failure.message))
     }
 
@@ -604,7 +602,7 @@ mod tests {
         std::thread::sleep(write::CHECK_AFTER_IDLE + Duration::from_millis(200));
         assert_eq!(pg.commit(&[write()], 0).unwrap(), vec![WriteOutcome::Recorded { last_seq: 2, recorded: 1 }]);
         std::thread::sleep(write::CHECK_AFTER_IDLE + Duration::from_millis(200));
-        assert_eq!(pg.prune_idempotency(0).unwrap(), 0);
+        assert_eq!(pg.prune_idempotency(0, 10_000).unwrap(), 0);
     }
 
     #[test]
@@ -660,7 +658,10 @@ mod tests {
                 );
             }
         }
-        assert_eq!(pg.prune_idempotency(base + 5 * US).unwrap(), sqlite.prune_idempotency(base + 5 * US).unwrap());
+        assert_eq!(
+            pg.prune_idempotency(base + 5 * US, 10_000).unwrap(),
+            sqlite.prune_idempotency(base + 5 * US, 10_000).unwrap()
+        );
         pg.ping().unwrap();
     }
 
@@ -752,6 +753,21 @@ mod tests {
         client.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&newer]).unwrap();
         let error = PostgresStore::open(&database.url).err().unwrap();
         assert!(error.contains(&format!("schema is version {newer}, newer than this build")), "{error}");
+    }
+
+    /// Expired keys are deleted a bounded slice per call (a backlog never stalls a commit long).
+    #[test]
+    fn expired_keys_are_pruned_in_bounded_slices() {
+        let Some(db) = TestDatabase::create() else { return };
+        let store = PostgresStore::open(&db.url).unwrap();
+        let now = 1_750_000_000 * US;
+        let old: Vec<Write> =
+            (0..2_500).map(|i| keyed(vec![record(i, 1, 1, 1, None, now)], &format!("k{i}"), 0)).collect();
+        store.commit(&old, now).unwrap();
+        store.commit(&[keyed(vec![record(1, 1, 1, 1, None, now)], "fresh", 0)], now + 2 * IDEMPOTENCY_TTL_US).unwrap();
+        let before = now + IDEMPOTENCY_TTL_US;
+        let slices: Vec<usize> = (0..4).map(|_| store.prune_idempotency(before, 1_000).unwrap()).collect();
+        assert_eq!(slices, vec![1_000, 1_000, 500, 0]);
     }
 
     /// A database whose default is `synchronous_commit = off` still gets commits flushed before

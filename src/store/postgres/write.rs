@@ -380,25 +380,16 @@ impl WriterConn {
     }
 
     /// Delete keys created before `before_us`, in chunks so no statement runs long.
-    pub fn prune(&mut self, before_us: i64, chunk: i64) -> Result<usize, Failure> {
+    pub fn prune(&mut self, before_us: i64, limit: i64) -> Result<usize, Failure> {
         self.check_if_idle()?;
         let (client, statement) = (&self.client, self.statements.get(PRUNE_KEYS));
         let result = self.runtime.block_on(async {
-            let mut deleted = 0;
-            loop {
-                let n = match tokio::time::timeout(COMMIT_DEADLINE, client.execute(statement, &[&before_us, &chunk]))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
-                    Ok(Err(e)) => return Err(Failure::not_committed(&e, client)),
-                    Err(_) => {
-                        let message = "PostgreSQL did not answer in time".to_string();
-                        return Err(Failure { message, unknown: true, retryable: false, broken: true });
-                    }
-                };
-                deleted += n as usize;
-                if n < chunk as u64 {
-                    return Ok(deleted);
+            match tokio::time::timeout(COMMIT_DEADLINE, client.execute(statement, &[&before_us, &limit])).await {
+                Ok(Ok(n)) => Ok(n as usize),
+                Ok(Err(e)) => Err(Failure::not_committed(&e, client)),
+                Err(_) => {
+                    let message = "PostgreSQL did not answer in time".to_string();
+                    Err(Failure { message, unknown: true, retryable: false, broken: true })
                 }
             }
         });

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, params};
 
 mod read;
 mod schema;
@@ -194,8 +194,11 @@ impl Store for SqliteStore {
         self.read(|conn| read::export_page(conn, filter, after, up_to, limit))
     }
 
-    fn prune_idempotency(&self, before_us: i64) -> Result<usize, StoreError> {
-        lock(&self.writer).execute("DELETE FROM idempotency WHERE created_at_us < ?1", [before_us]).map_err(unavailable)
+    fn prune_idempotency(&self, before_us: i64, limit: usize) -> Result<usize, StoreError> {
+        let delete = "DELETE FROM idempotency WHERE rowid IN
+            (SELECT rowid FROM idempotency WHERE created_at_us < ?1 ORDER BY created_at_us LIMIT ?2)";
+        let conn = lock(&self.writer);
+        conn.prepare_cached(delete).and_then(|mut s| s.execute(params![before_us, limit as i64])).map_err(unavailable)
     }
 
     fn prune_rollups(&self, before_s: i64) -> Result<usize, StoreError> {
@@ -253,6 +256,7 @@ mod tests {
     use super::*;
     use crate::domain::{Buy, BuyRecord};
     use crate::request_time::TimestampSource;
+    use crate::store::IDEMPOTENCY_TTL_US;
     use crate::store::aggregate::US;
 
     fn record(timestamp_us: i64, quantity: i64) -> BuyRecord {
@@ -314,6 +318,26 @@ mod tests {
         let recent: Vec<i64> = stamps.iter().filter(|&&t| t >= now - 168 * 3600 * US).step_by(97).copied().collect();
         let cutoffs: Vec<i64> = recent.iter().flat_map(|&t| [t, t + 1]).chain([now - 90 * US - 3]).collect();
         crate::store::assert_pruning_changes_no_answer(&pruned, &kept, now, &cutoffs);
+    }
+
+    /// Expired keys are deleted a bounded slice per call, so a backlog (after a long outage)
+    /// never stalls a commit for long; unexpired keys stay.
+    #[test]
+    fn expired_keys_are_pruned_in_bounded_slices() {
+        let store = SqliteStore::open_memory().unwrap();
+        let now = 1_750_000_000 * US;
+        let keyed = |i: usize, at: i64| Write {
+            buys: vec![record(at, 1)],
+            idempotency: Some(crate::store::IdempotencyClaim { key: format!("k{i}"), fingerprint: [0; 32] }),
+        };
+        let old: Vec<Write> = (0..2_500).map(|i| keyed(i, now)).collect();
+        store.commit(&old, now).unwrap();
+        store.commit(&[keyed(9_999, now)], now + 2 * IDEMPOTENCY_TTL_US).unwrap();
+        let before = now + IDEMPOTENCY_TTL_US;
+        let slices: Vec<usize> = (0..4).map(|_| store.prune_idempotency(before, 1_000).unwrap()).collect();
+        assert_eq!(slices, vec![1_000, 1_000, 500, 0]);
+        let left: i64 = lock(&store.writer).query_row("SELECT count(*) FROM idempotency", [], |r| r.get(0)).unwrap();
+        assert_eq!(left, 1, "the unexpired key stays");
     }
 
     /// Totals and recent counts come from one snapshot: with every buy recent, `recent_buys`
