@@ -233,6 +233,27 @@ async fn batches_are_atomic_and_name_bad_items(kind: StoreKind) {
     assert_eq!(response.json::<Value>().await.unwrap()["buy_count"], 1003);
 }
 
+/// A 422 echoes a bounded part of each bad input: a 2 MiB batch whose every item misses three
+/// fields gets an answer smaller than itself (it was about 8 MiB, each error copying its item).
+async fn validation_errors_echo_bounded_inputs(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    let pad = "x".repeat(1_900);
+    let items: Vec<Value> = (0..1000).map(|_| json!({"user_id": "x", "pad": pad})).collect();
+    let body = json!({ "buys": items });
+    let sent = body.to_string().len();
+    assert!(sent < 2 * 1024 * 1024, "{sent}");
+    let response = app.post("/buys", &body).await;
+    assert_eq!(response.status(), 422);
+    let answer = response.bytes().await.unwrap();
+    assert!(answer.len() < sent, "{} bytes answered to {sent} sent", answer.len());
+    let detail: Value = serde_json::from_slice(&answer).unwrap();
+    let errors = detail["detail"].as_array().unwrap();
+    assert_eq!(errors.len(), 4000, "every problem is still named");
+    assert_eq!(errors[1]["loc"], json!(["body", "buys", 0, "promotion_id"]));
+    assert!(errors[1]["input"].as_str().unwrap().starts_with("<object of 2 fields"), "{}", errors[1]);
+    assert_eq!(errors[0]["input"], "x", "small inputs are echoed whole");
+}
+
 async fn idempotency_keys_replay_and_refuse_other_bodies(kind: StoreKind) {
     let app = TestApp::spawn(kind).await;
     let send =
@@ -397,6 +418,7 @@ on_every_store!(
     unknown_paths_and_methods_answer_json,
     request_ids_are_echoed_or_made,
     batches_are_atomic_and_name_bad_items,
+    validation_errors_echo_bounded_inputs,
     idempotency_keys_replay_and_refuse_other_bodies,
     concurrent_requests_with_one_key_record_once,
     concurrent_buys_get_gap_free_sequence_numbers,
