@@ -138,8 +138,14 @@ async fn rate_limit_answers_429_with_retry_after() {
     assert!((1..=2).contains(&retry), "{retry}");
     assert!(limited.json::<serde_json::Value>().await.unwrap()["detail"].is_string());
     assert_eq!(send("203.0.113.8").await.unwrap().status(), 200, "another client has its own bucket");
+    // An IPv6 client cannot get a fresh bucket by rotating through its /64.
+    for address in ["2001:db8:0:7::1", "2001:db8:0:7::2", "2001:db8:0:7:abcd::3"] {
+        assert_eq!(send(address).await.unwrap().status(), 200);
+    }
+    assert_eq!(send("2001:db8:0:7::4").await.unwrap().status(), 429, "the /64 shares one bucket");
+    assert_eq!(send("2001:db8:0:8::1").await.unwrap().status(), 200, "another /64 has its own");
     assert_eq!(app.get("/health").await.status(), 200);
-    assert_eq!(app.get_json("/stats?timeframe_hours=1").await["total_buys"], 4, "nothing recorded for the 429");
+    assert_eq!(app.get_json("/stats?timeframe_hours=1").await["total_buys"], 8, "nothing recorded for a 429");
 }
 
 /// Without a rate limit (the default), a burst is never refused.
