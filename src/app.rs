@@ -24,6 +24,7 @@ use crate::http::forgery::AllowedOrigins;
 use crate::http::rate_limit::{self, RateLimiter};
 use crate::http::reads::ReadSlots;
 use crate::http::{AppState, Shared, buy, events, export, health, metrics, middleware, pages, promotions, root, stats};
+use crate::server::Timeouts;
 use crate::writer::{Limits, Writer};
 
 /// A bound, ready-to-run service.
@@ -33,7 +34,7 @@ pub struct Application {
     writer: Writer,
     addr: SocketAddr,
     shutdown: tokio::sync::watch::Sender<bool>,
-    header_timeout: std::time::Duration,
+    timeouts: Timeouts,
     /// Writes are open to anyone who can reach the address (no write key, not loopback).
     open_to_anyone: bool,
 }
@@ -78,7 +79,11 @@ impl Application {
             writer,
             addr,
             shutdown,
-            header_timeout: config.header_timeout,
+            timeouts: Timeouts {
+                header: config.header_timeout,
+                idle: config.idle_timeout,
+                drain: config.shutdown_timeout,
+            },
             open_to_anyone,
         })
     }
@@ -105,7 +110,7 @@ impl Application {
             // End event streams, or graceful shutdown would wait for them forever.
             let _ = streams.send(true);
         };
-        let served = crate::server::serve(self.listener, self.router, self.header_timeout, signal).await;
+        let served = crate::server::serve(self.listener, self.router, self.timeouts, signal).await;
         self.writer.shutdown().await;
         tracing::info!("stopped; every acknowledged buy is committed");
         served

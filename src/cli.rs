@@ -2,6 +2,7 @@
 
 use std::num::NonZeroUsize;
 
+use axum::http::HeaderName;
 use clap::{CommandFactory, Parser, ValueEnum, error::ErrorKind};
 use ipnet::IpNet;
 
@@ -16,6 +17,7 @@ Examples:
   buy-tracker --database-url sqlite:/var/lib/buy-tracker/buys.db --n-workers 4
   buy-tracker --write-key s3cret --read-key dashboard-key
   buy-tracker --trusted-proxy 10.0.0.0/8 --trusted-proxy 2001:db8::/32
+  buy-tracker --trusted-proxy 10.0.0.5 --client-ip-header X-Real-IP   # behind one nginx
   BUY_TRACKER_PORT=9000 DATABASE_URL=memory: buy-tracker";
 
 /// How log lines are written.
@@ -67,6 +69,13 @@ pub struct Cli {
     #[arg(long = "trusted-proxy", env = "BUY_TRACKER_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
     pub trusted_proxies: Vec<IpNet>,
 
+    /// Behind a trusted proxy that sets exactly one header with the client's address, read the
+    /// client from that header alone (for a list, its rightmost address that is not a trusted
+    /// proxy) and ignore every other forwarding header, such as X-Real-IP behind nginx with
+    /// `proxy_set_header X-Real-IP $remote_addr` [default: the forwarding headers in turn].
+    #[arg(long, env = "BUY_TRACKER_CLIENT_IP_HEADER", value_parser = parse_header_name)]
+    pub client_ip_header: Option<HeaderName>,
+
     /// An origin whose browser pages may call the API, such as https://shop.example (repeatable;
     /// env: comma-separated; `*` for any) [default: none, same origin only].
     #[arg(long = "cors-origin", env = "BUY_TRACKER_CORS_ORIGINS", value_delimiter = ',')]
@@ -81,6 +90,17 @@ pub struct Cli {
     /// at least 1].
     #[arg(long, env = "BUY_TRACKER_RATE_LIMIT_BURST", requires = "rate_limit", value_parser = parse_rate)]
     pub rate_limit_burst: Option<f64>,
+
+    /// Seconds an idle keep-alive connection is kept open. Keep it above the idle timeout of the
+    /// load balancer in front (60 s on common ones), so that it closes idle connections first.
+    #[arg(long, env = "BUY_TRACKER_IDLE_TIMEOUT", default_value = "75", value_parser = parse_seconds)]
+    pub idle_timeout: std::time::Duration,
+
+    /// Seconds a shutdown (SIGTERM, SIGINT) waits for requests in progress before it closes their
+    /// connections; event streams and exports end at once. Keep it below the grace period of
+    /// your orchestrator (10 s by default on Kubernetes and ECS), which then kills the process.
+    #[arg(long, env = "BUY_TRACKER_SHUTDOWN_TIMEOUT", default_value = "8", value_parser = parse_seconds)]
+    pub shutdown_timeout: std::time::Duration,
 
     /// Log format [default: pretty with --dev, else json].
     #[arg(long, env = "BUY_TRACKER_LOG_FORMAT", value_enum)]
@@ -112,11 +132,28 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Per-client rate limit, if any.
     pub rate_limit: Option<crate::http::rate_limit::Rate>,
-    /// Time allowed for request headers and idle keep-alive connections (not a CLI option:
-    /// tests shorten it).
+    /// Time allowed for a request's head (not a CLI option: tests shorten it).
     pub header_timeout: std::time::Duration,
+    /// Time an idle keep-alive connection is kept.
+    pub idle_timeout: std::time::Duration,
+    /// Time a shutdown waits for requests in progress.
+    pub shutdown_timeout: std::time::Duration,
     /// Time allowed for a request body.
     pub body_timeout: std::time::Duration,
+}
+
+/// A header name, as `--client-ip-header` takes it.
+fn parse_header_name(s: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(s.trim().to_ascii_lowercase().as_bytes())
+        .map_err(|_| format!("'{s}' is not a header name (such as X-Real-IP)"))
+}
+
+/// A number of seconds (fractions allowed), at least a millisecond.
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.001..=86_400.0).contains(&v) => Ok(std::time::Duration::from_secs_f64(v)),
+        _ => Err(format!("'{s}' is not a number of seconds from 0.001 to 86400")),
+    }
 }
 
 /// A positive, finite number (rates and bursts).
@@ -143,11 +180,14 @@ impl Cli {
             (false, None) => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
         };
         let keys = |v: Vec<String>| v.into_iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
-        let trusted = if self.trusted_proxies.is_empty() {
+        let mut trusted = if self.trusted_proxies.is_empty() {
             TrustedProxies::default()
         } else {
             TrustedProxies::new(self.trusted_proxies)
         };
+        if let Some(header) = self.client_ip_header {
+            trusted = trusted.with_only_header(header);
+        }
         Ok(Config {
             host: self.host,
             port: self.port,
@@ -164,6 +204,8 @@ impl Cli {
                 burst: self.rate_limit_burst.unwrap_or((2.0 * per_second).max(1.0)),
             }),
             header_timeout: crate::server::HEADER_READ_TIMEOUT,
+            idle_timeout: self.idle_timeout,
+            shutdown_timeout: self.shutdown_timeout,
             body_timeout: crate::server::BODY_READ_TIMEOUT,
         })
     }
@@ -185,6 +227,8 @@ impl Config {
             log_format: LogFormat::Json,
             rate_limit: None,
             header_timeout: crate::server::HEADER_READ_TIMEOUT,
+            idle_timeout: crate::server::IDLE_TIMEOUT,
+            shutdown_timeout: crate::server::DRAIN_TIMEOUT,
             body_timeout: crate::server::BODY_READ_TIMEOUT,
         }
     }
@@ -227,6 +271,9 @@ mod tests {
             (&["--trusted-proxy", "10.0.0.0/33"][..], "--trusted-proxy"),
             (&["--n-workers", "0"][..], "--n-workers"),
             (&["--rate-limit", "0"][..], "--rate-limit"),
+            (&["--client-ip-header", "bad header"][..], "--client-ip-header"),
+            (&["--idle-timeout", "0"][..], "--idle-timeout"),
+            (&["--shutdown-timeout", "x"][..], "--shutdown-timeout"),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.to_string().contains(option), "{e}");

@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 
 /// Single-address headers consulted after `Forwarded` and `X-Forwarded-For`,
@@ -39,6 +39,9 @@ const DEFAULT_RANGES: [&str; 8] = [
 #[derive(Debug, Clone)]
 pub struct TrustedProxies {
     nets: Vec<IpNet>,
+    /// `--client-ip-header`: the one header the trusted proxy sets; every other forwarding
+    /// header is then ignored.
+    only_header: Option<HeaderName>,
 }
 
 impl TrustedProxies {
@@ -46,7 +49,16 @@ impl TrustedProxies {
     /// `--trusted-proxy` options). An empty list trusts nobody, which makes
     /// every forwarding header ignored.
     pub fn new(nets: Vec<IpNet>) -> Self {
-        Self { nets }
+        Self { nets, only_header: None }
+    }
+
+    /// Read the client from `header` alone (`--client-ip-header`): the trusted proxy sets exactly
+    /// that one, so a client's own copies of the others can never be believed, whatever the
+    /// proxy forgets to clear. A list (`X-Forwarded-For`, or `Forwarded`'s `for=`) yields its
+    /// rightmost address that is not a trusted proxy.
+    pub fn with_only_header(mut self, header: HeaderName) -> Self {
+        self.only_header = Some(header);
+        self
     }
 
     /// The default trusted ranges: loopback (`127.0.0.0/8`, `::1/128`),
@@ -177,6 +189,9 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) ->
     if !trusted.contains(peer) {
         return peer;
     }
+    if let Some(header) = &trusted.only_header {
+        return from_only_header(headers, header, trusted).unwrap_or(peer);
+    }
     from_forwarded(headers, trusted)
         .or_else(|| from_x_forwarded_for(headers, trusted))
         .or_else(|| from_single_address_headers(headers))
@@ -188,6 +203,17 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) ->
 /// salvage parts of them would only invite misparsing.
 fn utf8_values<'a>(headers: &'a HeaderMap, name: &str) -> impl Iterator<Item = &'a str> {
     headers.get_all(name).iter().filter_map(|value| std::str::from_utf8(value.as_bytes()).ok())
+}
+
+/// The client from `header` alone: `Forwarded` is read as such; any other header as a
+/// comma-separated list of addresses (a single address being a list of one).
+fn from_only_header(headers: &HeaderMap, header: &HeaderName, trusted: &TrustedProxies) -> Option<IpAddr> {
+    if header == "forwarded" {
+        return from_forwarded(headers, trusted);
+    }
+    let hops: Vec<IpAddr> =
+        utf8_values(headers, header.as_str()).flat_map(|line| line.split(',')).filter_map(parse_ip_token).collect();
+    trusted.pick_from_hops(&hops)
 }
 
 /// RFC 7239 `Forwarded`: every element (across all header lines, in order) is
@@ -326,6 +352,34 @@ mod tests {
             ("true-client-ip", "198.51.100.5"),
             ("x-client-ip", "198.51.100.6"),
         ]
+    }
+
+    // --- --client-ip-header ---
+
+    fn resolve_only(peer: &str, header: &str, pairs: &[(&str, &str)]) -> IpAddr {
+        let trusted = TrustedProxies::default().with_only_header(HeaderName::from_bytes(header.as_bytes()).unwrap());
+        client_ip(ip(peer), &headers(pairs), &trusted)
+    }
+
+    #[test]
+    fn only_header_ignores_every_other_forwarding_header() {
+        // A client's own Forwarded (read first by default) is ignored behind a proxy that sets
+        // only X-Real-IP.
+        assert_eq!(resolve_only(TRUSTED_PEER, "x-real-ip", &every_header()), ip("198.51.100.3"));
+        assert_eq!(resolve(TRUSTED_PEER, &every_header()), ip("198.51.100.1"), "the default reads Forwarded first");
+        // Without that header, the peer is the client: no other header is believed.
+        let without: Vec<_> = every_header().into_iter().filter(|(name, _)| *name != "x-real-ip").collect();
+        assert_eq!(resolve_only(TRUSTED_PEER, "x-real-ip", &without), ip(TRUSTED_PEER));
+        assert_eq!(resolve_only(UNTRUSTED_PEER, "x-real-ip", &every_header()), ip(UNTRUSTED_PEER));
+    }
+
+    #[test]
+    fn only_header_lists_yield_the_rightmost_untrusted_address() {
+        let pairs = [("x-forwarded-for", "192.0.2.66, 198.51.100.2, 10.0.0.7"), ("forwarded", "for=192.0.2.1")];
+        assert_eq!(resolve_only(TRUSTED_PEER, "x-forwarded-for", &pairs), ip("198.51.100.2"));
+        let pairs = [("forwarded", "for=192.0.2.66, for=\"[2001:db8::1]:4711\""), ("x-forwarded-for", "192.0.2.1")];
+        assert_eq!(resolve_only(TRUSTED_PEER, "forwarded", &pairs), ip("2001:db8::1"));
+        assert_eq!(resolve_only(TRUSTED_PEER, "x-client", &[("x-client", "garbage")]), ip(TRUSTED_PEER));
     }
 
     // --- TrustedProxies ---

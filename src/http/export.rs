@@ -3,7 +3,8 @@
 //! A blocking task pages through the store by sequence number and hands formatted chunks to the
 //! response through a small bounded channel, so memory stays flat however many rows there are.
 //! A client that goes away stops the task at once; one that stops reading, after
-//! [`STALL_TIMEOUT`].
+//! [`STALL_TIMEOUT`]; a shutdown, at the next chunk (the export is then cut off, so that it does
+//! not hold the drain open).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -135,9 +136,17 @@ pub async fn export(State(state): State<AppState>, RawQuery(query): RawQuery) ->
     let complete = Arc::new(AtomicBool::new(false));
     let store = state.store.clone();
     let runtime = tokio::runtime::Handle::current();
-    // A chunk handed to the response, or false when the client went away or stopped reading.
-    let send = move |chunk| {
-        runtime.block_on(tokio::time::timeout(STALL_TIMEOUT, tx.send(chunk))).is_ok_and(|sent| sent.is_ok())
+    let mut shutdown = state.shutdown.clone();
+    let stopping = state.shutdown.clone();
+    // A chunk handed to the response, or false when the client went away or stopped reading, or
+    // the service is shutting down (an export would otherwise hold the drain open to its end).
+    let mut send = move |chunk| {
+        runtime.block_on(async {
+            tokio::select! {
+                sent = tokio::time::timeout(STALL_TIMEOUT, tx.send(chunk)) => sent.is_ok_and(|sent| sent.is_ok()),
+                _ = shutdown.wait_for(|stopping| *stopping) => false,
+            }
+        })
     };
     let completed = complete.clone();
     tokio::task::spawn_blocking(move || {
@@ -150,6 +159,10 @@ pub async fn export(State(state): State<AppState>, RawQuery(query): RawQuery) ->
             out.push('\n');
         }
         loop {
+            if *stopping.borrow() {
+                tracing::info!("shutting down; cutting the export off");
+                return;
+            }
             let to = (after + PAGE).min(up_to);
             if to > after {
                 match store.export_page(&filter, after, to, PAGE as usize) {
@@ -164,7 +177,7 @@ pub async fn export(State(state): State<AppState>, RawQuery(query): RawQuery) ->
             let done = after >= up_to;
             // Filtered pages can be small or empty: send when there is a chunk's worth, or at the end.
             if (out.len() >= CHUNK_BYTES || done) && !out.is_empty() && !send(Bytes::from(std::mem::take(&mut out))) {
-                tracing::info!("export client gone or not reading; cutting the response off");
+                tracing::info!("export client gone, not reading, or shutting down; cutting the response off");
                 return;
             }
             if done {

@@ -12,8 +12,61 @@ async fn app_with_short_timeouts() -> TestApp {
     TestApp::spawn_with(StoreKind::Memory, |c| {
         c.header_timeout = Duration::from_secs(1);
         c.body_timeout = Duration::from_secs(1);
+        c.idle_timeout = Duration::from_secs(3);
     })
     .await
+}
+
+/// Sends one `GET /health` on `stream` and reads its whole answer (a `Content-Length` body).
+async fn health_on(stream: &mut TcpStream) -> String {
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("}") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the connection was closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A keep-alive connection idle between requests is kept for the idle timeout (3 s here), well
+/// past the header timeout (1 s), then closed: a load balancer that reuses its idle connections
+/// for up to 60 s never sends on one being closed. (It was closed after the header timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_outlast_the_header_timeout() {
+    let app = app_with_short_timeouts().await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    assert!(health_on(&mut stream).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert!(health_on(&mut stream).await.starts_with("HTTP/1.1 200"), "still open after 2 s idle");
+    // A head begun after the idle time is still held to the header timeout.
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    assert!(read_until_closed(&mut stream, Duration::from_secs(10)).await.is_some());
+    assert!(started.elapsed() < Duration::from_millis(2_500), "closed after {:?}", started.elapsed());
+    // And an idle connection is closed once the idle timeout has passed.
+    let mut idle = TcpStream::connect(app.addr).await.unwrap();
+    assert!(health_on(&mut idle).await.starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    assert!(read_until_closed(&mut idle, Duration::from_secs(10)).await.is_some());
+    assert!(started.elapsed() >= Duration::from_millis(2_500), "closed after {:?}", started.elapsed());
+}
+
+/// A shutdown waits for requests in progress at most the shutdown timeout: a body that never
+/// arrives (it would hold the drain for the 15 s body timeout) does not outlast it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_at_most_the_drain_timeout() {
+    let app = TestApp::spawn_with(StoreKind::Memory, |c| c.shutdown_timeout = Duration::from_secs(1)).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"POST /buy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), app.stop()).await.expect("the shutdown ends");
+    assert!(started.elapsed() < Duration::from_secs(4), "shutdown took {:?}", started.elapsed());
 }
 
 /// Reads until the server closes the connection (or `limit` passes); returns what was read.
@@ -181,6 +234,21 @@ async fn stalled_export(app: &TestApp) -> TcpStream {
     let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut head)).await.unwrap().unwrap();
     assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
     stream
+}
+
+/// A shutdown ends exports at once, even those whose clients stopped reading (each would hold
+/// the drain for the 30 s stall timeout), well within a long shutdown timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_exports() {
+    let app = TestApp::spawn_with(StoreKind::Memory, |c| c.shutdown_timeout = Duration::from_secs(25)).await;
+    for batch in 0..150 {
+        let buys: Vec<_> = (0..1000).map(|i| buy(batch * 1000 + i, i % 50, i % 500, 1)).collect();
+        assert_eq!(app.post("/buys", &serde_json::json!({ "buys": buys })).await.status(), 200);
+    }
+    let _stalled = [stalled_export(&app).await, stalled_export(&app).await];
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(40), app.stop()).await.expect("the shutdown ends");
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
 }
 
 /// Exports of promotion 7 until one answers 200 (within 10 s); checks it is complete.

@@ -167,13 +167,13 @@ impl PostgresStore {
         // `open` may be called on an async worker, where the blocking client must not run.
         let writer = std::thread::scope(|scope| {
             scope
-                .spawn(|| -> Result<WriterConn, StoreError> {
+                .spawn(|| -> Result<WriterConn, String> {
                     // Migrations get a connection of their own, closed afterwards, so that their
                     // session settings (a longer statement timeout) end with it.
-                    let mut migrator = store.read_config.connect(NoTls).map_err(|e| unavailable(&e))?;
-                    schema::migrate(&mut migrator).map_err(StoreError::unavailable)?;
+                    let mut migrator = store.read_config.connect(NoTls).map_err(|e| describe(&e))?;
+                    schema::migrate(&mut migrator)?;
                     drop(migrator);
-                    store.connect_writer().map_err(StoreError::unavailable)
+                    store.connect_writer()
                 })
                 .join()
         })
