@@ -16,5 +16,6 @@ mod durability;
 mod limits;
 mod pg_outage;
 mod properties;
+mod proxy;
 mod replicas;
 mod schemathesis;
