@@ -1,10 +1,16 @@
-"""Locust load test with the original service's traffic mix, for people used to its reports.
+"""Locust load test with the original service's traffic mix and pacing, for people used to its
+reports.
 
-    locust -f bench/locustfile.py --host http://127.0.0.1:8080 --headless -u 300 -r 50 -t 60s
+    locust -f bench/locustfile.py --host http://127.0.0.1:8080 --headless -u 3000 -r 100 -t 90s
 
-Users (weights as in the original): customers buying every 2-8 s (with `x-client-time`, and now and
-then a high-value buy with `x-timestamp`), admins reading stats over 0.1 to 168 hours and the
-service pages, and flash-sale bursts of 3-6 buys in a row stamped with `x-request-start` in ms.
+User classes and weights follow the original's locustfile: customers buying every 2-8 s (with
+`x-client-time`, and now and then a high-value buy with `x-timestamp`), light customers every
+5-12 s, heavy ones every 0.5-3 s, flash-sale bursts of 3-6 buys stamped with `x-request-start`
+in ms, and admins every 5-15 s reading stats over 0.1 to 168 hours, health and the service pages.
+The slow users keep their keep-alive connections idle for up to 15 s between requests, which is
+what exposes a server that closes idle connections too early (see --idle-timeout).
+
+Every failure counts: a non-2xx answer or a connection error.
 """
 import random
 import time
@@ -17,11 +23,11 @@ def iso_now():
     return datetime.now(timezone.utc).isoformat()
 
 
-def buy_body(price=None):
+def buy_body(promotions=10, price=None):
     body = {
-        "user_id": random.randint(1, 1_000_000),
-        "promotion_id": random.randint(1, 50),
-        "product_id": random.randint(1, 500),
+        "user_id": random.randint(1_000, 50_000),
+        "promotion_id": random.randint(1, promotions),
+        "product_id": random.randint(100, 999),
         "product_quantity": random.randint(1, 5),
     }
     if price is not None:
@@ -33,48 +39,75 @@ class Customer(HttpUser):
     weight = 20
     wait_time = between(2, 8)
 
+    def on_start(self):
+        self.client.get("/health")
+
     @task(10)
     def buy(self):
-        self.client.post("/buy", json=buy_body(), headers={"x-client-time": iso_now()}, name="/buy")
+        body = buy_body(price=random.choice([999, 1999, 4999, 9999, 19999]))
+        self.client.post("/buy", json=body, headers={"x-client-time": str(int(time.time()))}, name="/buy")
 
-    @task(1)
+    @task(2)
     def high_value_buy(self):
-        body = buy_body(price=random.randint(50_000, 500_000))
+        body = buy_body(promotions=5, price=random.randint(99_999, 499_999))
         self.client.post("/buy", json=body, headers={"x-timestamp": iso_now()}, name="/buy")
 
 
-class Admin(HttpUser):
-    weight = 1
-    wait_time = between(2, 8)
+class LightCustomer(Customer):
+    weight = 5
+    wait_time = between(5, 12)
 
-    @task(5)
-    def stats(self):
-        hours = random.choice([0.1, 1, 6, 24, 168])
-        self.client.get(f"/stats?timeframe_hours={hours}", name="/stats")
 
-    @task(2)
-    def health(self):
-        self.client.get("/health")
-
-    @task(1)
-    def root(self):
-        self.client.get("/")
-
-    @task(1)
-    def docs(self):
-        self.client.get("/docs/", name="/docs")
-
-    @task(1)
-    def redoc(self):
-        self.client.get("/redoc")
+class HeavyCustomer(Customer):
+    weight = 15
+    wait_time = between(0.5, 3)
 
 
 class FlashSale(HttpUser):
     weight = 2
-    wait_time = between(2, 8)
+    wait_time = between(0.1, 1)
 
     @task
     def burst(self):
+        promotion = random.randint(1, 3)
         for _ in range(random.randint(3, 6)):
+            body = buy_body()
+            body["promotion_id"] = promotion
             start_ms = int(time.time() * 1000)
-            self.client.post("/buy", json=buy_body(), headers={"x-request-start": f"t={start_ms}"}, name="/buy")
+            self.client.post("/buy", json=body, headers={"x-request-start": str(start_ms)}, name="/buy")
+            time.sleep(0.05)
+
+
+class Admin(HttpUser):
+    weight = 1
+    wait_time = between(5, 15)
+
+    def on_start(self):
+        self.client.get("/health")
+
+    @task(5)
+    def stats_over_every_window(self):
+        for hours in [0.1, 1, 6, 24, 168]:
+            self.client.get(f"/stats?timeframe_hours={hours}", name="/stats")
+            time.sleep(0.3)
+
+    @task(4)
+    def health(self):
+        self.client.get("/health")
+
+    @task(3)
+    def recent_stats(self):
+        for hours in [0.1, 0.5, 1, 2]:
+            self.client.get(f"/stats?timeframe_hours={hours}", name="/stats")
+            time.sleep(0.2)
+
+    @task(2)
+    def pages(self):
+        for page in ["/", "/docs", "/redoc"]:
+            self.client.get(page)
+            time.sleep(0.5)
+
+    @task(1)
+    def promotions(self):
+        self.client.get("/promotions?limit=10", name="/promotions")
+        self.client.get(f"/promotions/{random.randint(1, 10)}/stats?timeframe_hours=24", name="/promotions/{id}/stats")
