@@ -3,10 +3,11 @@
 use std::num::NonZeroUsize;
 
 use axum::http::HeaderName;
-use clap::{CommandFactory, Parser, ValueEnum, error::ErrorKind};
+use clap::{CommandFactory, Parser, error::ErrorKind};
 use ipnet::IpNet;
 
 use crate::client_ip::{TrustedProxies, parse_cidr};
+use crate::telemetry::LogFormat;
 use crate::store::StoreUrl;
 
 const EXAMPLES: &str = "\
@@ -19,15 +20,6 @@ Examples:
   buy-tracker --trusted-proxy 10.0.0.0/8 --trusted-proxy 2001:db8::/32
   buy-tracker --trusted-proxy 10.0.0.5 --client-ip-header X-Real-IP   # behind one nginx
   BUY_TRACKER_PORT=9000 DATABASE_URL=memory: buy-tracker";
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable, coloured lines.
-    Pretty,
-    /// One JSON object per line (for log collectors).
-    Json,
-}
 
 /// buy-tracker records purchases on e-commerce promotion pages and serves live analytics on them.
 #[derive(Debug, Clone, Parser)]

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::error::FieldError;
+use crate::field_error::FieldError;
 use crate::request_time::TimestampSource;
 
 /// Largest `product_quantity` accepted (SPEC §2).

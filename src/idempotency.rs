@@ -12,7 +12,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::domain::Buy;
-use crate::error::{ApiError, FieldError};
+use crate::field_error::FieldError;
+use crate::http::error::ApiError;
 use crate::lock::lock;
 use crate::store::IdempotencyClaim;
 

@@ -14,7 +14,7 @@ pub mod cli;
 pub mod client_ip;
 pub mod clock;
 pub mod domain;
-pub mod error;
+pub mod field_error;
 pub mod http;
 pub mod idempotency;
 pub mod lock;

@@ -3,7 +3,15 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured lines.
+    Pretty,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
 
 /// Install the global subscriber. Logs go to standard output.
 pub fn init(format: LogFormat, dev: bool) {
@@ -15,4 +23,16 @@ pub fn init(format: LogFormat, dev: bool) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+}
+
+/// An error and its sources, joined for one log line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }

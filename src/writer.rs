@@ -250,7 +250,7 @@ fn commit(store: &dyn Store, clock: &dyn Clock, jobs: Vec<Job>, buys: usize, bat
             }
         }
         Err(e) => {
-            let error = crate::error::error_chain(&e);
+            let error = crate::telemetry::error_chain(&e);
             tracing::error!(batch, %error, writes = writes.len(), buys, "commit failed; nothing in this batch was recorded");
             for (reply, _room) in replies {
                 let _ = reply.send(Err((batch, e.clone())));
@@ -264,11 +264,11 @@ fn commit(store: &dyn Store, clock: &dyn Clock, jobs: Vec<Job>, buys: usize, bat
 /// them is always found: they are worked off a call a minute.
 fn prune(store: &dyn Store, now_us: i64) -> bool {
     let keys = store.prune_idempotency(now_us - IDEMPOTENCY_TTL_US, PRUNE_KEYS).unwrap_or_else(|e| {
-        tracing::warn!(error = %crate::error::error_chain(&e), "pruning expired idempotency keys failed");
+        tracing::warn!(error = %crate::telemetry::error_chain(&e), "pruning expired idempotency keys failed");
         0
     });
     if let Err(e) = store.prune_rollups(now_us.div_euclid(1_000_000) - ROLLUP_KEEP_S) {
-        tracing::warn!(error = %crate::error::error_chain(&e), "pruning old second and minute rollups failed");
+        tracing::warn!(error = %crate::telemetry::error_chain(&e), "pruning old second and minute rollups failed");
     }
     keys == PRUNE_KEYS
 }

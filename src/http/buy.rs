@@ -15,7 +15,7 @@ use super::forgery::{self, Bodies};
 use super::{AppState, body_bytes, headers_and_body, json_body};
 use crate::client_ip::client_ip;
 use crate::domain::{Buy, BuyRecord, parse_batch};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::idempotency;
 use crate::request_time;
 use crate::store::{Write, WriteOutcome};
@@ -101,7 +101,7 @@ pub struct BatchResponse {
         (status = 408, description = "Body not complete within the body timeout (15 s)"),
         (status = 413, description = "Body over 16 KiB"),
         (status = 415, description = "Content-Type is present and is neither application/json nor …+json"),
-        (status = 422, description = "Invalid body or header", body = crate::http::docs::ValidationErrors),
+        (status = 422, description = "Invalid body or header", body = crate::http::error::ValidationErrors),
         (status = 503, description = "The store is unavailable or the write queue is full: not acknowledged. Usually nothing was recorded; when the store did not confirm the commit in time it may have been, so retry with an Idempotency-Key"),
     )
 )]
@@ -135,7 +135,7 @@ pub async fn record_buy(
         (status = 408, description = "Body not complete within the body timeout (15 s)"),
         (status = 413, description = "Body over 2 MiB"),
         (status = 415, description = "Content-Type is present and is neither application/json nor …+json"),
-        (status = 422, description = "Some items invalid (each named by index); nothing recorded", body = crate::http::docs::ValidationErrors),
+        (status = 422, description = "Some items invalid (each named by index); nothing recorded", body = crate::http::error::ValidationErrors),
         (status = 503, description = "The store is unavailable: not acknowledged (as for POST /buy)"),
     )
 )]

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::AppState;
 use super::query::Timeframe;
 use super::stats::StatsResponse;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::lock::lock;
 
 /// How often the shared snapshot is taken while any stream is open.

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::query::Params;
 use crate::clock::format_micros;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::store::{ExportFilter, ExportRow};
 
 /// Exports streamed at once. Each keeps a thread formatting rows, a reader connection in turns
@@ -105,7 +105,7 @@ impl Format {
             (String = "application/x-ndjson"),
         )),
         (status = 401, description = "Read keys are set and none was sent"),
-        (status = 422, description = "A parameter is invalid", body = crate::http::docs::ValidationErrors),
+        (status = 422, description = "A parameter is invalid", body = crate::http::error::ValidationErrors),
         (status = 503, description = "The store is unavailable, or 4 exports are already streaming (the most at once; the request waits up to 0.5 s for one to finish, then gets `Retry-After: 1`)"),
     )
 )]

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderValue, header};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// The origins `--cors-origin` allows, shared by every write.
 #[derive(Debug, Clone, Default)]

@@ -38,7 +38,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
             Ok(()) => None,
             // A fixed sentence: the cause may hold driver text.
             Err(e) => {
-                tracing::warn!(cause = %crate::error::error_chain(&e), "health check: the store does not answer");
+                tracing::warn!(cause = %crate::telemetry::error_chain(&e), "health check: the store does not answer");
                 Some(e.unavailable_sentence().to_string())
             }
         }

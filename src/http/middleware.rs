@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use tracing::Instrument;
 
-use crate::error::{InternalFailure, internal_error_body};
+use crate::http::error::{InternalFailure, internal_error_body};
 
 /// The header carrying the request id, both ways.
 pub const REQUEST_ID: &str = "x-request-id";

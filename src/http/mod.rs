@@ -1,16 +1,17 @@
 //! The HTTP layer: one module per resource, plus the state and helpers they share.
 //! Handlers parse requests into domain types, call the writer or the store, and shape responses;
-//! every failure goes through [`crate::error::ApiError`].
+//! every failure goes through [`error::ApiError`].
 
 pub mod access;
 pub mod buy;
-pub mod docs;
+pub mod error;
 pub mod events;
 pub mod export;
 pub mod forgery;
 pub mod health;
 pub mod metrics;
 pub mod middleware;
+pub mod openapi;
 pub mod pages;
 pub mod promotions;
 pub mod query;
@@ -29,7 +30,8 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use crate::clock::Clock;
-use crate::error::{ApiError, FieldError};
+use crate::field_error::FieldError;
+use crate::http::error::ApiError;
 use crate::idempotency::InFlight;
 use crate::store::{Store, StoreError};
 use crate::writer::WriterHandle;

@@ -12,7 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use utoipa_swagger_ui::Config;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// Where Swagger UI finds the document.
 const OPENAPI_PATH: &str = "/openapi.json";
@@ -52,7 +52,7 @@ fn swagger_file(name: &str) -> Result<utoipa_swagger_ui::SwaggerFile<'static>, A
 pub async fn openapi_document() -> Response {
     static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
         use utoipa::OpenApi;
-        crate::http::docs::ApiDoc::openapi().to_json().unwrap_or_default()
+        crate::http::openapi::ApiDoc::openapi().to_json().unwrap_or_default()
     });
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], DOCUMENT.as_str()).into_response()
 }

@@ -9,7 +9,8 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::query::Params;
 use crate::clock::format_micros;
-use crate::error::{ApiError, FieldError};
+use crate::field_error::FieldError;
+use crate::http::error::ApiError;
 
 /// One promotion in the ranking.
 #[derive(Serialize, ToSchema)]
@@ -72,7 +73,7 @@ pub struct PromotionStatsResponse {
     responses(
         (status = 200, description = "One page of the ranking", body = PromotionList),
         (status = 401, description = "Read keys are set and none was sent"),
-        (status = 422, description = "A parameter is invalid", body = crate::http::docs::ValidationErrors),
+        (status = 422, description = "A parameter is invalid", body = crate::http::error::ValidationErrors),
         (status = 503, description = "The store is unavailable"),
     )
 )]
@@ -106,7 +107,7 @@ pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> R
     responses(
         (status = 200, description = "The promotion's numbers (zeros, nulls and an empty list without buys)", body = PromotionStatsResponse),
         (status = 401, description = "Read keys are set and none was sent"),
-        (status = 422, description = "promotion_id is not an integer, or timeframe_hours is invalid", body = crate::http::docs::ValidationErrors),
+        (status = 422, description = "promotion_id is not an integer, or timeframe_hours is invalid", body = crate::http::error::ValidationErrors),
         (status = 503, description = "The store is unavailable"),
     )
 )]

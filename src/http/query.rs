@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use crate::error::{ApiError, FieldError};
+use crate::field_error::FieldError;
+use crate::http::error::ApiError;
 
 /// Smallest and largest `timeframe_hours` (SPEC §2).
 pub const TIMEFRAME_MIN: f64 = 0.1;

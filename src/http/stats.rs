@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use super::AppState;
 use super::query::{Params, Timeframe};
 use crate::clock::{format_micros, format_time};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::store::Counts;
 
 /// Service statistics.
@@ -58,7 +58,7 @@ pub fn format_uptime(seconds: f64) -> String {
     responses(
         (status = 200, description = "Counts include every buy acknowledged before this request", body = StatsResponse),
         (status = 401, description = "Read keys are set and none was sent"),
-        (status = 422, description = "timeframe_hours missing its bounds or not a number", body = crate::http::docs::ValidationErrors),
+        (status = 422, description = "timeframe_hours missing its bounds or not a number", body = crate::http::error::ValidationErrors),
         (status = 503, description = "The store is unavailable"),
     )
 )]
@@ -127,7 +127,7 @@ pub struct Timeseries {
     responses(
         (status = 200, description = "Every bucket of the window, oldest first, zeros included", body = Timeseries),
         (status = 401, description = "Read keys are set and none was sent"),
-        (status = 422, description = "A parameter is invalid", body = crate::http::docs::ValidationErrors),
+        (status = 422, description = "A parameter is invalid", body = crate::http::error::ValidationErrors),
         (status = 503, description = "The store is unavailable"),
     )
 )]

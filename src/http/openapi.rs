@@ -1,56 +1,9 @@
-//! The OpenAPI document, generated from the handlers' annotations (served by [`super::pages`]).
+//! The OpenAPI document, generated from the handlers' annotations (served at `/openapi.json`).
 
-use serde::Serialize;
-use utoipa::openapi::schema::{ArrayBuilder, Object, OneOfBuilder, SchemaType, Type};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::OpenApi;
 
-use crate::error::FieldError;
+use crate::http::error::{ValidationError, ValidationErrors};
 use crate::http::{buy, events, export, health, metrics, promotions, root, stats};
-
-/// A 422 answer: one entry per problem, in the original (FastAPI) shape.
-#[derive(Serialize, ToSchema)]
-pub struct ValidationErrors {
-    detail: Vec<ValidationError>,
-}
-
-/// One problem with one input.
-#[derive(Serialize, ToSchema)]
-pub struct ValidationError {
-    /// Machine-readable kind: `missing`, `int_type`, `greater_than_equal`, `json_invalid`, ...
-    #[serde(rename = "type")]
-    kind: String,
-    /// Location: `["body", "product_quantity"]`, `["body", "buys", 3, "user_id"]`, `["query", "timeframe_hours"]`.
-    #[schema(schema_with = loc_schema)]
-    loc: Vec<serde_json::Value>,
-    /// Human-readable message.
-    msg: String,
-    /// The offending input (any JSON value).
-    #[schema(schema_with = any_value)]
-    input: serde_json::Value,
-    /// Context such as the violated bound.
-    #[schema(schema_with = any_object)]
-    ctx: Option<serde_json::Value>,
-}
-
-/// `loc` items are field names and list indices.
-fn loc_schema() -> ArrayBuilder {
-    ArrayBuilder::new()
-        .items(OneOfBuilder::new().item(Object::with_type(Type::String)).item(Object::with_type(Type::Integer)))
-}
-
-fn any_value() -> Object {
-    Object::with_type(SchemaType::AnyValue)
-}
-
-fn any_object() -> Object {
-    Object::with_type(Type::Object)
-}
-
-// Keeps the documented shape tied to the real one: this fails to compile if fields drift.
-#[allow(dead_code)]
-fn _same_shape(e: FieldError) -> ValidationError {
-    ValidationError { kind: e.kind.into(), loc: e.loc, msg: e.msg, input: e.input, ctx: e.ctx.map(|c| *c) }
-}
 
 /// The API description.
 #[derive(OpenApi)]
