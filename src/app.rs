@@ -23,7 +23,8 @@ use crate::http::buy::{BATCH_BODY_LIMIT, BUY_BODY_LIMIT};
 use crate::http::forgery::AllowedOrigins;
 use crate::http::rate_limit::{self, RateLimiter};
 use crate::http::reads::ReadSlots;
-use crate::http::{AppState, Shared, buy, events, export, health, metrics, middleware, pages, promotions, root, stats};
+use crate::http::state::{AppState, Shared};
+use crate::http::{buy, events, export, health, metrics, middleware, pages, promotions, root, stats};
 use crate::server::Timeouts;
 use crate::writer::{Limits, Writer};
 

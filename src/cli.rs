@@ -7,8 +7,8 @@ use clap::{CommandFactory, Parser, error::ErrorKind};
 use ipnet::IpNet;
 
 use crate::client_ip::{TrustedProxies, parse_cidr};
-use crate::telemetry::LogFormat;
 use crate::store::StoreUrl;
+use crate::telemetry::LogFormat;
 
 const EXAMPLES: &str = "\
 Examples:

@@ -12,7 +12,6 @@ pub enum LogFormat {
     Json,
 }
 
-
 /// Install the global subscriber. Logs go to standard output.
 pub fn init(format: LogFormat, dev: bool) {
     // tokio_postgres logs query parameters (client IPs among them) at debug: keep it at info.

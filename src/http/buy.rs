@@ -11,8 +11,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::body::{body_bytes, headers_and_body, json_body};
 use super::forgery::{self, Bodies};
-use super::{AppState, body_bytes, headers_and_body, json_body};
+use super::state::AppState;
 use crate::client_ip::client_ip;
 use crate::domain::{Buy, BuyRecord, parse_batch};
 use crate::http::error::ApiError;

@@ -1,15 +1,11 @@
-//! `GET /events` (SPEC §5): Server-Sent Events, a stats snapshot every second.
+//! `GET /events` (`docs/reference.md` §5): Server-Sent Events, a stats snapshot every second.
 //!
 //! A stream's first event is computed for it, so it includes every buy acknowledged before the
-//! request. After that, all streams of the process share one snapshot a second ([`LiveStats`]):
-//! open dashboards then cost the store one read a second, however many there are. Measured on
-//! PostgreSQL before sharing, each stream read on its own: 2,000 streams took 0.75 of the 2
-//! cores, and at 5,000 the events fell to one every two seconds. When a client disconnects axum
-//! drops its stream; streams end when the service shuts down, so they never hold a graceful
-//! shutdown open.
+//! request. After that, all streams of the process share one snapshot a second
+//! ([`LiveStats`](crate::http::live::LiveStats)). When a client disconnects axum drops its
+//! stream; streams end when the service shuts down, so they never hold a graceful shutdown open.
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -18,95 +14,13 @@ use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::StreamExt;
 use serde::Serialize;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::AppState;
+use super::live::Payload;
 use super::query::Timeframe;
+use super::state::AppState;
 use super::stats::StatsResponse;
 use crate::http::error::ApiError;
-use crate::lock::lock;
-
-/// How often the shared snapshot is taken while any stream is open.
-const PERIOD: Duration = Duration::from_secs(1);
-
-/// One event's content: a `stats` snapshot as JSON, or an `error` with its detail.
-type Payload = Result<String, String>;
-
-/// A shared snapshot and when its reads began.
-struct Snapshot {
-    taken: Instant,
-    payload: Payload,
-}
-
-/// The snapshot shared by every open stream, taken by one task while anyone listens.
-pub struct LiveStats {
-    latest: watch::Sender<Arc<Snapshot>>,
-    /// Whether the task taking snapshots runs; it stops when the last stream has gone.
-    running: Mutex<bool>,
-}
-
-impl Default for LiveStats {
-    fn default() -> Self {
-        let empty = Snapshot { taken: Instant::now(), payload: Err(String::new()) };
-        LiveStats { latest: watch::Sender::new(Arc::new(empty)), running: Mutex::new(false) }
-    }
-}
-
-impl LiveStats {
-    /// Follow the shared snapshots published from now on, starting the task if needed.
-    fn subscribe(&self, state: &AppState) -> watch::Receiver<Arc<Snapshot>> {
-        let mut running = lock(&self.running);
-        let receiver = self.latest.subscribe();
-        if !*running {
-            *running = true;
-            tokio::spawn(take_snapshots(state.clone()));
-        }
-        receiver
-    }
-
-    /// Whether the task should stop, since no stream listens; decided under the same lock as
-    /// [`LiveStats::subscribe`], so a new stream either sees the task running or starts one.
-    fn stop_if_unwatched(&self) -> bool {
-        let mut running = lock(&self.running);
-        if self.latest.receiver_count() == 0 {
-            *running = false;
-        }
-        !*running
-    }
-}
-
-/// Take a snapshot every [`PERIOD`] for the open streams, until none is left or the service
-/// shuts down.
-async fn take_snapshots(state: AppState) {
-    // A panic must not leave the flag set with no task behind it: streams would then get their
-    // first event and nothing more.
-    struct ClearOnPanic<'a>(&'a LiveStats);
-    impl Drop for ClearOnPanic<'_> {
-        fn drop(&mut self) {
-            if std::thread::panicking() {
-                *lock(&self.0.running) = false;
-            }
-        }
-    }
-    let _guard = ClearOnPanic(&state.live);
-    let mut ticks = tokio::time::interval_at(Instant::now() + PERIOD, PERIOD);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = shutdown.wait_for(|stopping| *stopping) => break,
-        }
-        if state.live.stop_if_unwatched() {
-            return;
-        }
-        let taken = Instant::now();
-        let payload = payload(&state).await;
-        state.live.latest.send_replace(Arc::new(Snapshot { taken, payload }));
-    }
-    *lock(&state.live.running) = false;
-}
 
 /// What each `stats` event carries.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -158,7 +72,14 @@ fn event(payload: &Payload) -> Event {
 pub async fn events(State(state): State<AppState>) -> impl IntoResponse {
     let mut shutdown = state.shutdown.clone();
     // Subscribed before the first snapshot is taken, so no shared one is missed after it.
-    let shared = state.live.subscribe(&state);
+    let take = {
+        let state = state.clone();
+        move || {
+            let state = state.clone();
+            async move { payload(&state).await }
+        }
+    };
+    let shared = state.live.subscribe(take, state.shutdown.clone());
     // A shared snapshot whose reads began before this stream's own is older than the first
     // event, and might lack a buy acknowledged before the request: skipped.
     let first_taken = Instant::now();

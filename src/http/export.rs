@@ -16,8 +16,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
 use super::query::Params;
+use super::state::AppState;
 use crate::clock::format_micros;
 use crate::http::error::ApiError;
 use crate::store::{ExportFilter, ExportRow};

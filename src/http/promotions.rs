@@ -6,8 +6,8 @@ use axum::extract::{Path, RawQuery, State};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::query::Params;
+use super::state::AppState;
 use crate::clock::format_micros;
 use crate::field_error::FieldError;
 use crate::http::error::ApiError;

@@ -7,8 +7,8 @@ use utoipa::ToSchema;
 
 use chrono::{DateTime, Utc};
 
-use super::AppState;
 use super::query::{Params, Timeframe};
+use super::state::AppState;
 use crate::clock::{format_micros, format_time};
 use crate::http::error::ApiError;
 use crate::store::Counts;
