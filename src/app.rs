@@ -42,16 +42,15 @@ pub struct Application {
 
 impl Application {
     /// Open the store, start the writer and bind the listener, with the system clock.
-    pub async fn build(config: &Config) -> Result<Application, String> {
+    pub async fn build(config: &Config) -> Result<Application, StartError> {
         Self::build_with_clock(config, Arc::new(SystemClock)).await
     }
 
     /// As [`Application::build`], with the given clock (tests pin time with it).
-    pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Application, String> {
+    pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Application, StartError> {
         crate::metrics::handle();
         let store = crate::store::open(&config.database_url)?;
-        let writer = Writer::start(store.clone(), clock.clone(), Limits::default())
-            .map_err(|e| format!("cannot start the writer thread: {e}"))?;
+        let writer = Writer::start(store.clone(), clock.clone(), Limits::default()).map_err(StartError::Writer)?;
         let (shutdown, stopping) = tokio::sync::watch::channel(false);
         let state = AppState::new(Shared {
             reads: ReadSlots::new(store.read_connections()),
@@ -68,11 +67,13 @@ impl Application {
         });
         let access = Access::new(&config.write_keys, &config.read_keys);
         let limiter = config.rate_limit.map(|rate| RateLimiter::new(rate, state.trusted_proxies.clone()));
-        let router = router(state, access, limiter, cors(&config.cors_origins)?, config.body_timeout);
+        let cors = cors(&state.origins);
+        let router = router(state, access, limiter, cors, config.body_timeout);
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await
-            .map_err(|e| format!("cannot listen on --host {} --port {}: {e}", config.host, config.port))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            .and_then(|listener| Ok((listener.local_addr()?, listener)));
+        let (addr, listener) =
+            listener.map_err(|source| StartError::Listen { host: config.host.clone(), port: config.port, source })?;
         let open_to_anyone = config.write_keys.is_empty() && !addr.ip().is_loopback();
         Ok(Application {
             listener,
@@ -178,27 +179,22 @@ pub fn router(
     )
 }
 
-/// CORS for the configured origins; `None` leaves the API same-origin only.
-fn cors(origins: &[String]) -> Result<Option<CorsLayer>, String> {
+/// CORS for the configured origins; `None` leaves the API same-origin only. Origins match as
+/// the write check matches them ([`AllowedOrigins`]), so a page allowed to write also gets the
+/// CORS headers that let it read the answer.
+fn cors(origins: &AllowedOrigins) -> Option<CorsLayer> {
     if origins.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let allow = if origins.iter().any(|o| o.trim() == "*") {
-        AllowOrigin::any()
-    } else {
-        let values = origins
-            .iter()
-            .map(|o| HeaderValue::from_str(o.trim()).map_err(|_| format!("--cors-origin: '{o}' is not a valid origin")))
-            .collect::<Result<Vec<_>, _>>()?;
-        AllowOrigin::list(values)
-    };
+    let origins = origins.clone();
+    let allow = AllowOrigin::predicate(move |origin: &HeaderValue, _| origins.allows(origin));
     let mut headers: Vec<HeaderName> =
         ["content-type", "authorization", "x-api-key", "idempotency-key", "x-request-id"]
             .into_iter()
             .map(HeaderName::from_static)
             .collect();
     headers.extend(crate::request_time::TIME_HEADERS.iter().map(|h| HeaderName::from_static(h)));
-    Ok(Some(
+    Some(
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
@@ -207,5 +203,27 @@ fn cors(origins: &[String]) -> Result<Option<CorsLayer>, String> {
                 HeaderName::from_static("x-request-id"),
                 HeaderName::from_static(crate::idempotency::REPLAYED_HEADER),
             ]),
-    ))
+    )
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::OpenError),
+    /// The writer's thread could not be started.
+    #[error("cannot start the writer thread")]
+    Writer(#[source] std::io::Error),
+    /// The address could not be bound.
+    #[error("cannot listen on --host {host} --port {port}")]
+    Listen {
+        /// `--host`.
+        host: String,
+        /// `--port`.
+        port: u16,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -70,7 +70,7 @@ pub struct Cli {
 
     /// An origin whose browser pages may call the API, such as https://shop.example (repeatable;
     /// env: comma-separated; `*` for any) [default: none, same origin only].
-    #[arg(long = "cors-origin", env = "BUY_TRACKER_CORS_ORIGINS", value_delimiter = ',')]
+    #[arg(long = "cors-origin", env = "BUY_TRACKER_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub cors_origins: Vec<String>,
 
     /// Per-client rate limit in requests per second, keyed by client IP (off by default). Over it,
@@ -132,6 +132,19 @@ pub struct Config {
     pub shutdown_timeout: std::time::Duration,
     /// Time allowed for a request body.
     pub body_timeout: std::time::Duration,
+}
+
+/// An origin as browsers send it (`https://shop.example`, `http://localhost:3000`), or `*`.
+fn parse_origin(s: &str) -> Result<String, String> {
+    let origin = s.trim();
+    let host = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+    let valid = origin == "*"
+        || origin.is_empty()
+        || host.is_some_and(|h| {
+            let h = h.trim_end_matches('/');
+            !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        });
+    if valid { Ok(origin.to_string()) } else { Err(format!("'{s}' is not an origin such as https://shop.example")) }
 }
 
 /// A header name, as `--client-ip-header` takes it.
@@ -265,6 +278,7 @@ mod tests {
             (&["--rate-limit", "0"][..], "--rate-limit"),
             (&["--client-ip-header", "bad header"][..], "--client-ip-header"),
             (&["--idle-timeout", "0"][..], "--idle-timeout"),
+            (&["--cors-origin", "shop.example/path"][..], "--cors-origin"),
             (&["--shutdown-timeout", "x"][..], "--shutdown-timeout"),
         ] {
             let e = parse(args).unwrap_err();

@@ -30,7 +30,8 @@ fn main() -> ExitCode {
         let app = match Application::build(&config).await {
             Ok(app) => app,
             Err(e) => {
-                eprintln!("error: {e}");
+                // One line: what could not start, then its causes.
+                eprintln!("error: {}", buy_tracker::telemetry::error_chain(&e));
                 return ExitCode::FAILURE;
             }
         };

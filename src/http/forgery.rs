@@ -41,8 +41,13 @@ impl AllowedOrigins {
         AllowedOrigins(Arc::new(Origins { any, listed }))
     }
 
-    /// Whether a write carrying `origin` may proceed.
-    fn allows(&self, origin: &HeaderValue) -> bool {
+    /// Whether none is configured (the API is then same-origin only).
+    pub fn is_empty(&self) -> bool {
+        !self.0.any && self.0.listed.is_empty()
+    }
+
+    /// Whether a request carrying `origin` may proceed (and be answered with CORS headers).
+    pub fn allows(&self, origin: &HeaderValue) -> bool {
         self.0.any || origin.to_str().is_ok_and(|o| self.0.listed.contains(&normalise(o)))
     }
 }

@@ -94,6 +94,22 @@ impl StoreError {
     }
 }
 
+/// Why a store could not be opened: what was being opened, and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open {what}")]
+pub struct OpenError {
+    what: String,
+    #[source]
+    cause: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl OpenError {
+    /// `what` (such as "SQLite store data/buys.db") could not be opened because of `cause`.
+    pub fn new(what: impl Into<String>, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> OpenError {
+        OpenError { what: what.into(), cause: cause.into() }
+    }
+}
+
 /// An Idempotency-Key claimed by a write, with the fingerprint of the request it came with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyClaim {
@@ -294,7 +310,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Open the store a URL names.
-pub fn open(url: &StoreUrl) -> Result<std::sync::Arc<dyn Store>, String> {
+pub fn open(url: &StoreUrl) -> Result<std::sync::Arc<dyn Store>, OpenError> {
     match url {
         StoreUrl::Sqlite(path) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open_file(path)?)),
         StoreUrl::Memory => Ok(std::sync::Arc::new(sqlite::SqliteStore::open_memory()?)),

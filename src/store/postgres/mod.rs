@@ -36,8 +36,8 @@ use write::{Failure, WriterConn};
 
 use super::pool::Pool;
 use super::{
-    Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, StoreErrorKind,
-    Write, WriteOutcome,
+    Bucket, Counts, ExportFilter, ExportRow, OpenError, PromotionStats, PromotionSummary, Store, StoreError,
+    StoreErrorKind, Write, WriteOutcome,
 };
 use crate::lock::lock;
 
@@ -155,8 +155,9 @@ impl PostgresStore {
     /// Connect, bring the schema up to date (under an advisory lock, so replicas may start
     /// together), and prepare the writer's connection. The error is one line, without the URL
     /// (which may hold a password).
-    pub fn open(url: &str) -> Result<PostgresStore, String> {
-        let (config, session) = configure(url).map_err(|e| format!("cannot open PostgreSQL store: {e}"))?;
+    pub fn open(url: &str) -> Result<PostgresStore, OpenError> {
+        let what = "PostgreSQL store";
+        let (config, session) = configure(url).map_err(|e| OpenError::new(what, e))?;
         let store = PostgresStore {
             read_config: postgres::Config::from(config.clone()),
             config,
@@ -177,8 +178,8 @@ impl PostgresStore {
                 })
                 .join()
         })
-        .map_err(|_| "cannot open PostgreSQL store: the connecting thread panicked".to_string())?
-        .map_err(|e| format!("cannot open PostgreSQL store: {e}"))?;
+        .map_err(|_| OpenError::new(what, "the connecting thread panicked"))?
+        .map_err(|e| OpenError::new(what, e))?;
         *lock(&store.writer) = Some(writer);
         Ok(store)
     }
@@ -751,7 +752,7 @@ mod tests {
         let mut client = Client::connect(&database.url, NoTls).unwrap();
         let newer = schema::MIGRATIONS.len() as i32 + 1;
         client.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&newer]).unwrap();
-        let error = PostgresStore::open(&database.url).err().unwrap();
+        let error = crate::telemetry::error_chain(&PostgresStore::open(&database.url).err().unwrap());
         assert!(error.contains(&format!("schema is version {newer}, newer than this build")), "{error}");
     }
 
@@ -789,7 +790,8 @@ mod tests {
     fn an_unreachable_server_fails_quickly() {
         // Nothing listens on port 1: refused at once, whatever the machine.
         let started = Instant::now();
-        let error = PostgresStore::open("postgres://postgres@127.0.0.1:1/none").err().unwrap();
+        let error =
+            crate::telemetry::error_chain(&PostgresStore::open("postgres://postgres@127.0.0.1:1/none").err().unwrap());
         assert!(error.starts_with("cannot open PostgreSQL store:"), "{error}");
         assert!(started.elapsed() < Duration::from_secs(3));
         assert!(PostgresStore::open("postgres://host:notaport/db").is_err());

@@ -21,8 +21,8 @@ use schema::migrate;
 
 use super::pool::Pool;
 use super::{
-    Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary, Store, StoreError, StoreErrorKind,
-    Write, WriteOutcome,
+    Bucket, Counts, ExportFilter, ExportRow, OpenError, PromotionStats, PromotionSummary, Store, StoreError,
+    StoreErrorKind, Write, WriteOutcome,
 };
 use crate::lock::lock;
 
@@ -86,12 +86,13 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
 
 impl SqliteStore {
     /// Open (creating file and folder if missing) a durable database file.
-    pub fn open_file(path: &Path) -> Result<Self, String> {
-        let describe = |e: &dyn std::fmt::Display| format!("cannot open SQLite store {}: {e}", path.display());
+    pub fn open_file(path: &Path) -> Result<Self, OpenError> {
+        let what = format!("SQLite store {}", path.display());
+        let describe = |e: &dyn std::fmt::Display| OpenError::new(what.clone(), e.to_string());
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| describe(&e))?;
+            std::fs::create_dir_all(dir).map_err(|e| OpenError::new(what.clone(), e))?;
         }
-        let conn = Connection::open(path).map_err(|e| describe(&e))?;
+        let conn = Connection::open(path).map_err(|e| OpenError::new(what.clone(), e))?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(|e| describe(&e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(describe(&format!("WAL mode refused (journal_mode is {mode})")));
@@ -114,9 +115,10 @@ impl SqliteStore {
     }
 
     /// An in-memory database: the same schema and code, nothing kept.
-    pub fn open_memory() -> Result<Self, String> {
-        let mut conn = Connection::open_in_memory().map_err(|e| e.to_string())?;
-        migrate(&mut conn)?;
+    pub fn open_memory() -> Result<Self, OpenError> {
+        let what = "the in-memory store";
+        let mut conn = Connection::open_in_memory().map_err(|e| OpenError::new(what, e))?;
+        migrate(&mut conn).map_err(|e| OpenError::new(what, e))?;
         Ok(SqliteStore { writer: Mutex::new(conn), readers: None, stop: Arc::new(AtomicBool::new(true)) })
     }
 
