@@ -14,7 +14,6 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::cli::Config;
 use crate::clock::{Clock, SystemClock};
@@ -62,13 +61,14 @@ impl Application {
             in_flight: Default::default(),
             shutdown: stopping,
             live: Default::default(),
+            body_timeout: config.body_timeout,
             origins: AllowedOrigins::new(&config.cors_origins),
             exports: Arc::new(tokio::sync::Semaphore::new(crate::http::export::MAX_EXPORTS)),
         });
         let access = Access::new(&config.write_keys, &config.read_keys);
         let limiter = config.rate_limit.map(|rate| RateLimiter::new(rate, state.trusted_proxies.clone()));
         let cors = cors(&state.origins);
-        let router = router(state, access, limiter, cors, config.body_timeout);
+        let router = router(state, access, limiter, cors);
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await
             .and_then(|listener| Ok((listener.local_addr()?, listener)));
@@ -120,13 +120,7 @@ impl Application {
 }
 
 /// All routes with their limits, access rules and middleware.
-pub fn router(
-    state: AppState,
-    access: Access,
-    limiter: Option<RateLimiter>,
-    cors: Option<CorsLayer>,
-    body_timeout: std::time::Duration,
-) -> Router {
+pub fn router(state: AppState, access: Access, limiter: Option<RateLimiter>, cors: Option<CorsLayer>) -> Router {
     let mut writes = Router::new()
         .route("/buy", post(buy::record_buy).layer(DefaultBodyLimit::max(BUY_BODY_LIMIT)))
         .route("/buys", post(buy::record_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)));
@@ -170,13 +164,8 @@ pub fn router(
         .method_not_allowed_fallback(root::method_not_allowed)
         .with_state(state);
     // One `layer` call, so every route is wrapped (and its service boxed, and cloned per request)
-    // once rather than once per layer. Outermost first: request id, body timeout, CORS.
-    app.layer(
-        ServiceBuilder::new()
-            .layer(from_fn(middleware::request_id))
-            .layer(RequestBodyTimeoutLayer::new(body_timeout))
-            .option_layer(cors),
-    )
+    // once rather than once per layer. Outermost first: request id, CORS.
+    app.layer(ServiceBuilder::new().layer(from_fn(middleware::request_id)).option_layer(cors))
 }
 
 /// CORS for the configured origins; `None` leaves the API same-origin only. Origins match as

@@ -73,8 +73,9 @@ pub struct Cli {
     #[arg(long = "cors-origin", env = "BUY_TRACKER_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub cors_origins: Vec<String>,
 
-    /// Per-client rate limit in requests per second, keyed by client IP (off by default). Over it,
-    /// requests get 429 with Retry-After. /health, /health/live and /metrics are never limited.
+    /// Per-client rate limit in requests per second, keyed by client IP (an IPv6 client by its
+    /// /64; off by default). It applies to the write and analytics routes; over it, requests get
+    /// 429 with Retry-After. Health, metrics, pages and documentation are never limited.
     #[arg(long, env = "BUY_TRACKER_RATE_LIMIT", value_parser = parse_rate)]
     pub rate_limit: Option<f64>,
 

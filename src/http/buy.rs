@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::body::{body_bytes, headers_and_body, json_body};
+use super::body::{json_body, read_body};
 use super::forgery::{self, Bodies};
 use super::state::AppState;
 use crate::client_ip::client_ip;
@@ -112,8 +112,7 @@ pub async fn record_buy(
     request: Request,
 ) -> Result<Response, ApiError> {
     forgery::check(&state.origins, Bodies::Json, request.headers())?;
-    let (headers, body) = headers_and_body(request).await;
-    let body = body_bytes(body, BUY_BODY_LIMIT)?;
+    let (headers, body) = read_body(request, BUY_BODY_LIMIT, state.body_timeout).await?;
     let buy = Buy::from_json(&body).map_err(ApiError::Validation)?;
     // Not kept while the write waits for its commit: the queue's memory is its records only.
     drop(body);
@@ -146,8 +145,7 @@ pub async fn record_batch(
     request: Request,
 ) -> Result<Response, ApiError> {
     forgery::check(&state.origins, Bodies::Json, request.headers())?;
-    let (headers, body) = headers_and_body(request).await;
-    let body = body_bytes(body, BATCH_BODY_LIMIT)?;
+    let (headers, body) = read_body(request, BATCH_BODY_LIMIT, state.body_timeout).await?;
     let buys = parse_batch(&json_body(&body)?).map_err(ApiError::Validation)?;
     drop(body);
     let answer = record(&state, peer, headers, "/buys", buys).await?;

@@ -40,9 +40,6 @@ pub enum ApiError {
     /// 415: a write whose body is declared as something the endpoint does not take.
     #[error("unsupported media type")]
     UnsupportedMediaType(&'static str),
-    /// 404: nothing at this path.
-    #[error("not found")]
-    NotFound,
     /// 409: the same Idempotency-Key is still being processed.
     #[error("idempotency key in flight")]
     IdempotencyInFlight,
@@ -114,7 +111,6 @@ impl IntoResponse for ApiError {
                 json!({"detail": "Writes from this origin are not allowed: the service's --cors-origin does not list it"}),
             ),
             ApiError::UnsupportedMediaType(why) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, json!({ "detail": why })),
-            ApiError::NotFound => (StatusCode::NOT_FOUND, json!({"detail": "Not Found"})),
             ApiError::IdempotencyInFlight => (
                 StatusCode::CONFLICT,
                 json!({"detail": "A request with this Idempotency-Key is still being processed; retry later"}),

@@ -53,7 +53,11 @@ async fn snapshot(state: &AppState) -> Result<StatsEvent, ApiError> {
 async fn payload(state: &AppState) -> Payload {
     match snapshot(state).await {
         Ok(data) => serde_json::to_string(&data).map_err(|e| format!("unserialisable snapshot: {e}")),
-        Err(e) => Err(e.to_string()),
+        // The fixed sentence a 503 would say; the cause is logged, never sent.
+        Err(e) => {
+            tracing::warn!(cause = %crate::telemetry::error_chain(&e), "event stream snapshot failed");
+            Err(e.unavailable_sentence().to_string())
+        }
     }
 }
 

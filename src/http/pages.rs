@@ -8,7 +8,7 @@
 use std::sync::{Arc, LazyLock};
 
 use axum::extract::Path;
-use axum::http::{StatusCode, header};
+use axum::http::{StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use utoipa_swagger_ui::Config;
 
@@ -24,28 +24,28 @@ static SWAGGER: LazyLock<Arc<Config<'static>>> = LazyLock::new(|| Arc::new(Confi
 /// crate's router answers `/docs` with a redirect). The page names its assets relative to
 /// itself, so a `<base>` makes them resolve under `/docs/` from either path.
 pub async fn swagger_page() -> Result<Response, ApiError> {
-    let index = swagger_file("index.html")?;
+    let index = swagger_file("index.html")?.ok_or_else(|| ApiError::Internal("Swagger UI has no index.html".into()))?;
     let html = String::from_utf8_lossy(&index.bytes).replacen("<head>", "<head>\n    <base href=\"/docs/\">", 1);
     Ok(Html(html).into_response())
 }
 
-/// `GET /docs/{file}`: Swagger UI's scripts, styles and icons.
-pub async fn swagger_asset(Path(file): Path<String>) -> Result<Response, ApiError> {
+/// `GET /docs/{file}`: Swagger UI's scripts, styles and icons; the usual 404 for a name it does
+/// not hold.
+pub async fn swagger_asset(Path(file): Path<String>, uri: Uri) -> Result<Response, ApiError> {
     if file.is_empty() || file == "index.html" {
         return swagger_page().await;
     }
-    let asset = swagger_file(&file)?;
-    Ok(([(header::CONTENT_TYPE, asset.content_type)], asset.bytes.into_owned()).into_response())
+    match swagger_file(&file)? {
+        Some(asset) => Ok(([(header::CONTENT_TYPE, asset.content_type)], asset.bytes.into_owned()).into_response()),
+        None => Ok(super::root::not_found(uri).await),
+    }
 }
 
-/// One file of the embedded Swagger UI (its initializer pointed at our document); 404 for a
-/// name it does not hold.
-fn swagger_file(name: &str) -> Result<utoipa_swagger_ui::SwaggerFile<'static>, ApiError> {
-    match utoipa_swagger_ui::serve(name, SWAGGER.clone()) {
-        Ok(Some(file)) => Ok(file),
-        Ok(None) => Err(ApiError::NotFound),
-        Err(e) => Err(ApiError::Internal(format!("Swagger UI file {name}: {e}"))),
-    }
+/// One file of the embedded Swagger UI (its initializer pointed at our document), if it holds
+/// one of that name.
+fn swagger_file(name: &str) -> Result<Option<utoipa_swagger_ui::SwaggerFile<'static>>, ApiError> {
+    utoipa_swagger_ui::serve(name, SWAGGER.clone())
+        .map_err(|e| ApiError::Internal(format!("Swagger UI file {name}: {e}")))
 }
 
 /// `GET /openapi.json`: the document, serialised once.

@@ -37,6 +37,8 @@ pub struct Shared {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// The stats snapshot shared by `/events` streams.
     pub live: Arc<LiveStats>,
+    /// Time allowed for a whole request body.
+    pub body_timeout: std::time::Duration,
     /// Origins whose browser pages may write.
     pub origins: AllowedOrigins,
     /// Slots for store reads ([`ReadSlots`]).

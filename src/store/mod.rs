@@ -54,6 +54,8 @@ pub enum StoreErrorKind {
     DiskFull,
     /// Every read connection is busy.
     Busy,
+    /// The connection failed after a commit was sent: it may have been recorded.
+    OutcomeUnknown,
 }
 
 /// A failure of the store, with its cause kept for the logs; the HTTP layer answers 503.
@@ -73,6 +75,9 @@ impl StoreErrorKind {
             StoreErrorKind::Unavailable => "the store is unavailable; retry",
             StoreErrorKind::DiskFull => "the disk is full",
             StoreErrorKind::Busy => "the store is busy; retry",
+            StoreErrorKind::OutcomeUnknown => {
+                "the store did not confirm the write; it may have been recorded: retry with an Idempotency-Key"
+            }
         }
     }
 }

@@ -182,7 +182,12 @@ async fn health_root_and_docs(kind: StoreKind) {
     assert_eq!(swagger_js.status(), 200, "Swagger UI assets are served by the binary");
     let initializer = app.get("/docs/swagger-initializer.js").await.text().await.unwrap();
     assert!(initializer.contains("/openapi.json"), "Swagger UI reads our document");
-    assert_eq!(app.get("/docs/no-such-file.js").await.status(), 404);
+    let missing = app.get("/docs/no-such-file.js").await;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.json::<Value>().await.unwrap()["message"],
+        "The requested path '/docs/no-such-file.js' was not found"
+    );
 }
 
 async fn unknown_paths_and_methods_answer_json(kind: StoreKind) {

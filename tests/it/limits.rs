@@ -114,6 +114,34 @@ async fn a_body_that_never_arrives_is_given_up() {
     assert_eq!(app.get_json("/stats").await["total_buys"], 0);
 }
 
+/// The body timeout bounds the whole body: a client trickling a byte every 300 ms (each within
+/// the 1 s timeout of the one before) is answered 408 once 1 s has passed, not when it finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickling_in_is_given_up_at_its_deadline() {
+    let app = app_with_short_timeouts().await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"POST /buy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..30 {
+            if writer.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(8), reader.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
+    trickle.abort();
+}
+
 /// The soft limit on open files of this process (each test connection costs two: ours and the
 /// server's, both in this process).
 fn open_file_limit() -> usize {

@@ -299,6 +299,7 @@ fn assert_fixed_sentence(body: &Value) {
         "the store is busy; retry",
         "the store did not answer in time; retry",
         "the store did not confirm the write in time; retry with an Idempotency-Key",
+        "the store did not confirm the write; it may have been recorded: retry with an Idempotency-Key",
     ];
     assert!(fixed.contains(&detail), "a 503 told the client {body}");
 }

@@ -286,7 +286,10 @@ impl Store for PostgresStore {
             let again =
                 !failure.unknown && failure.retryable && (pooled || !failure.broken) && attempt < COMMIT_ATTEMPTS;
             if !again {
-                return Err(StoreError::unavailable(failure.message));
+                // A commit whose outcome is unknown may have recorded its buys: its requests are
+                // told to retry with their Idempotency-Key, which is never counted twice.
+                let kind = if failure.unknown { StoreErrorKind::OutcomeUnknown } else { StoreErrorKind::Unavailable };
+                return Err(StoreError::new(kind, failure.message));
             }
             tracing::warn!(error = %failure.message, attempt, "PostgreSQL commit recorded nothing; retrying");
             attempt += 1;
