@@ -1,4 +1,4 @@
-//! The command line and environment (SPEC §1), parsed once into [`Config`].
+//! The command line and environment (`docs/reference.md` §1), parsed once into [`Config`].
 
 use std::num::NonZeroUsize;
 
@@ -68,7 +68,7 @@ pub struct Cli {
     #[arg(long, env = "BUY_TRACKER_CLIENT_IP_HEADER", value_parser = parse_header_name)]
     pub client_ip_header: Option<HeaderName>,
 
-    /// An origin whose browser pages may call the API, such as https://shop.example (repeatable;
+    /// An origin whose browser pages may call the API, such as `https://shop.example` (repeatable;
     /// env: comma-separated; `*` for any) [default: none, same origin only].
     #[arg(long = "cors-origin", env = "BUY_TRACKER_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub cors_origins: Vec<String>,

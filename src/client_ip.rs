@@ -1,4 +1,4 @@
-//! Client IP resolution (SPEC §4, "Client IP").
+//! Client IP resolution (`docs/reference.md` §4, "Client IP").
 //!
 //! The service usually runs behind a reverse proxy, so the TCP peer is often
 //! the proxy rather than the buyer. Forwarding headers are only believed when
@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 
 /// Single-address headers consulted after `Forwarded` and `X-Forwarded-For`,
-/// in the order SPEC §4 prescribes. The first one holding a valid address wins.
+/// in the order `docs/reference.md` §4 prescribes. The first one holding a valid address wins.
 const SINGLE_ADDRESS_HEADERS: [&str; 4] = ["x-real-ip", "cf-connecting-ip", "true-client-ip", "x-client-ip"];
 
 /// Ranges trusted when no `--trusted-proxy` is given: loopback, private
@@ -176,7 +176,7 @@ fn is_port(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u16>().is_ok()
 }
 
-/// Apply SPEC §4. `peer` is the TCP peer address.
+/// Apply `docs/reference.md` §4. `peer` is the TCP peer address.
 ///
 /// If the peer is not trusted, it is the client and every forwarding header is
 /// disregarded. Otherwise the client is taken from `Forwarded`, then

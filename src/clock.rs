@@ -1,5 +1,5 @@
 //! Time as an input: handlers and the writer read the time from a [`Clock`] kept in the app
-//! state, so tests can pin it; plus the one format every time is written in (SPEC §2).
+//! state, so tests can pin it; plus the one format every time is written in (`docs/reference.md` §2).
 
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 

@@ -1,5 +1,5 @@
 //! The buy as the rest of the program sees it: parsed once at the edge into types that cannot be
-//! invalid (SPEC §2), and the record that is stored for it.
+//! invalid (`docs/reference.md` §2), and the record that is stored for it.
 //!
 //! Parsing works on a `serde_json::Value` rather than a derived `Deserialize` so that every problem
 //! in a body is reported at once, in the original service's 422 shape, with its exact location.
@@ -9,9 +9,9 @@ use serde_json::{Map, Value};
 use crate::field_error::FieldError;
 use crate::request_time::TimestampSource;
 
-/// Largest `product_quantity` accepted (SPEC §2).
+/// Largest `product_quantity` accepted (`docs/reference.md` §2).
 pub const MAX_QUANTITY: i64 = 1_000_000;
-/// Items a `POST /buys` batch may hold (SPEC §5).
+/// Items a `POST /buys` batch may hold (`docs/reference.md` §5).
 pub const MAX_BATCH: usize = 1000;
 
 /// A units count from 1 to [`MAX_QUANTITY`].
@@ -162,7 +162,7 @@ fn required_int(
 }
 
 /// A strict JSON integer within signed 64 bits and the given bounds. Strings and floats such as
-/// `"5"` or `5.0` are refused (a deliberate difference from the original, SPEC §8).
+/// `"5"` or `5.0` are refused (a deliberate difference from the original, `docs/reference.md` §8).
 fn int_in_range(v: &Value, min: i64, max: Option<i64>, loc: &[Value]) -> Result<i64, FieldError> {
     let n = match v {
         Value::Number(n) if n.is_i64() => n.as_i64().unwrap_or_default(),
@@ -178,15 +178,15 @@ fn int_in_range(v: &Value, min: i64, max: Option<i64>, loc: &[Value]) -> Result<
     Ok(n)
 }
 
-/// What is stored for one buy (SPEC §2): the buy, where and when it came from. The sequence number
+/// What is stored for one buy (`docs/reference.md` §2): the buy, where and when it came from. The sequence number
 /// is assigned by the store at commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuyRecord {
     /// The validated buy.
     pub buy: Buy,
-    /// Client IP (SPEC §4), as text.
+    /// Client IP (`docs/reference.md` §4), as text.
     pub ip_address: String,
-    /// Request generation time (SPEC §3), microseconds since the Unix epoch.
+    /// Request generation time (`docs/reference.md` §3), microseconds since the Unix epoch.
     pub timestamp_us: i64,
     /// Server receive time, microseconds since the Unix epoch.
     pub received_at_us: i64,

@@ -1,4 +1,4 @@
-//! `Idempotency-Key` (SPEC §2): the key's rules, the fingerprint that tells "same request" from
+//! `Idempotency-Key` (`docs/reference.md` §2): the key's rules, the fingerprint that tells "same request" from
 //! "different body", and the registry of keys in flight in this process (answered 409).
 //!
 //! Whether a key was used before is decided by the store inside the writer's transaction, so the

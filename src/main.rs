@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     })
 }
 
-/// `--help` and `--version` print in full; a usage error prints only its first line (SPEC §1:
+/// `--help` and `--version` print in full; a usage error prints only its first line (`docs/reference.md` §1:
 /// one clear line naming the option), without clap's usage and `--help` hints.
 fn usage_exit(e: clap::Error) -> ! {
     use clap::error::ErrorKind;

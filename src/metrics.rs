@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §5 `GET /metrics`): names and buckets in one place, recorded through
+//! Prometheus metrics (`docs/reference.md` §5 `GET /metrics`): names and buckets in one place, recorded through
 //! the `metrics` facade and rendered by `metrics-exporter-prometheus`.
 //!
 //! The recorder is process-global (the facade's design), installed once on first use; several

@@ -1,4 +1,4 @@
-//! Request generation time (SPEC §3).
+//! Request generation time (`docs/reference.md` §3).
 //!
 //! A buy is stamped with the time the client (or the first proxy in front of
 //! us) says the request was generated, not merely when we received it, because
@@ -115,7 +115,7 @@ pub fn parse_time_value(value: &str) -> Option<DateTime<Utc>> {
     truncate_to_micros(parsed)
 }
 
-/// Apply SPEC §3: first header (in [`TIME_HEADERS`] order) whose value parses
+/// Apply `docs/reference.md` §3: first header (in [`TIME_HEADERS`] order) whose value parses
 /// and lies within `[2000-01-01T00:00:00Z, now + 5 minutes]`; otherwise `now`
 /// with source [`TimestampSource::Server`]. `now` is the server receive time
 /// (passed in: time is an input, so tests are exact).

@@ -1,4 +1,4 @@
-//! SPEC §4 on arbitrary forwarding headers: never panics; an untrusted peer is always the client.
+//! `docs/reference.md` §4 on arbitrary forwarding headers: never panics; an untrusted peer is always the client.
 #![no_main]
 
 use std::net::IpAddr;

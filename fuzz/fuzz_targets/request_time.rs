@@ -1,4 +1,4 @@
-//! SPEC §3 on arbitrary header values: never panics; the result is the server time or lies in
+//! `docs/reference.md` §3 on arbitrary header values: never panics; the result is the server time or lies in
 //! [2000-01-01, now + 5 min].
 #![no_main]
 

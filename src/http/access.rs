@@ -1,4 +1,4 @@
-//! Write and read keys (SPEC §1): when keys are configured, writes need a write key and analytics
+//! Write and read keys (`docs/reference.md` §1): when keys are configured, writes need a write key and analytics
 //! reads a read or write key, sent as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 //!
 //! Keys are kept only as SHA-256 digests and compared in constant time, so neither the timing of

@@ -1,5 +1,5 @@
 //! `POST /buy` and `POST /buys`: parse, stamp with time and client IP, hand to the writer, and
-//! answer only after the commit (SPEC §2, §5).
+//! answer only after the commit (`docs/reference.md` §2, §5).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -21,9 +21,9 @@ use crate::idempotency;
 use crate::request_time;
 use crate::store::{Write, WriteOutcome};
 
-/// Largest `POST /buy` body (SPEC §6).
+/// Largest `POST /buy` body (`docs/reference.md` §6).
 pub const BUY_BODY_LIMIT: usize = 16 * 1024;
-/// Largest `POST /buys` body (SPEC §6).
+/// Largest `POST /buys` body (`docs/reference.md` §6).
 pub const BATCH_BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// A purchase, as clients send it. Unknown extra fields are ignored; integers must be JSON

@@ -1,4 +1,4 @@
-//! `GET /export?format=csv|ndjson` (SPEC §5): the selected buys in sequence order, streamed.
+//! `GET /export?format=csv|ndjson` (`docs/reference.md` §5): the selected buys in sequence order, streamed.
 //!
 //! A blocking task pages through the store by sequence number and hands formatted chunks to the
 //! response through a small bounded channel, so memory stays flat however many rows there are.
@@ -28,7 +28,7 @@ use crate::store::{ExportFilter, ExportRow};
 /// `GET /stats` from 29,000 to 91 req/s and left the process at 750 MB resident afterwards.
 pub const MAX_EXPORTS: usize = 4;
 /// How long an export waits for a slot before it is answered 503 with `Retry-After`. Short, so
-/// that with the store's own 4 s timeout the answer still comes within 5 seconds (SPEC §6).
+/// that with the store's own 4 s timeout the answer still comes within 5 seconds (`docs/reference.md` §6).
 const SLOT_WAIT: Duration = Duration::from_millis(500);
 /// How long a chunk may wait for the client to take it. A client that stops reading is cut off
 /// after this, so it cannot hold a slot for ever (four such clients would block every export).

@@ -1,4 +1,4 @@
-//! `GET /health` (the store answers) and `GET /health/live` (the process runs), SPEC §2.
+//! `GET /health` (the store answers) and `GET /health/live` (the process runs), `docs/reference.md` §2.
 
 use axum::Json;
 use axum::extract::State;

@@ -1,4 +1,4 @@
-//! `GET /metrics`: Prometheus text format (SPEC §5).
+//! `GET /metrics`: Prometheus text format (`docs/reference.md` §5).
 
 use axum::http::header;
 use axum::response::IntoResponse;

@@ -1,4 +1,4 @@
-//! `GET /promotions` and `GET /promotions/{promotion_id}/stats` (SPEC §5), read from per-promotion
+//! `GET /promotions` and `GET /promotions/{promotion_id}/stats` (`docs/reference.md` §5), read from per-promotion
 //! aggregates maintained with the inserts.
 
 use axum::Json;

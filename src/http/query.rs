@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::field_error::FieldError;
 use crate::http::error::ApiError;
 
-/// Smallest and largest `timeframe_hours` (SPEC §2).
+/// Smallest and largest `timeframe_hours` (`docs/reference.md` §2).
 pub const TIMEFRAME_MIN: f64 = 0.1;
 /// See [`TIMEFRAME_MIN`].
 pub const TIMEFRAME_MAX: f64 = 168.0;

@@ -1,5 +1,5 @@
 //! `GET /` (what the API offers), and the JSON answers for unknown paths (404) and wrong
-//! methods (405), SPEC §2 and §6.
+//! methods (405), `docs/reference.md` §2 and §6.
 
 use axum::Json;
 use axum::http::{Method, StatusCode, Uri};

@@ -43,7 +43,7 @@ pub struct Shared {
     pub origins: AllowedOrigins,
     /// Slots for store reads ([`ReadSlots`]).
     pub reads: ReadSlots,
-    /// Slots for exports streaming at once ([`export::MAX_EXPORTS`]).
+    /// Slots for exports streaming at once (`http::export::MAX_EXPORTS`).
     pub exports: Arc<tokio::sync::Semaphore>,
 }
 

@@ -1,4 +1,4 @@
-//! `GET /stats` (SPEC §2): totals and recent buys, read from counters maintained with the inserts.
+//! `GET /stats` (`docs/reference.md` §2): totals and recent buys, read from counters maintained with the inserts.
 
 use axum::Json;
 use axum::extract::{RawQuery, State};

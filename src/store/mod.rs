@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use crate::domain::BuyRecord;
 
-/// Where the data lives, parsed from `--database-url` (SPEC §1).
+/// Where the data lives, parsed from `--database-url` (`docs/reference.md` §1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// `sqlite:PATH`: a durable file (WAL, `synchronous=FULL`).
@@ -248,7 +248,7 @@ pub struct ExportRow {
     pub timestamp_source: String,
 }
 
-/// How long an Idempotency-Key is remembered (SPEC §2).
+/// How long an Idempotency-Key is remembered (`docs/reference.md` §2).
 pub const IDEMPOTENCY_TTL_US: i64 = 24 * 3600 * 1_000_000;
 
 /// How long second and minute rollups are kept. Reads use them only at the edges of a window

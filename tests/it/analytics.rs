@@ -1,4 +1,4 @@
-//! Black-box tests of the analytics endpoints (SPEC §5) on known data, run on every store.
+//! Black-box tests of the analytics endpoints (`docs/reference.md` §5) on known data, run on every store.
 
 use std::collections::HashSet;
 use std::time::Duration;

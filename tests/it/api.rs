@@ -1,4 +1,4 @@
-//! Black-box tests of the HTTP contract (SPEC §2, §5 writes, §6), run on every store.
+//! Black-box tests of the HTTP contract (`docs/reference.md` §2, §5 writes, §6), run on every store.
 
 use std::collections::HashSet;
 
@@ -123,7 +123,7 @@ async fn stats_have_the_original_shape_and_bounds(kind: StoreKind) {
     }
 }
 
-/// n_recent_buys counts by the request generation time of SPEC §3, inclusive of future skew.
+/// n_recent_buys counts by the request generation time of `docs/reference.md` §3, inclusive of future skew.
 async fn recent_buys_follow_the_timestamp_headers(kind: StoreKind) {
     let app = TestApp::spawn(kind).await;
     let now = chrono::Utc::now();
@@ -340,7 +340,7 @@ async fn keys_guard_writes_and_reads(kind: StoreKind) {
     assert_eq!(app.get("/health").await.status(), 200, "health stays open for load balancers");
 }
 
-/// The stored client IP believes forwarding headers only from trusted proxies (SPEC §4).
+/// The stored client IP believes forwarding headers only from trusted proxies (`docs/reference.md` §4).
 async fn forwarding_headers_are_believed_only_from_trusted_proxies(kind: StoreKind) {
     let forged = |app: &TestApp| {
         app.client

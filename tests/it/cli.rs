@@ -1,4 +1,4 @@
-//! Black-box tests of the command line (SPEC §1), run against the real binary with a clean
+//! Black-box tests of the command line (`docs/reference.md` §1), run against the real binary with a clean
 //! environment: no `BUY_TRACKER_*`, `DATABASE_URL` or `RUST_LOG` from the machine reaches it, and
 //! it runs in a temporary working directory so the default store never lands in the repository.
 
@@ -19,7 +19,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a server may take to stop after SIGTERM or SIGINT.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Every option SPEC §1 lists, as `--help` must show it.
+/// Every option `docs/reference.md` §1 lists, as `--help` must show it.
 const OPTIONS: [&str; 11] = [
     "--host",
     "--port",
@@ -139,7 +139,7 @@ async fn get_json(server: &Server, path: &str) -> (u16, Value) {
     (status, response.json().await.expect("a JSON body"))
 }
 
-/// `--help` succeeds and explains every option of SPEC §1, including the `--workers` alias, with
+/// `--help` succeeds and explains every option of `docs/reference.md` §1, including the `--workers` alias, with
 /// example command lines.
 #[test]
 fn help_lists_every_option_with_examples() {

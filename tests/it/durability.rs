@@ -1,4 +1,4 @@
-//! Black-box tests of SPEC §2 "A 200 means the buy is durable", on the real binary and a SQLite
+//! Black-box tests of `docs/reference.md` §2 "A 200 means the buy is durable", on the real binary and a SQLite
 //! file: acknowledged buys survive `kill -9` and graceful stops, and no sequence number is ever
 //! handed out twice. Written for slow, shared machines: generous timeouts, no timing assertions.
 

@@ -1,4 +1,4 @@
-//! Several replicas of the real binary on one PostgreSQL database act as one service (SPEC §7):
+//! Several replicas of the real binary on one PostgreSQL database act as one service (`docs/reference.md` §7):
 //! one count, unique gap-free sequence numbers, global idempotency; and a PostgreSQL outage gives
 //! quick errors, after which the service recovers by itself.
 //!

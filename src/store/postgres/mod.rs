@@ -1,5 +1,5 @@
 //! The shared store: PostgreSQL, so that several replicas behind a load balancer act as one
-//! service (SPEC §7). Same tables, same transaction and same answers as the SQLite store; only
+//! service (`docs/reference.md` §7). Same tables, same transaction and same answers as the SQLite store; only
 //! the concurrency differs, since other processes now write too (see `write.rs` for how sequence
 //! numbers and idempotency keys stay global).
 //!
@@ -12,7 +12,7 @@
 //! connection with a small runtime of its own, which must never run (nor be dropped) on an async
 //! worker; hence the threads in [`PostgresStore::open`] and in `Drop`.
 //!
-//! Failures: a store that is down must answer quickly and never hang a request (SPEC §6), so every
+//! Failures: a store that is down must answer quickly and never hang a request (`docs/reference.md` §6), so every
 //! connection has a connect timeout, a statement timeout and TCP keepalives (all overridable in
 //! the URL), the writer also gives up on a commit after 4 s whatever the server does, and a
 //! connection that failed is dropped, not returned to the pool: when PostgreSQL comes back, the
