@@ -40,34 +40,56 @@ pub struct Buy {
     pub unit_price_cents: Option<i64>,
 }
 
-/// The shape of a valid buy, for the fast path of [`Buy::from_json`]. serde_json refuses strings
-/// and floats for `i64` fields, as the contract does.
-#[derive(serde::Deserialize)]
-struct WellFormed {
-    user_id: i64,
-    promotion_id: i64,
-    product_id: i64,
-    product_quantity: i64,
-    unit_price_cents: Option<i64>,
+/// A purchase as clients send it (the body of `POST /buy`, and the OpenAPI schema of it).
+/// Unknown extra fields are ignored; integers must be JSON integer literals (not strings, not
+/// `5.0`), which serde_json enforces for `i64` fields. Valid bodies (nearly all of them) are read
+/// straight into this struct; anything else is parsed again as a JSON value, to report every
+/// problem with its location ([`Buy::parse`]).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+pub struct BuyRequest {
+    /// The buying customer (signed 64-bit integer).
+    pub user_id: i64,
+    /// The promotion page the buy came from (signed 64-bit integer).
+    pub promotion_id: i64,
+    /// The product bought (signed 64-bit integer).
+    pub product_id: i64,
+    /// Units bought.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub product_quantity: i64,
+    /// Price of one unit in cents, for revenue analytics (optional).
+    #[schema(minimum = 0)]
+    pub unit_price_cents: Option<i64>,
+}
+
+impl BuyRequest {
+    /// The buy, when every field is in range.
+    fn validated(&self) -> Option<Buy> {
+        let in_range =
+            (1..=MAX_QUANTITY).contains(&self.product_quantity) && self.unit_price_cents.is_none_or(|p| p >= 0);
+        in_range.then(|| Buy {
+            user_id: self.user_id,
+            promotion_id: self.promotion_id,
+            product_id: self.product_id,
+            // In range 1..=MAX_QUANTITY, checked above.
+            quantity: Quantity(self.product_quantity as u32),
+            unit_price_cents: self.unit_price_cents,
+        })
+    }
+}
+
+/// A batch of purchases, recorded atomically (the body of `POST /buys`).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+pub struct BatchRequest {
+    /// 1 to 1000 buys.
+    #[schema(min_items = 1, max_items = 1000)]
+    pub buys: Vec<BuyRequest>,
 }
 
 impl Buy {
-    /// Parse a `POST /buy` body. Valid bodies (nearly all of them) are read straight into a
-    /// struct; anything else is parsed again as a JSON value to report every problem with its
-    /// location.
+    /// Parse a `POST /buy` body.
     pub fn from_json(bytes: &[u8]) -> Result<Buy, Vec<FieldError>> {
-        if let Ok(w) = serde_json::from_slice::<WellFormed>(bytes)
-            && (1..=MAX_QUANTITY).contains(&w.product_quantity)
-            && w.unit_price_cents.is_none_or(|p| p >= 0)
-        {
-            return Ok(Buy {
-                user_id: w.user_id,
-                promotion_id: w.promotion_id,
-                product_id: w.product_id,
-                // In range 1..=MAX_QUANTITY, checked above.
-                quantity: Quantity(w.product_quantity as u32),
-                unit_price_cents: w.unit_price_cents,
-            });
+        if let Some(buy) = serde_json::from_slice::<BuyRequest>(bytes).ok().as_ref().and_then(BuyRequest::validated) {
+            return Ok(buy);
         }
         let value: Value = serde_json::from_slice(bytes).map_err(|e| vec![FieldError::json_invalid(&e)])?;
         Buy::parse(&value, &[Value::from("body")])
@@ -109,6 +131,19 @@ impl Buy {
             _ => Err(errors),
         }
     }
+}
+
+/// Parse a `POST /buys` body as bytes: read straight into a [`BatchRequest`] when it is valid,
+/// else as a JSON value by [`parse_batch`], which names every problem.
+pub fn parse_batch_json(bytes: &[u8]) -> Result<Vec<Buy>, Vec<FieldError>> {
+    if let Ok(batch) = serde_json::from_slice::<BatchRequest>(bytes)
+        && (1..=MAX_BATCH).contains(&batch.buys.len())
+        && let Some(buys) = batch.buys.iter().map(BuyRequest::validated).collect::<Option<Vec<_>>>()
+    {
+        return Ok(buys);
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| vec![FieldError::json_invalid(&e)])?;
+    parse_batch(&value)
 }
 
 /// Parse a `POST /buys` body: `{"buys": [...]}` with 1 to [`MAX_BATCH`] valid items.
@@ -320,6 +355,15 @@ mod tests {
             assert_eq!(Buy::from_json(body.as_bytes()), Buy::parse(&value, &body_loc()), "{body}");
         }
         assert_eq!(Buy::from_json(b"{oops").unwrap_err()[0].kind, "json_invalid");
+        for body in bodies {
+            let batch = format!(r#"{{"buys": [{body}, {body}]}}"#);
+            let value: Value = serde_json::from_str(&batch).unwrap();
+            assert_eq!(parse_batch_json(batch.as_bytes()), parse_batch(&value), "{batch}");
+        }
+        for batch in [r#"{"buys": []}"#, r#"{"buys": {}}"#, r#"{}"#, r#"[]"#] {
+            let value: Value = serde_json::from_str(batch).unwrap();
+            assert_eq!(parse_batch_json(batch.as_bytes()), parse_batch(&value), "{batch}");
+        }
     }
 
     fn body_loc() -> Vec<Value> {

@@ -1,10 +1,8 @@
-//! Reading a request's body: the bytes within the route's limit and the body timeout, and JSON
-//! in the original's 422 shape.
+//! Reading a request's body: the bytes within the route's limit and the body timeout.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode};
-use serde_json::Value;
 use std::time::Duration;
 
 use crate::field_error::FieldError;
@@ -25,9 +23,4 @@ pub async fn read_body(mut request: Request, limit: usize, timeout: Duration) ->
             _ => ApiError::Validation(vec![FieldError::json_invalid_text(&rejection.body_text())]),
         }),
     }
-}
-
-/// The body as JSON, or 422 `json_invalid` (serde_json also bounds nesting depth at 128).
-pub fn json_body(bytes: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::Validation(vec![FieldError::json_invalid(&e)]))
 }

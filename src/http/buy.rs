@@ -11,11 +11,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::body::{json_body, read_body};
+use super::body::read_body;
 use super::forgery::{self, Bodies};
 use super::state::AppState;
 use crate::client_ip::client_ip;
-use crate::domain::{Buy, BuyRecord, parse_batch};
+use crate::domain::{Buy, BuyRecord, parse_batch_json};
 use crate::http::error::ApiError;
 use crate::idempotency;
 use crate::request_time;
@@ -25,34 +25,6 @@ use crate::store::{Write, WriteOutcome};
 pub const BUY_BODY_LIMIT: usize = 16 * 1024;
 /// Largest `POST /buys` body (`docs/reference.md` §6).
 pub const BATCH_BODY_LIMIT: usize = 2 * 1024 * 1024;
-
-/// A purchase, as clients send it. Unknown extra fields are ignored; integers must be JSON
-/// integer literals (not strings, not `5.0`).
-#[derive(ToSchema)]
-#[allow(dead_code)] // Documents the body for OpenAPI; parsing is done by `Buy::parse`.
-pub struct BuyRequest {
-    /// The buying customer (signed 64-bit integer).
-    user_id: i64,
-    /// The promotion page the buy came from (signed 64-bit integer).
-    promotion_id: i64,
-    /// The product bought (signed 64-bit integer).
-    product_id: i64,
-    /// Units bought.
-    #[schema(minimum = 1, maximum = 1_000_000)]
-    product_quantity: i64,
-    /// Price of one unit in cents, for revenue analytics (optional).
-    #[schema(minimum = 0)]
-    unit_price_cents: Option<i64>,
-}
-
-/// A batch of purchases, recorded atomically.
-#[derive(ToSchema)]
-#[allow(dead_code)] // Documents the body for OpenAPI; parsing is done by `parse_batch`.
-pub struct BatchRequest {
-    /// 1 to 1000 buys.
-    #[schema(min_items = 1, max_items = 1000)]
-    buys: Vec<BuyRequest>,
-}
 
 /// The answer to a recorded buy.
 #[derive(Serialize, ToSchema)]
@@ -89,7 +61,7 @@ pub struct BatchResponse {
 /// Record one buy.
 #[utoipa::path(
     post, path = "/buy", tag = "buys",
-    request_body(content = BuyRequest, description = "The buy. Body limit 16 KiB."),
+    request_body(content = crate::domain::BuyRequest, description = "The buy. Body limit 16 KiB."),
     params(
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "1–255 visible ASCII characters. A repeat with the same body within 24 h is answered with the original response and `Idempotent-Replayed: true`; with another body, 422; while the first is in flight, 409."),
         ("x-timestamp" = Option<String>, Header, description = "Request generation time (also x-client-time, x-request-time, timestamp, x-request-start, x-queue-start, x-request-received, x-forwarded-start): RFC 3339, HTTP-date or epoch seconds/ms/µs/ns."),
@@ -125,7 +97,7 @@ pub async fn record_buy(
 /// Record 1 to 1000 buys atomically.
 #[utoipa::path(
     post, path = "/buys", tag = "buys",
-    request_body(content = BatchRequest, description = "The buys. Body limit 2 MiB."),
+    request_body(content = crate::domain::BatchRequest, description = "The buys. Body limit 2 MiB."),
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "As for POST /buy.")),
     responses(
         (status = 200, description = "All buys committed durably, with consecutive sequence numbers", body = BatchResponse),
@@ -146,7 +118,7 @@ pub async fn record_batch(
 ) -> Result<Response, ApiError> {
     forgery::check(&state.origins, Bodies::Json, request.headers())?;
     let (headers, body) = read_body(request, BATCH_BODY_LIMIT, state.body_timeout).await?;
-    let buys = parse_batch(&json_body(&body)?).map_err(ApiError::Validation)?;
+    let buys = parse_batch_json(&body).map_err(ApiError::Validation)?;
     drop(body);
     let answer = record(&state, peer, headers, "/buys", buys).await?;
     let response = BatchResponse { success: true, recorded: answer.recorded, buy_count: answer.last_seq };

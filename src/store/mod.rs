@@ -4,10 +4,10 @@
 //! Calls are blocking: the single writer runs on its own thread and reads run on tokio's blocking
 //! pool, so a slow disk never stalls the async workers.
 
-pub mod aggregate;
+pub(crate) mod aggregate;
 mod pool;
-pub mod postgres;
-pub mod sqlite;
+pub(crate) mod postgres;
+pub(crate) mod sqlite;
 
 use std::path::PathBuf;
 
