@@ -66,7 +66,7 @@ impl BuyRequest {
     fn validated(&self) -> Option<Buy> {
         let in_range =
             (1..=MAX_QUANTITY).contains(&self.product_quantity) && self.unit_price_cents.is_none_or(|p| p >= 0);
-        in_range.then(|| Buy {
+        in_range.then_some(Buy {
             user_id: self.user_id,
             promotion_id: self.promotion_id,
             product_id: self.product_id,
