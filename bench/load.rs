@@ -20,9 +20,9 @@
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
-use buy_tracker::domain::{Buy, BuyRecord};
+use buy_tracker::domain::{Buy, BuyRecord, Quantity};
 use buy_tracker::request_time::{TIME_HEADERS, TimestampSource};
-use buy_tracker::store::{self, StoreUrl, Write};
+use buy_tracker::store::{self, StoreUrl, Submission};
 
 /// Buys per transaction.
 const BATCH: usize = 8192;
@@ -146,17 +146,13 @@ impl Generator {
         } else {
             (received_at_us, TimestampSource::Server)
         };
-        let buy = Buy::parse(
-            &serde_json::json!({
-                "user_id": user_id,
-                "promotion_id": promotion_id,
-                "product_id": product_id,
-                "product_quantity": quantity,
-                "unit_price_cents": price,
-            }),
-            &[],
-        )
-        .expect("generated buys are valid");
+        let buy = Buy {
+            user_id: user_id as i64,
+            promotion_id: promotion_id as i64,
+            product_id: product_id as i64,
+            quantity: Quantity::new(quantity as i64).expect("generated quantities are valid"),
+            unit_price_cents: price.map(|p| p as i64),
+        };
         let ip = user_id as u32;
         BuyRecord {
             buy,
@@ -208,7 +204,7 @@ fn main() -> Result<(), String> {
         let size = buys.len() as u64;
         let t = Instant::now();
         store
-            .commit(&[Write { buys, idempotency: None }], chrono::Utc::now().timestamp_micros())
+            .commit(&[Submission { buys, idempotency: None }], chrono::Utc::now().timestamp_micros())
             .map_err(|e| format!("commit failed after {loaded} buys: {e}"))?;
         commit_s += t.elapsed().as_secs_f64();
         loaded += size;

@@ -19,6 +19,11 @@ pub const MAX_BATCH: usize = 1000;
 pub struct Quantity(u32);
 
 impl Quantity {
+    /// `units` as a quantity, if it is from 1 to [`MAX_QUANTITY`].
+    pub fn new(units: i64) -> Option<Quantity> {
+        (1..=MAX_QUANTITY).contains(&units).then(|| Quantity(units as u32))
+    }
+
     /// The number of units.
     pub fn get(self) -> i64 {
         i64::from(self.0)
@@ -231,18 +236,19 @@ pub struct BuyRecord {
     pub idempotency_key: Option<String>,
 }
 
+/// Test builders: the one way tests make records.
 #[cfg(test)]
 impl BuyRecord {
-    /// A buy of one unit by user `i` (promotion `i % 7`, product `i % 11`), stamped `at_us`
-    /// from the server clock, for tests.
-    pub(crate) fn example(i: i64, at_us: i64) -> BuyRecord {
+    /// `quantity` units of `product` bought by `user` in `promotion` at `at_us` (server time,
+    /// from 127.0.0.1), priced `price` cents a unit if given.
+    pub(crate) fn test(user: i64, promotion: i64, product: i64, quantity: i64, price: Option<i64>, at_us: i64) -> Self {
         BuyRecord {
             buy: Buy {
-                user_id: i,
-                promotion_id: i % 7,
-                product_id: i % 11,
-                quantity: Quantity(1),
-                unit_price_cents: None,
+                user_id: user,
+                promotion_id: promotion,
+                product_id: product,
+                quantity: Quantity::new(quantity).expect("a test quantity from 1 to 1,000,000"),
+                unit_price_cents: price,
             },
             ip_address: "127.0.0.1".into(),
             timestamp_us: at_us,
@@ -250,6 +256,11 @@ impl BuyRecord {
             timestamp_source: TimestampSource::Server,
             idempotency_key: None,
         }
+    }
+
+    /// One unit bought by user `i` (promotion `i % 7`, product `i % 11`) at `at_us`.
+    pub(crate) fn example(i: i64, at_us: i64) -> Self {
+        Self::test(i, i % 7, i % 11, 1, None, at_us)
     }
 }
 

@@ -110,9 +110,7 @@ mod tests {
 
     #[test]
     fn fingerprint_depends_on_endpoint_and_buys() {
-        let buy = |q: i64| {
-            Buy::parse(&json!({"user_id": 1, "promotion_id": 2, "product_id": 3, "product_quantity": q}), &[]).unwrap()
-        };
+        let buy = |q: i64| crate::domain::BuyRecord::test(1, 2, 3, q, None, 0).buy;
         let a = claim("k".into(), "/buy", &[buy(1)]);
         assert_eq!(a, claim("k".into(), "/buy", &[buy(1)]));
         assert_ne!(a.fingerprint, claim("k".into(), "/buy", &[buy(2)]).fingerprint);

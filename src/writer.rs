@@ -1,6 +1,6 @@
 //! The group-commit writer: the one place that writes to the store.
 //!
-//! Requests hand their [`Write`]s to a queue and wait. A dedicated thread takes whatever is
+//! Requests hand their [`Submission`]s to a queue and wait. A dedicated thread takes whatever is
 //! queued (up to [`MAX_BATCH_BUYS`] buys), commits it in one transaction, and only then answers
 //! each request. One fsync thus covers many requests: under load batches grow by themselves, and
 //! an idle server commits each request at once.
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::clock::Clock;
-use crate::store::{IDEMPOTENCY_TTL_US, ROLLUP_KEEP_S, Store, StoreError, Write, WriteOutcome};
+use crate::store::{IDEMPOTENCY_TTL_US, Outcome, ROLLUP_KEEP_S, Store, StoreError, Submission};
 
 /// Upper bound on the buys in one transaction, so a commit's latency stays bounded.
 pub const MAX_BATCH_BUYS: usize = 8_192;
@@ -81,8 +81,8 @@ pub enum SubmitError {
 
 /// One queued write and how to answer it.
 struct Job {
-    write: Write,
-    reply: oneshot::Sender<Result<WriteOutcome, (u64, StoreError)>>,
+    write: Submission,
+    reply: oneshot::Sender<Result<Outcome, (u64, StoreError)>>,
     /// When the requester stops waiting: a job taken after this is discarded.
     deadline: Instant,
     /// The queue room this job's buys take, given back when the job is answered or discarded.
@@ -107,7 +107,7 @@ pub struct WriterHandle {
 
 impl WriterHandle {
     /// Queue `write`, wait for its commit, and return its outcome.
-    pub async fn submit(&self, write: Write) -> Result<WriteOutcome, SubmitError> {
+    pub async fn submit(&self, write: Submission) -> Result<Outcome, SubmitError> {
         let now = tokio::time::Instant::now();
         // One deadline for both waits: a request never waits longer than submit_deadline in all.
         let deadline = now + self.limits.submit_deadline;
@@ -226,7 +226,7 @@ fn run(mut rx: mpsc::UnboundedReceiver<Message>, store: &dyn Store, clock: &dyn 
         crate::metrics::queue_depth(waiting);
         if !jobs.is_empty() {
             batch += 1;
-            commit(store, clock, jobs, buys, batch);
+            commit_batch(store, clock, jobs, buys, batch);
         }
         if backlog || last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = Instant::now();
@@ -237,8 +237,8 @@ fn run(mut rx: mpsc::UnboundedReceiver<Message>, store: &dyn Store, clock: &dyn 
 
 /// Commit `jobs` in one transaction and answer each of them. `batch` numbers the commit in the
 /// logs, and in the errors its requests get, so that a 503 leads to the commit that caused it.
-fn commit(store: &dyn Store, clock: &dyn Clock, jobs: Vec<Job>, buys: usize, batch: u64) {
-    let (writes, replies): (Vec<Write>, Vec<_>) =
+fn commit_batch(store: &dyn Store, clock: &dyn Clock, jobs: Vec<Job>, buys: usize, batch: u64) {
+    let (writes, replies): (Vec<Submission>, Vec<_>) =
         jobs.into_iter().map(|job| (job.write, (job.reply, job.room))).unzip();
     let started = Instant::now();
     let result = store.commit(&writes, clock.now_us());
@@ -302,7 +302,7 @@ mod tests {
     }
 
     impl Store for GatedStore {
-        fn commit(&self, writes: &[Write], now_us: i64) -> Result<Vec<WriteOutcome>, StoreError> {
+        fn commit(&self, writes: &[Submission], now_us: i64) -> Result<Vec<Outcome>, StoreError> {
             assert!(!self.panics, "a store that panics");
             // A closed gate (the test ended) blocks nothing.
             let _ = self.gate.lock().unwrap().recv();
@@ -331,8 +331,11 @@ mod tests {
         }
     }
 
-    fn buys(n: usize) -> Write {
-        Write { buys: (0..n).map(|i| BuyRecord::example(i as i64, 1_750_000_000_000_000)).collect(), idempotency: None }
+    fn buys(n: usize) -> Submission {
+        Submission {
+            buys: (0..n).map(|i| BuyRecord::example(i as i64, 1_750_000_000_000_000)).collect(),
+            idempotency: None,
+        }
     }
 
     fn start(store: Arc<GatedStore>, limits: Limits) -> (Writer, WriterHandle) {
@@ -341,7 +344,7 @@ mod tests {
         (writer, handle)
     }
 
-    fn submit(handle: &WriterHandle, n: usize) -> tokio::task::JoinHandle<Result<WriteOutcome, SubmitError>> {
+    fn submit(handle: &WriterHandle, n: usize) -> tokio::task::JoinHandle<Result<Outcome, SubmitError>> {
         let handle = handle.clone();
         tokio::spawn(async move { handle.submit(buys(n)).await })
     }
@@ -380,7 +383,7 @@ mod tests {
         assert!(matches!(answer, Err(SubmitError::Timeout)), "{answer:?}");
         assert!(waited >= Duration::from_millis(4_400), "answered after {waited:?}");
         assert!(waited < Duration::from_millis(5_000), "answered after {waited:?}");
-        assert!(matches!(first.await.unwrap(), Ok(WriteOutcome::Recorded { last_seq: 1, recorded: 1 })));
+        assert!(matches!(first.await.unwrap(), Ok(Outcome::Recorded { last_seq: 1, recorded: 1 })));
         drop(open);
     }
 
@@ -404,7 +407,7 @@ mod tests {
         // right after it.
         drop(open);
         let next = submit(&handle, 1).await.unwrap();
-        assert!(matches!(next, Ok(WriteOutcome::Recorded { last_seq: 2, recorded: 1 })), "{next:?}");
+        assert!(matches!(next, Ok(Outcome::Recorded { last_seq: 2, recorded: 1 })), "{next:?}");
     }
 
     /// The queue is bounded in buys: two batches of a thousand fill 2,000 places, and a single

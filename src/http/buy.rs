@@ -19,7 +19,7 @@ use crate::domain::{Buy, BuyRecord, parse_batch_json};
 use crate::http::error::ApiError;
 use crate::idempotency;
 use crate::request_time;
-use crate::store::{Write, WriteOutcome};
+use crate::store::{Outcome, Submission};
 
 /// Largest `POST /buy` body (`docs/reference.md` §6).
 pub const BUY_BODY_LIMIT: usize = 16 * 1024;
@@ -178,9 +178,9 @@ async fn record(
         })
         .collect();
     // Every submit error means "not acknowledged": nothing, or nothing known, was committed.
-    match state.writer.submit(Write { buys: records, idempotency: claim }).await? {
-        WriteOutcome::Recorded { last_seq, recorded } => Ok(Recorded { last_seq, recorded, replayed: false }),
-        WriteOutcome::Replayed { last_seq, recorded } => Ok(Recorded { last_seq, recorded, replayed: true }),
-        WriteOutcome::KeyMismatch => Err(ApiError::IdempotencyMismatch),
+    match state.writer.submit(Submission { buys: records, idempotency: claim }).await? {
+        Outcome::Recorded { last_seq, recorded } => Ok(Recorded { last_seq, recorded, replayed: false }),
+        Outcome::Replayed { last_seq, recorded } => Ok(Recorded { last_seq, recorded, replayed: true }),
+        Outcome::KeyMismatch => Err(ApiError::IdempotencyMismatch),
     }
 }

@@ -126,16 +126,16 @@ pub struct IdempotencyClaim {
 
 /// One request's worth of buys, to be recorded atomically (all or none).
 #[derive(Debug, Clone)]
-pub struct Write {
+pub struct Submission {
     /// The buys, in request order.
     pub buys: Vec<BuyRecord>,
     /// The key this write claims, if the request carried one.
     pub idempotency: Option<IdempotencyClaim>,
 }
 
-/// What happened to one [`Write`] inside a committed transaction.
+/// What happened to one [`Submission`] inside a committed transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOutcome {
+pub enum Outcome {
     /// Recorded; `last_seq` is the sequence number of its last buy.
     Recorded { last_seq: i64, recorded: usize },
     /// The key was already used with the same request within 24 hours: nothing recorded, here
@@ -260,7 +260,7 @@ pub const ROLLUP_KEEP_S: i64 = 169 * 3600;
 pub trait Store: Send + Sync + 'static {
     /// Record `writes` in one transaction, assigning consecutive sequence numbers in order.
     /// Returns one outcome per write. When this returns `Ok`, everything is durable.
-    fn commit(&self, writes: &[Write], now_us: i64) -> Result<Vec<WriteOutcome>, StoreError>;
+    fn commit(&self, writes: &[Submission], now_us: i64) -> Result<Vec<Outcome>, StoreError>;
 
     /// Totals and the buys with `timestamp >= since_us`, over all buys or one promotion, exactly,
     /// without scanning the buys (rollups maintained with the inserts).

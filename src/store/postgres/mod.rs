@@ -21,9 +21,9 @@
 //! nothing). A commit whose outcome is unknown (the connection failed once COMMIT was sent) is
 //! reported as an error, never as Ok, and never retried.
 
+mod commit;
 mod read;
 mod schema;
-mod write;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -31,13 +31,13 @@ use std::time::Duration;
 use postgres::error::SqlState;
 use postgres::{Client, NoTls};
 
+use commit::{CommitConnection, Failure};
 use read::ReadConn;
-use write::{Failure, WriterConn};
 
 use super::pool::Pool;
 use super::{
-    Bucket, Counts, ExportFilter, ExportRow, OpenError, PromotionStats, PromotionSummary, Store, StoreError,
-    StoreErrorKind, Write, WriteOutcome,
+    Bucket, Counts, ExportFilter, ExportRow, OpenError, Outcome, PromotionStats, PromotionSummary, Store, StoreError,
+    StoreErrorKind, Submission,
 };
 use crate::lock::lock;
 
@@ -69,7 +69,7 @@ pub struct PostgresStore {
     /// Run on every new connection: the timeouts the URL did not set.
     session: String,
     /// The writer's connection; `None` until (re)opened by the next commit.
-    writer: Mutex<Option<WriterConn>>,
+    writer: Mutex<Option<CommitConnection>>,
     readers: Pool<ReadConn>,
 }
 
@@ -168,7 +168,7 @@ impl PostgresStore {
         // `open` may be called on an async worker, where the blocking client must not run.
         let writer = std::thread::scope(|scope| {
             scope
-                .spawn(|| -> Result<WriterConn, String> {
+                .spawn(|| -> Result<CommitConnection, String> {
                     // Migrations get a connection of their own, closed afterwards, so that their
                     // session settings (a longer statement timeout) end with it.
                     let mut migrator = store.read_config.connect(NoTls).map_err(|e| describe(&e))?;
@@ -204,22 +204,22 @@ impl PostgresStore {
     }
 
     #[cfg(test)]
-    fn with_open_writer<T>(&self, f: impl FnOnce(&mut WriterConn) -> T) -> T {
+    fn with_open_writer<T>(&self, f: impl FnOnce(&mut CommitConnection) -> T) -> T {
         let mut held = lock(&self.writer);
         let conn = held.get_or_insert_with(|| self.connect_writer().unwrap());
         f(conn)
     }
 
-    fn connect_writer(&self) -> Result<WriterConn, String> {
-        WriterConn::connect(&self.config, &self.session)
+    fn connect_writer(&self) -> Result<CommitConnection, String> {
+        CommitConnection::connect(&self.config, &self.session)
     }
 
     /// Run `f` on the writer's connection, opened if there is none. A connection that `f`
     /// reports broken is dropped; the next call opens a fresh one.
     fn with_writer<T>(
         &self,
-        held: &mut Option<WriterConn>,
-        f: impl FnOnce(&mut WriterConn) -> Result<T, Failure>,
+        held: &mut Option<CommitConnection>,
+        f: impl FnOnce(&mut CommitConnection) -> Result<T, Failure>,
     ) -> Result<T, (Failure, bool)> {
         let (mut conn, pooled) = match held.take().filter(|c| !c.is_closed()) {
             Some(conn) => (conn, true),
@@ -273,11 +273,11 @@ impl PostgresStore {
 }
 
 impl Store for PostgresStore {
-    fn commit(&self, writes: &[Write], now_us: i64) -> Result<Vec<WriteOutcome>, StoreError> {
+    fn commit(&self, writes: &[Submission], now_us: i64) -> Result<Vec<Outcome>, StoreError> {
         let mut held = lock(&self.writer);
         let mut attempt = 1;
         loop {
-            let (failure, pooled) = match self.with_writer(&mut held, |conn| conn.commit(writes, now_us)) {
+            let (failure, pooled) = match self.with_writer(&mut held, |conn| conn.transact(writes, now_us)) {
                 Ok(outcomes) => return Ok(outcomes),
                 Err(failed) => failed,
             };
@@ -373,7 +373,7 @@ impl Drop for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Buy, BuyRecord};
+    use crate::domain::BuyRecord;
     use crate::request_time::TimestampSource;
     use crate::store::aggregate::US;
     use crate::store::sqlite::SqliteStore;
@@ -415,35 +415,30 @@ mod tests {
         }
     }
 
+    /// A test record whose other stored fields vary too (both stores must store them alike).
     fn record(user: i64, promotion: i64, product: i64, quantity: i64, price: Option<i64>, at_us: i64) -> BuyRecord {
-        let mut json = serde_json::json!({"user_id": user, "promotion_id": promotion, "product_id": product, "product_quantity": quantity});
-        if let Some(price) = price {
-            json["unit_price_cents"] = price.into();
+        let mut record = BuyRecord::test(user, promotion, product, quantity, price, at_us);
+        record.ip_address = format!("10.0.0.{}", user % 250);
+        record.received_at_us = at_us + 7;
+        if user % 2 == 1 {
+            record.timestamp_source = TimestampSource::Header("x-timestamp");
         }
-        BuyRecord {
-            buy: Buy::parse(&json, &[]).unwrap(),
-            ip_address: format!("10.0.0.{}", user % 250),
-            timestamp_us: at_us,
-            received_at_us: at_us + 7,
-            timestamp_source: if user % 2 == 0 {
-                TimestampSource::Server
-            } else {
-                TimestampSource::Header("x-timestamp")
-            },
-            idempotency_key: None,
-        }
+        record
     }
 
-    fn keyed(mut buys: Vec<BuyRecord>, key: &str, fingerprint: u8) -> Write {
+    fn keyed(mut buys: Vec<BuyRecord>, key: &str, fingerprint: u8) -> Submission {
         for buy in &mut buys {
             buy.idempotency_key = Some(key.to_string());
         }
-        Write { buys, idempotency: Some(IdempotencyClaim { key: key.to_string(), fingerprint: [fingerprint; 32] }) }
+        Submission {
+            buys,
+            idempotency: Some(IdempotencyClaim { key: key.to_string(), fingerprint: [fingerprint; 32] }),
+        }
     }
 
     /// Batches mixing plain writes, new keys, keys repeated inside a batch (same and other
     /// body), keys from an earlier batch, and an expired key.
-    fn batches(base: i64) -> Vec<(Vec<Write>, i64)> {
+    fn batches(base: i64) -> Vec<(Vec<Submission>, i64)> {
         let mut out = Vec::new();
         let mut i = 0i64;
         for batch in 0..12i64 {
@@ -461,7 +456,7 @@ mod tests {
                     1 => keyed(buys, &format!("k{batch}-{}", w - 1), 1), // same key, same body: replay
                     2 => keyed(buys, &format!("k{batch}-{}", w - 2), 2), // same key, other body: refused
                     3 if batch > 0 => keyed(buys, &format!("k{}-0", batch - 1), 1), // earlier batch
-                    _ => Write { buys, idempotency: None },
+                    _ => Submission { buys, idempotency: None },
                 });
             }
             out.push((writes, base + batch * US));
@@ -474,7 +469,7 @@ mod tests {
 
     /// Batches of buys mostly in time order from `base`, one in five late by up to two hours, a
     /// batch spanning seconds, minutes and hours, 4 promotions; returns them and the last time.
-    fn late_and_out_of_order(seed: u64, base: i64, batches: usize) -> (Vec<Vec<Write>>, i64) {
+    fn late_and_out_of_order(seed: u64, base: i64, batches: usize) -> (Vec<Vec<Submission>>, i64) {
         let mut state = seed;
         let mut next = |n: u64| {
             state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
@@ -493,7 +488,7 @@ mod tests {
                         let (user, promotion, product) = (next(100) as i64, next(4) as i64, next(5) as i64);
                         let price = (user % 3 != 0).then_some(user * 10);
                         let buys = vec![record(user, promotion, product, 1 + next(3) as i64, price, at)];
-                        Write { buys, idempotency: None }
+                        Submission { buys, idempotency: None }
                     })
                     .collect()
             })
@@ -601,11 +596,11 @@ mod tests {
     fn commits_after_the_writer_connection_was_idle() {
         let Some(database) = TestDatabase::create() else { return };
         let pg = PostgresStore::open(&database.url).unwrap();
-        let write = || Write { buys: vec![record(1, 2, 3, 1, None, 1_750_000_000 * US)], idempotency: None };
-        assert_eq!(pg.commit(&[write()], 0).unwrap(), vec![WriteOutcome::Recorded { last_seq: 1, recorded: 1 }]);
-        std::thread::sleep(write::CHECK_AFTER_IDLE + Duration::from_millis(200));
-        assert_eq!(pg.commit(&[write()], 0).unwrap(), vec![WriteOutcome::Recorded { last_seq: 2, recorded: 1 }]);
-        std::thread::sleep(write::CHECK_AFTER_IDLE + Duration::from_millis(200));
+        let write = || Submission { buys: vec![record(1, 2, 3, 1, None, 1_750_000_000 * US)], idempotency: None };
+        assert_eq!(pg.commit(&[write()], 0).unwrap(), vec![Outcome::Recorded { last_seq: 1, recorded: 1 }]);
+        std::thread::sleep(commit::CHECK_AFTER_IDLE + Duration::from_millis(200));
+        assert_eq!(pg.commit(&[write()], 0).unwrap(), vec![Outcome::Recorded { last_seq: 2, recorded: 1 }]);
+        std::thread::sleep(commit::CHECK_AFTER_IDLE + Duration::from_millis(200));
         assert_eq!(pg.prune_idempotency(0, 10_000).unwrap(), 0);
     }
 
@@ -620,9 +615,9 @@ mod tests {
             seen.extend(outcomes);
         }
         // Every kind of outcome was exercised, and the expired key was recorded anew.
-        assert!(seen.iter().any(|o| matches!(o, WriteOutcome::Replayed { .. })));
-        assert!(seen.contains(&WriteOutcome::KeyMismatch));
-        assert!(matches!(seen.last(), Some(WriteOutcome::Recorded { recorded: 1, .. })));
+        assert!(seen.iter().any(|o| matches!(o, Outcome::Replayed { .. })));
+        assert!(seen.contains(&Outcome::KeyMismatch));
+        assert!(matches!(seen.last(), Some(Outcome::Recorded { recorded: 1, .. })));
         let mut cutoffs: Vec<i64> = (0..200).map(|i| base + i * 91_234_567 % (6 * 3600 * US)).collect();
         cutoffs.extend([base - 1, base, base + 60 * US, base + 3600 * US, base + 10 * 3600 * US, i64::MIN / 2]);
         for &cutoff in &cutoffs {
@@ -672,14 +667,14 @@ mod tests {
     #[test]
     fn sequence_numbers_continue_across_reopen_and_migrations_run_once() {
         let Some(database) = TestDatabase::create() else { return };
-        let one = Write { buys: vec![record(1, 2, 3, 1, None, 1_750_000_000 * US); 3], idempotency: None };
+        let one = Submission { buys: vec![record(1, 2, 3, 1, None, 1_750_000_000 * US); 3], idempotency: None };
         {
             let store = PostgresStore::open(&database.url).unwrap();
             let outcomes = store.commit(std::slice::from_ref(&one), 0).unwrap();
-            assert_eq!(outcomes, vec![WriteOutcome::Recorded { last_seq: 3, recorded: 3 }]);
+            assert_eq!(outcomes, vec![Outcome::Recorded { last_seq: 3, recorded: 3 }]);
         }
         let store = PostgresStore::open(&database.url).unwrap();
-        assert_eq!(store.commit(&[one], 0).unwrap(), vec![WriteOutcome::Recorded { last_seq: 6, recorded: 3 }]);
+        assert_eq!(store.commit(&[one], 0).unwrap(), vec![Outcome::Recorded { last_seq: 6, recorded: 3 }]);
         assert_eq!(store.counts(0, None).unwrap().total_buys, 6);
         let mut client = Client::connect(&database.url, NoTls).unwrap();
         let versions: i64 = client.query_one("SELECT count(*) FROM schema_version", &[]).unwrap().get(0);
@@ -708,8 +703,8 @@ mod tests {
             ))
             .unwrap();
         let store = PostgresStore::open(&database.url).unwrap();
-        let write = Write { buys: vec![record(6, 2, 3, 2, Some(50), at + 1)], idempotency: None };
-        assert_eq!(store.commit(&[write], at).unwrap(), vec![WriteOutcome::Recorded { last_seq: 2, recorded: 1 }]);
+        let write = Submission { buys: vec![record(6, 2, 3, 2, Some(50), at + 1)], idempotency: None };
+        assert_eq!(store.commit(&[write], at).unwrap(), vec![Outcome::Recorded { last_seq: 2, recorded: 1 }]);
         let stats = store.promotion_stats(2, at - 10 * US).unwrap();
         assert_eq!((stats.counts.total_buys, stats.counts.total_units), (2, 6));
         assert_eq!((stats.counts.recent_buys, stats.counts.recent_units), (2, 6));
@@ -721,7 +716,7 @@ mod tests {
         assert_eq!(store.promotions(at - 10 * US, 10, 0).unwrap().1, 1);
         // The buyer stored before the migrations (which rekey the buyers) is still known: buying
         // again does not count as a new buyer.
-        let again = Write { buys: vec![record(5, 2, 3, 1, None, at + 2)], idempotency: None };
+        let again = Submission { buys: vec![record(5, 2, 3, 1, None, at + 2)], idempotency: None };
         store.commit(&[again], at).unwrap();
         assert_eq!(store.promotion_stats(2, at - 10 * US).unwrap().unique_buyers, 2);
     }
@@ -735,12 +730,12 @@ mod tests {
         let mut stamps: Vec<i64> = (0..3000).map(|i| now - 10 * 24 * 3600 * US + i * 287_999_917 + i % 997).collect();
         stamps.push(now - 5 * 365 * 24 * 3600 * US);
         for (c, chunk) in stamps.chunks(100).enumerate() {
-            let writes: Vec<Write> = chunk
+            let writes: Vec<Submission> = chunk
                 .iter()
                 .enumerate()
                 .map(|(j, &t)| {
                     let i = (c * 100 + j) as i64;
-                    Write { buys: vec![record(i, i % 3, i % 5, 1 + i % 3, None, t)], idempotency: None }
+                    Submission { buys: vec![record(i, i % 3, i % 5, 1 + i % 3, None, t)], idempotency: None }
                 })
                 .collect();
             assert_eq!(pg.commit(&writes, now).unwrap(), kept.commit(&writes, now).unwrap());
@@ -765,7 +760,7 @@ mod tests {
         let Some(db) = TestDatabase::create() else { return };
         let store = PostgresStore::open(&db.url).unwrap();
         let now = 1_750_000_000 * US;
-        let old: Vec<Write> =
+        let old: Vec<Submission> =
             (0..2_500).map(|i| keyed(vec![record(i, 1, 1, 1, None, now)], &format!("k{i}"), 0)).collect();
         store.commit(&old, now).unwrap();
         store.commit(&[keyed(vec![record(1, 1, 1, 1, None, now)], "fresh", 0)], now + 2 * IDEMPOTENCY_TTL_US).unwrap();

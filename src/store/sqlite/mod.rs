@@ -13,16 +13,16 @@ use std::time::Duration;
 
 use rusqlite::{Connection, params};
 
+mod commit;
 mod read;
 mod schema;
-mod write;
 
 use schema::migrate;
 
 use super::pool::Pool;
 use super::{
-    Bucket, Counts, ExportFilter, ExportRow, OpenError, PromotionStats, PromotionSummary, Store, StoreError,
-    StoreErrorKind, Write, WriteOutcome,
+    Bucket, Counts, ExportFilter, ExportRow, OpenError, Outcome, PromotionStats, PromotionSummary, Store, StoreError,
+    StoreErrorKind, Submission,
 };
 use crate::lock::lock;
 
@@ -139,10 +139,10 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn commit(&self, writes: &[Write], now_us: i64) -> Result<Vec<WriteOutcome>, StoreError> {
+    fn commit(&self, writes: &[Submission], now_us: i64) -> Result<Vec<Outcome>, StoreError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction().map_err(unavailable)?;
-        let outcomes = write::apply(&tx, writes, now_us).map_err(unavailable)?;
+        let outcomes = commit::apply(&tx, writes, now_us).map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
         Ok(outcomes)
     }
@@ -256,21 +256,12 @@ fn prune_buckets(conn: &Connection, table: &str, granularity: i64, before_s: i64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Buy, BuyRecord};
-    use crate::request_time::TimestampSource;
+    use crate::domain::BuyRecord;
     use crate::store::IDEMPOTENCY_TTL_US;
     use crate::store::aggregate::US;
 
     fn record(timestamp_us: i64, quantity: i64) -> BuyRecord {
-        let json = serde_json::json!({"user_id": 1, "promotion_id": 2, "product_id": 3, "product_quantity": quantity});
-        BuyRecord {
-            buy: Buy::parse(&json, &[]).unwrap(),
-            ip_address: "127.0.0.1".into(),
-            timestamp_us,
-            received_at_us: timestamp_us,
-            timestamp_source: TimestampSource::Server,
-            idempotency_key: None,
-        }
+        BuyRecord::test(1, 2, 3, quantity, None, timestamp_us)
     }
 
     /// Recent counts from rollups equal a brute-force count at every cutoff, including cutoffs
@@ -280,8 +271,8 @@ mod tests {
         let store = SqliteStore::open_memory().unwrap();
         let base = 1_750_000_000 * US;
         let stamps: Vec<i64> = (0..400).map(|i| base + i * 37_123_457 % (5 * 3600 * US) + i).collect();
-        let writes: Vec<Write> =
-            stamps.iter().map(|&t| Write { buys: vec![record(t, 2)], idempotency: None }).collect();
+        let writes: Vec<Submission> =
+            stamps.iter().map(|&t| Submission { buys: vec![record(t, 2)], idempotency: None }).collect();
         store.commit(&writes, base).unwrap();
         let mut cutoffs: Vec<i64> = stamps.iter().flat_map(|&t| [t - 1, t, t + 1]).collect();
         cutoffs.extend([base - 1, base + 3600 * US, base + 60 * US, base + 10 * 3600 * US]);
@@ -309,10 +300,10 @@ mod tests {
             r
         };
         for (i, chunk) in stamps.chunks(100).enumerate() {
-            let writes: Vec<Write> = chunk
+            let writes: Vec<Submission> = chunk
                 .iter()
                 .enumerate()
-                .map(|(j, &t)| Write { buys: vec![buy(i * 100 + j, t)], idempotency: None })
+                .map(|(j, &t)| Submission { buys: vec![buy(i * 100 + j, t)], idempotency: None })
                 .collect();
             pruned.commit(&writes, now).unwrap();
             kept.commit(&writes, now).unwrap();
@@ -328,11 +319,11 @@ mod tests {
     fn expired_keys_are_pruned_in_bounded_slices() {
         let store = SqliteStore::open_memory().unwrap();
         let now = 1_750_000_000 * US;
-        let keyed = |i: usize, at: i64| Write {
+        let keyed = |i: usize, at: i64| Submission {
             buys: vec![record(at, 1)],
             idempotency: Some(crate::store::IdempotencyClaim { key: format!("k{i}"), fingerprint: [0; 32] }),
         };
-        let old: Vec<Write> = (0..2_500).map(|i| keyed(i, now)).collect();
+        let old: Vec<Submission> = (0..2_500).map(|i| keyed(i, now)).collect();
         store.commit(&old, now).unwrap();
         store.commit(&[keyed(9_999, now)], now + 2 * IDEMPOTENCY_TTL_US).unwrap();
         let before = now + IDEMPOTENCY_TTL_US;
@@ -355,7 +346,7 @@ mod tests {
             let (store, writing) = (store.clone(), writing.clone());
             std::thread::spawn(move || {
                 while writing.load(Ordering::Relaxed) {
-                    store.commit(&[Write { buys: vec![record(now, 1)], idempotency: None }], now).unwrap();
+                    store.commit(&[Submission { buys: vec![record(now, 1)], idempotency: None }], now).unwrap();
                 }
             })
         };
@@ -371,15 +362,15 @@ mod tests {
     fn sequence_numbers_continue_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/store.db");
-        let one = Write { buys: vec![record(US * 1_750_000_000, 1); 3], idempotency: None };
+        let one = Submission { buys: vec![record(US * 1_750_000_000, 1); 3], idempotency: None };
         {
             let store = SqliteStore::open_file(&path).unwrap();
             let outcomes = store.commit(std::slice::from_ref(&one), 0).unwrap();
-            assert_eq!(outcomes, vec![WriteOutcome::Recorded { last_seq: 3, recorded: 3 }]);
+            assert_eq!(outcomes, vec![Outcome::Recorded { last_seq: 3, recorded: 3 }]);
         }
         let store = SqliteStore::open_file(&path).unwrap();
         let outcomes = store.commit(&[one], 0).unwrap();
-        assert_eq!(outcomes, vec![WriteOutcome::Recorded { last_seq: 6, recorded: 3 }]);
+        assert_eq!(outcomes, vec![Outcome::Recorded { last_seq: 6, recorded: 3 }]);
         assert_eq!(store.counts(0, None).unwrap().total_buys, 6);
     }
 }

@@ -25,7 +25,7 @@
 //! so its round trips bound throughput; and the counter row is held from [`NUMBER_BUYS`] to
 //! COMMIT, so no client round trip happens while another replica waits for it. The `postgres`
 //! crate used for reads has no pipelining, so the writer drives `tokio-postgres` itself, on a
-//! small runtime of its own (see [`WriterConn`]).
+//! small runtime of its own (see [`CommitConnection`]).
 //!
 //! # Writer slots
 //!
@@ -91,7 +91,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 use super::{describe, is_broken, is_retryable};
 use crate::domain::BuyRecord;
 use crate::store::aggregate::{Deltas, GRANULARITIES, Tally};
-use crate::store::{IDEMPOTENCY_TTL_US, Write, WriteOutcome};
+use crate::store::{IDEMPOTENCY_TTL_US, Outcome, Submission};
 
 /// Longest a commit may wait for PostgreSQL's answers before it is abandoned as unknown. This
 /// also covers a server that accepts data but never answers (a frozen process), which neither
@@ -287,7 +287,7 @@ impl Failure {
 /// The writer's connection: a `tokio-postgres` client driven by a single-threaded runtime of its
 /// own, which runs only inside the writer thread's calls (`block_on`), like the `postgres`
 /// crate's clients. It must not be dropped on an async worker (the store's `Drop` sees to it).
-pub struct WriterConn {
+pub struct CommitConnection {
     runtime: tokio::runtime::Runtime,
     client: Client,
     statements: Statements,
@@ -306,9 +306,9 @@ impl Statements {
     }
 }
 
-impl WriterConn {
+impl CommitConnection {
     /// Connect, apply the session settings and prepare every statement.
-    pub fn connect(config: &tokio_postgres::Config, session: &str) -> Result<WriterConn, String> {
+    pub fn connect(config: &tokio_postgres::Config, session: &str) -> Result<CommitConnection, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -334,7 +334,7 @@ impl WriterConn {
             .block_on(async { tokio::time::timeout(COMMIT_DEADLINE, connecting).await })
             .map_err(|_| format!("PostgreSQL did not answer the connection within {COMMIT_DEADLINE:?}"))?
             .map_err(|e: tokio_postgres::Error| describe(&e))?;
-        Ok(WriterConn { runtime, client, statements, slot, last_used: Instant::now() })
+        Ok(CommitConnection { runtime, client, statements, slot, last_used: Instant::now() })
     }
 
     /// The slot this connection writes.
@@ -362,18 +362,20 @@ impl WriterConn {
     }
 
     /// Record `writes` in one transaction; see the module comment for what an error means.
-    pub fn commit(&mut self, writes: &[Write], now_us: i64) -> Result<Vec<WriteOutcome>, Failure> {
+    pub fn transact(&mut self, writes: &[Submission], now_us: i64) -> Result<Vec<Outcome>, Failure> {
         self.check_if_idle()?;
         let (client, st, slot) = (&self.client, &self.statements, self.slot);
         let result = self.runtime.block_on(async {
-            tokio::time::timeout(COMMIT_DEADLINE, commit(client, st, writes, now_us, slot)).await.unwrap_or_else(|_| {
-                Err(Failure {
-                    message: format!("PostgreSQL did not answer within {COMMIT_DEADLINE:?}"),
-                    unknown: true,
-                    retryable: false,
-                    broken: true,
+            tokio::time::timeout(COMMIT_DEADLINE, run_transaction(client, st, writes, now_us, slot))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Failure {
+                        message: format!("PostgreSQL did not answer within {COMMIT_DEADLINE:?}"),
+                        unknown: true,
+                        retryable: false,
+                        broken: true,
+                    })
                 })
-            })
         });
         self.last_used = Instant::now();
         result
@@ -627,18 +629,18 @@ enum KeyState<'a> {
 enum Pending {
     Recorded { rel_last: i64, recorded: usize },
     Replayed { rel_last: i64, recorded: usize },
-    Final(WriteOutcome),
+    Final(Outcome),
 }
 
 /// Run one transaction: claim keys (first round trip, only with keys), decide outcomes, then
 /// record everything and COMMIT (one pipelined round trip).
-async fn commit(
+async fn run_transaction(
     client: &Client,
     st: &Statements,
-    writes: &[Write],
+    writes: &[Submission],
     now_us: i64,
     slot: i32,
-) -> Result<Vec<WriteOutcome>, Failure> {
+) -> Result<Vec<Outcome>, Failure> {
     let mut keys = HashMap::new();
     let began = writes.iter().any(|w| w.idempotency.is_some());
     if began {
@@ -655,9 +657,9 @@ async fn commit(
             match keys.get_mut(claim.key.as_str()) {
                 Some(KeyState::Stored { fingerprint, last_seq, recorded }) => {
                     pending.push(Pending::Final(if fingerprint[..] == claim.fingerprint[..] {
-                        WriteOutcome::Replayed { last_seq: *last_seq, recorded: *recorded as usize }
+                        Outcome::Replayed { last_seq: *last_seq, recorded: *recorded as usize }
                     } else {
-                        WriteOutcome::KeyMismatch
+                        Outcome::KeyMismatch
                     }));
                     continue;
                 }
@@ -665,7 +667,7 @@ async fn commit(
                     pending.push(if **fingerprint == claim.fingerprint {
                         Pending::Replayed { rel_last: *rel_last, recorded: *recorded }
                     } else {
-                        Pending::Final(WriteOutcome::KeyMismatch)
+                        Pending::Final(Outcome::KeyMismatch)
                     });
                     continue;
                 }
@@ -691,13 +693,13 @@ async fn commit(
         pending.push(Pending::Recorded { rel_last: rel, recorded: write.buys.len() });
     }
 
-    let total = record(client, st, &recorded, &filled, began, slot).await?;
+    let total = number_and_commit(client, st, &recorded, &filled, began, slot).await?;
     let base = total.map_or(0, |total| total - recorded.len() as i64);
     Ok(pending
         .into_iter()
         .map(|p| match p {
-            Pending::Recorded { rel_last, recorded } => WriteOutcome::Recorded { last_seq: base + rel_last, recorded },
-            Pending::Replayed { rel_last, recorded } => WriteOutcome::Replayed { last_seq: base + rel_last, recorded },
+            Pending::Recorded { rel_last, recorded } => Outcome::Recorded { last_seq: base + rel_last, recorded },
+            Pending::Replayed { rel_last, recorded } => Outcome::Replayed { last_seq: base + rel_last, recorded },
             Pending::Final(outcome) => outcome,
         })
         .collect())
@@ -708,11 +710,11 @@ async fn commit(
 async fn claim_keys<'a>(
     client: &Client,
     st: &Statements,
-    writes: &'a [Write],
+    writes: &'a [Submission],
     now_us: i64,
 ) -> Result<HashMap<&'a str, KeyState<'a>>, Failure> {
     // The first write carrying each key is the one that may claim it.
-    let mut first: BTreeMap<&str, &Write> = BTreeMap::new();
+    let mut first: BTreeMap<&str, &Submission> = BTreeMap::new();
     for write in writes {
         if let Some(claim) = &write.idempotency {
             first.entry(claim.key.as_str()).or_insert(write);
@@ -775,7 +777,7 @@ async fn claim_keys<'a>(
 /// Record the buys (if any), fill in the claimed keys and COMMIT, in one pipelined round trip
 /// (beginning the transaction too unless `began`). Returns the counter's new total when buys
 /// were recorded or keys filled.
-async fn record(
+async fn number_and_commit(
     client: &Client,
     st: &Statements,
     recorded: &[&BuyRecord],

@@ -6,7 +6,7 @@
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::store::aggregate::Deltas;
-use crate::store::{IDEMPOTENCY_TTL_US, Write, WriteOutcome};
+use crate::store::{IDEMPOTENCY_TTL_US, Outcome, Submission};
 
 /// Write one transaction's aggregate changes, counting which buyers are new to their promotion.
 fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
@@ -76,7 +76,7 @@ fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
 }
 
 /// Apply `writes` inside `tx`, in order, and return one outcome per write.
-pub fn apply(tx: &Transaction, writes: &[Write], now_us: i64) -> rusqlite::Result<Vec<WriteOutcome>> {
+pub fn apply(tx: &Transaction, writes: &[Submission], now_us: i64) -> rusqlite::Result<Vec<Outcome>> {
     let mut seq: i64 = tx.query_row("SELECT total FROM counter WHERE id = 1", [], |r| r.get(0))?;
     let mut insert = tx.prepare_cached(
         "INSERT INTO buys (buy_count, user_id, promotion_id, product_id, product_quantity,
@@ -103,9 +103,9 @@ pub fn apply(tx: &Transaction, writes: &[Write], now_us: i64) -> rusqlite::Resul
                 .optional()?;
             if let Some((fingerprint, last_seq, recorded)) = earlier {
                 outcomes.push(if fingerprint == claim.fingerprint {
-                    WriteOutcome::Replayed { last_seq, recorded: recorded as usize }
+                    Outcome::Replayed { last_seq, recorded: recorded as usize }
                 } else {
-                    WriteOutcome::KeyMismatch
+                    Outcome::KeyMismatch
                 });
                 continue;
             }
@@ -131,7 +131,7 @@ pub fn apply(tx: &Transaction, writes: &[Write], now_us: i64) -> rusqlite::Resul
         if let Some(claim) = &write.idempotency {
             claim_key.execute(params![claim.key, &claim.fingerprint[..], seq, write.buys.len() as i64, now_us])?;
         }
-        outcomes.push(WriteOutcome::Recorded { last_seq: seq, recorded: write.buys.len() });
+        outcomes.push(Outcome::Recorded { last_seq: seq, recorded: write.buys.len() });
     }
     flush(&mut deltas, tx)?;
     let units = deltas.units;
