@@ -21,7 +21,7 @@ pub struct Quantity(u32);
 impl Quantity {
     /// `units` as a quantity, if it is from 1 to [`MAX_QUANTITY`].
     pub fn new(units: i64) -> Option<Quantity> {
-        (1..=MAX_QUANTITY).contains(&units).then(|| Quantity(units as u32))
+        (1..=MAX_QUANTITY).contains(&units).then_some(Quantity(units as u32))
     }
 
     /// The number of units.

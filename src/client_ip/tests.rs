@@ -1,4 +1,5 @@
 //! Tests of the client-IP rules: trusted ranges, every forwarding header, precedence and odd input.
+
 use super::*;
 use axum::http::{HeaderName, HeaderValue};
 use std::net::Ipv6Addr;

@@ -1,4 +1,5 @@
 //! Tests of the request-time rules: every header, format, unit threshold, bound and precedence.
+
 use super::*;
 use axum::http::{HeaderName, HeaderValue};
 
