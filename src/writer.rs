@@ -389,7 +389,8 @@ mod tests {
 
     /// Writes whose requester gave up while the store stalled (one timed out, one whose client
     /// went away) are not recorded when it recovers: only the write already in the transaction
-    /// is. Before, all three were, although every requester had been told "not acknowledged".
+    /// is. (Committing every queued job records all three, although each requester was told "not
+    /// acknowledged".)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_whose_requester_gave_up_are_not_recorded() {
         let (open, store) = gated(false);

@@ -37,10 +37,10 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sequence numbers per store call: each call reads the buys numbered `after + 1 ..= after +
 /// PAGE` that match the filter. Sequence numbers have no gaps, so an unfiltered page is PAGE buys,
 /// and a call never scans more than PAGE rows whatever plan the database picks. (Pages of "the
-/// next PAGE after `after`" made PostgreSQL, with statistics older than the table's growth,
-/// sort the whole remaining range for every page: 5 s for 140,000 buys.) 500 rather than 2,000:
-/// chunks of about 180 KiB were kept by the allocator after exports mixed with other reads (RSS
-/// 300–460 MB after 4 exports at a time beside `/stats`, about 150 MB with 500).
+/// next PAGE after `after`" let PostgreSQL, with statistics older than the table's growth, sort
+/// the whole remaining range for every page: 5 s for 140,000 buys.) 500 rather than 2,000: the
+/// allocator keeps chunks of about 180 KiB after exports mix with other reads (RSS 300–460 MB
+/// after 4 exports at a time beside `/stats` with 2,000; about 150 MB with 500).
 const PAGE: i64 = 500;
 /// Bytes gathered before a chunk is handed to the response.
 const CHUNK_BYTES: usize = 32 * 1024;

@@ -14,8 +14,8 @@ use crate::store::{Store, StoreError};
 use crate::writer::WriterHandle;
 
 /// What every handler can reach: one `Arc` around [`Shared`], so the clone axum makes for every
-/// request is a single reference-count increment (it used to clone seven `Arc`s and handles, and
-/// drop them again, per request). Fields are read through `Deref` (`state.store`, `state.clock`).
+/// request is a single reference-count increment rather than one per field. Fields are read
+/// through `Deref` (`state.store`, `state.clock`).
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 

@@ -533,8 +533,8 @@ mod tests {
     }
 
     /// A read of one granularity from the view `promotion_buckets` plans only that granularity's
-    /// branch of the current buckets: its conditions reach the branches (they did not while the
-    /// view's granularity column had another type than the rollup's, and reads cost more).
+    /// branch of the current buckets: its conditions reach the branches, which needs the view's
+    /// granularity column to have the rollup's type.
     #[test]
     fn the_bucket_view_passes_conditions_to_its_branches() {
         let Some(database) = TestDatabase::create() else { return };
