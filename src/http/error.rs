@@ -60,12 +60,12 @@ pub enum ApiError {
     #[error("busy: {0}")]
     Busy(String),
     /// 500: a bug or an unexpected failure; details are logged, never sent.
-    #[error("internal: {0}")]
-    Internal(String),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Marker attached to 500 responses: the request-id middleware logs the cause with the request id
-/// and fills the id into the body, so handlers need not know it.
+/// Marker attached to 500 responses, holding the cause as one line: the request-id middleware
+/// logs it with the request id and fills the id into the body, so handlers need not know it.
 #[derive(Debug, Clone)]
 pub struct InternalFailure(pub String);
 
@@ -131,10 +131,10 @@ impl IntoResponse for ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, json!({ "detail": self.unavailable_sentence() }))
             }
             ApiError::Busy(why) => (StatusCode::SERVICE_UNAVAILABLE, json!({ "detail": why })),
-            ApiError::Internal(cause) => {
+            ApiError::Internal(_) => {
                 let mut response =
                     (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(internal_error_body(""))).into_response();
-                response.extensions_mut().insert(InternalFailure(cause.clone()));
+                response.extensions_mut().insert(InternalFailure(error_chain(&self)));
                 return response;
             }
         };

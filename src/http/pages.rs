@@ -45,7 +45,7 @@ pub async fn swagger_asset(Path(file): Path<String>, uri: Uri) -> Result<Respons
 /// one of that name.
 fn swagger_file(name: &str) -> Result<Option<utoipa_swagger_ui::SwaggerFile<'static>>, ApiError> {
     utoipa_swagger_ui::serve(name, SWAGGER.clone())
-        .map_err(|e| ApiError::Internal(format!("Swagger UI file {name}: {e}")))
+        .map_err(|e| ApiError::Internal(format!("Swagger UI file {name}: {e}").into()))
 }
 
 /// `GET /openapi.json`: the document, serialised once.

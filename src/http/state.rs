@@ -77,7 +77,7 @@ impl Shared {
         let store = self.store.clone();
         match self.reads.run(READ_TIMEOUT, move || f(store.as_ref())).await {
             Ok(result) => Ok(result?),
-            Err(ReadError::Panicked(why)) => Err(ApiError::Internal(format!("store read panicked: {why}"))),
+            Err(panicked @ ReadError::Panicked(_)) => Err(ApiError::Internal(panicked.into())),
             Err(timed_out) => Err(timed_out.into()),
         }
     }
