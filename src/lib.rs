@@ -1,12 +1,25 @@
 //! buy-tracker records the purchases customers make on e-commerce promotion pages and serves live
-//! analytics on them.
+//! analytics on them. Its contract is `docs/reference.md`; comments cite it as
+//! `docs/reference.md §n`.
 //!
-//! How a buy flows through: an HTTP handler ([`http::buy`]) parses the body into a
-//! [`domain::Buy`] (invalid values cannot exist past this point), stamps it with the request time
-//! ([`request_time`]) and the client IP ([`client_ip`]), and hands it to the group-commit
-//! [`writer`]. The writer commits whatever is queued in one transaction of the [`store`] —
-//! buys, sequence numbers, rollups for analytics and idempotency keys together — and only then
-//! answers each waiting request. Reads such as `/stats` use the rollups, never scanning the buys.
+//! How a buy flows through: an HTTP handler (`http::buy`) checks that the write is not forged
+//! (`http::forgery`), parses the body into a [`domain::Buy`] (invalid values cannot exist past
+//! this point), stamps it with the request time ([`request_time`]) and the client IP
+//! ([`client_ip`]), and hands it to the group-commit writer (`writer`). The writer commits
+//! whatever is queued in one transaction of the [`store`] (buys, sequence numbers, rollups for
+//! analytics and idempotency keys together) and only then answers each waiting request. Reads
+//! such as `/stats` use the rollups, never scanning the buys.
+//!
+//! The map:
+//! - start-up: `main.rs` (signals, exit codes), [`cli`] (options into a `Config`), [`app`]
+//!   (store, writer, routes, bind), `server` (connections and their time limits), [`telemetry`]
+//!   (logs);
+//! - the edge: [`domain`] and [`field_error`] (parsing into valid types, the 422 shape),
+//!   [`request_time`], [`client_ip`], `idempotency`;
+//! - [`http`]: one module per resource, plus the shared state, the error type, access keys,
+//!   rate limits and middleware;
+//! - writing: `writer`, then [`store`] with its SQLite and PostgreSQL implementations;
+//! - around them: [`clock`] (time as an input), `metrics`, `lock`.
 #![forbid(unsafe_code)]
 
 pub mod app;

@@ -150,6 +150,38 @@ async fn recent_buys_follow_the_timestamp_headers(kind: StoreKind) {
     assert_eq!(app.get_json("/stats").await["total_buys"], 6);
 }
 
+/// At a pinned instant, the window's edge is exact: a buy stamped exactly `now − 1 h` is recent
+/// for `timeframe_hours=1`, one a microsecond earlier is not; a stamp up to 5 minutes ahead is
+/// kept (and recent), one further ahead is skipped for the server time.
+async fn the_window_edge_is_exact_at_a_pinned_instant(kind: StoreKind) {
+    let now = chrono::DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z").unwrap().to_utc();
+    let app = TestApp::spawn_at(kind, now).await;
+    let at = |offset_us: i64| {
+        (now + chrono::TimeDelta::microseconds(offset_us)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    let hour_us = 3_600_000_000;
+    for stamp in [at(-hour_us), at(-hour_us - 1), at(300_000_000), at(300_000_001)] {
+        let response = app.client.post(app.url("/buy")).header("x-timestamp", stamp).json(&buy(1, 2, 3, 1)).send();
+        assert_eq!(response.await.unwrap().status(), 200);
+    }
+    let stats = app.get_json("/stats?timeframe_hours=1").await;
+    assert_eq!(stats["current_time"], "2026-06-01T12:00:00.000000Z");
+    assert_eq!((stats["total_buys"].as_i64(), stats["n_recent_buys"].as_i64()), (Some(4), Some(3)), "{stats}");
+    let export = app.get("/export?format=ndjson").await.text().await.unwrap();
+    let rows: Vec<Value> = export.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let stamps: Vec<(&str, &str)> =
+        rows.iter().map(|r| (r["timestamp"].as_str().unwrap(), r["timestamp_source"].as_str().unwrap())).collect();
+    assert_eq!(
+        stamps,
+        vec![
+            ("2026-06-01T11:00:00.000000Z", "x-timestamp"),
+            ("2026-06-01T10:59:59.999999Z", "x-timestamp"),
+            ("2026-06-01T12:05:00.000000Z", "x-timestamp"),
+            ("2026-06-01T12:00:00.000000Z", "server"),
+        ]
+    );
+}
+
 async fn health_root_and_docs(kind: StoreKind) {
     let app = TestApp::spawn(kind).await;
     let health = app.get_json("/health").await;
@@ -419,6 +451,7 @@ on_every_store!(
     enforces_body_limits,
     stats_have_the_original_shape_and_bounds,
     recent_buys_follow_the_timestamp_headers,
+    the_window_edge_is_exact_at_a_pinned_instant,
     health_root_and_docs,
     unknown_paths_and_methods_answer_json,
     request_ids_are_echoed_or_made,

@@ -41,8 +41,22 @@ impl TestApp {
         Self::spawn_with(kind, |_| {}).await
     }
 
+    /// Start on `kind` with the service's clock stopped at `now` (time as an input: reads and
+    /// the request-time rules see exactly that instant).
+    pub async fn spawn_at(kind: StoreKind, now: chrono::DateTime<chrono::Utc>) -> TestApp {
+        Self::start(kind, |_| {}, std::sync::Arc::new(buy_tracker::clock::FixedClock(now))).await
+    }
+
     /// Start on `kind`, letting the test adjust the configuration.
     pub async fn spawn_with(kind: StoreKind, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        Self::start(kind, adjust, std::sync::Arc::new(buy_tracker::clock::SystemClock)).await
+    }
+
+    async fn start(
+        kind: StoreKind,
+        adjust: impl FnOnce(&mut Config),
+        clock: std::sync::Arc<dyn buy_tracker::clock::Clock>,
+    ) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = match kind {
             StoreKind::Sqlite => StoreUrl::Sqlite(dir.path().join("data/buys.db")),
@@ -51,7 +65,7 @@ impl TestApp {
         };
         let mut config = Config::for_tests(url);
         adjust(&mut config);
-        let app = Application::build(&config).await.expect("app builds");
+        let app = Application::build_with_clock(&config, clock).await.expect("app builds");
         let addr = app.local_addr();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until(async {
