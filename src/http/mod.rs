@@ -1,6 +1,6 @@
 //! The HTTP layer: one module per resource, plus the state and helpers they share.
 //! Handlers parse requests into domain types, call the writer or the store, and shape responses;
-//! every failure goes through [`error::ApiError`].
+//! every failure goes through `error::ApiError`, turned into a response in one place.
 
 pub(crate) mod access;
 pub(crate) mod body;
