@@ -27,7 +27,7 @@ pub struct HealthResponse {
 /// Readiness: 200 when the store answers, 503 `degraded` when not (for load balancers).
 #[utoipa::path(get, path = "/health", tag = "health", responses(
     (status = 200, description = "The store answers", body = HealthResponse),
-    (status = 503, description = "The store does not answer (status `degraded`, with `detail`)", body = HealthResponse),
+    (status = 503, description = "The store does not answer, or the writer has stopped so every write would be refused (status `degraded`, with a fixed-sentence `detail`)", body = HealthResponse),
 ))]
 pub async fn health(State(state): State<AppState>) -> Response {
     // A dead writer refuses every write while reads still work: as unhealthy as a dead store.

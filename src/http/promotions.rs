@@ -74,7 +74,7 @@ pub struct PromotionStatsResponse {
         (status = 200, description = "One page of the ranking", body = PromotionList),
         (status = 401, description = "Read keys are set and none was sent"),
         (status = 422, description = "A parameter is invalid", body = crate::http::error::ValidationErrors),
-        (status = 503, description = "The store is unavailable"),
+        (status = 503, description = "The store is unavailable or did not answer within 4 s; `detail` is a fixed sentence such as `the store is unavailable; retry`"),
     )
 )]
 pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<PromotionList>, ApiError> {
@@ -108,7 +108,7 @@ pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> R
         (status = 200, description = "The promotion's numbers (zeros, nulls and an empty list without buys)", body = PromotionStatsResponse),
         (status = 401, description = "Read keys are set and none was sent"),
         (status = 422, description = "promotion_id is not an integer, or timeframe_hours is invalid", body = crate::http::error::ValidationErrors),
-        (status = 503, description = "The store is unavailable"),
+        (status = 503, description = "The store is unavailable or did not answer within 4 s; `detail` is a fixed sentence such as `the store is unavailable; retry`"),
     )
 )]
 pub async fn stats(

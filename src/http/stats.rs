@@ -59,7 +59,7 @@ pub fn format_uptime(seconds: f64) -> String {
         (status = 200, description = "Counts include every buy acknowledged before this request", body = StatsResponse),
         (status = 401, description = "Read keys are set and none was sent"),
         (status = 422, description = "timeframe_hours missing its bounds or not a number", body = crate::http::error::ValidationErrors),
-        (status = 503, description = "The store is unavailable"),
+        (status = 503, description = "The store is unavailable or did not answer within 4 s; `detail` is a fixed sentence such as `the store is unavailable; retry`"),
     )
 )]
 pub async fn stats(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<StatsResponse>, ApiError> {
@@ -128,7 +128,7 @@ pub struct Timeseries {
         (status = 200, description = "Every bucket of the window, oldest first, zeros included", body = Timeseries),
         (status = 401, description = "Read keys are set and none was sent"),
         (status = 422, description = "A parameter is invalid", body = crate::http::error::ValidationErrors),
-        (status = 503, description = "The store is unavailable"),
+        (status = 503, description = "The store is unavailable or did not answer within 4 s; `detail` is a fixed sentence such as `the store is unavailable; retry`"),
     )
 )]
 pub async fn timeseries(
