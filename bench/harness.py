@@ -46,7 +46,8 @@ BATCH = 100  # buys per POST /buys request, as in bench/batch.lua
 NAMES = {"baseline": "baseline (in memory)", "sqlite": "SQLite (durable)", "postgres": "PostgreSQL, 1 replica",
          "postgres-1": "PostgreSQL, 1 replica", "postgres-2": "PostgreSQL, 2 replicas (total)",
          "postgres-2-apart": "control: 2 processes, a database each (total)",
-         "sqlite-2-apart": "control: 2 SQLite processes, a file each (total)"}
+         "sqlite-2-apart": "control: 2 SQLite processes, a file each (total)",
+         "sqlite-log": "SQLite, log and views (`--design log`)"}
 GROWTH_READS = {"stats": "GET /stats", "stats_168h": "GET /stats?timeframe_hours=168",
                 "promo_stats": "GET /promotions/{top}/stats", "promotions": "GET /promotions",
                 "timeseries": "GET /stats/timeseries (minute, 24 h)"}
@@ -145,9 +146,9 @@ def start_baseline(run, name):
     return start_server(run, name, [str(BASELINE_BIN), "0"])
 
 
-def start_service(run, name, database_url):
+def start_service(run, name, database_url, extra=()):
     return start_server(run, name, [str(SERVICE_BIN), "--host", "127.0.0.1", "--port", "0",
-                                    "--database-url", database_url])
+                                    "--database-url", database_url, *extra])
 
 
 def stop_servers(servers):
@@ -525,9 +526,11 @@ def scenario_buy_64(run):
     # A second control, without PostgreSQL: two SQLite processes, each on a file of its own, share
     # nothing but the cores. What they lose against one is the price of a second process alone.
     sq2 = [start_service(run, f"buy-64-sqlite-2-apart{i}", run.sqlite_url(f"buy64_apart{i}")) for i in (1, 2)]
-    servers = [base, sq, *sq2]
+    # The log design beside the inline one (issue 14): facts only on the write path, views after.
+    sql = start_service(run, "buy-64-sqlite-log", run.sqlite_url("buy64_log"), ["--design", "log"])
+    servers = [base, sq, *sq2, sql]
     targets = [Target("baseline", [base], lua("post_buy")), Target("sqlite", [sq], lua("post_buy")),
-               Target("sqlite-2-apart", sq2, lua("post_buy"))]
+               Target("sqlite-2-apart", sq2, lua("post_buy")), Target("sqlite-log", [sql], lua("post_buy"))]
     skipped = {}
     pg1_url = run.pg_url("buy64_1")
     if pg1_url:
@@ -743,6 +746,12 @@ def targets_table(parts):
             if apart:
                 rows.append(("(explains the row above) the same 2 processes, a database each: sharing one database costs",
                              f"{apart['rps']:,.0f} req/s apart; shared = {p2['rps'] / apart['rps']:.2f}x of apart", "—"))
+        sql = summarize(b64["runs"].get("sqlite-log"), base)
+        if sql:
+            rows.append(("POST /buy, SQLite, log and views (`--design log`), 64 connections: ≥ 70% of the baseline",
+                         f"{sql['rps']:,.0f} req/s = {sql['ratio']:.0%}", verdict(sql["ratio"] >= 0.70)))
+            rows.append(("POST /buy, SQLite, log and views, 64 connections: p99 ≤ 5 ms", f"{sql['p99_ms']:.2f} ms",
+                         verdict(sql["p99_ms"] <= 5)))
         sq2 = summarize(b64["runs"].get("sqlite-2-apart"))
         if sq and sq2:
             rows.append(("(explains the rows above) 2 SQLite processes, a file each, against 1: a second process alone costs",
@@ -901,8 +910,8 @@ def md_buy_64(part):
            "against the SQLite row it is what a second process costs when nothing at all is shared. "
            "Each PostgreSQL row has its own fresh databases.", ""]
     out += [x + "  " for x in skipped_lines(d)]
-    out += throughput_and_cpu(d["runs"], ["baseline", "sqlite", "sqlite-2-apart", "postgres-1", "postgres-2",
-                                          "postgres-2-apart"])
+    out += throughput_and_cpu(d["runs"], ["baseline", "sqlite", "sqlite-log", "sqlite-2-apart", "postgres-1",
+                                          "postgres-2", "postgres-2-apart"])
     reps = d["runs"].get("postgres-2")
     if reps:
         out += ["", "Each replica of the two-replica row (medians over the rounds):", "",

@@ -172,7 +172,8 @@ fn main() -> Result<(), String> {
     let n: u64 = args.get(1).and_then(|n| n.replace('_', "").parse().ok()).ok_or(usage)?;
     let days: u32 = args.get(2).map_or(Ok(7), |d| d.parse()).ok().filter(|&d| d >= 1).ok_or(usage)?;
     let seed: u64 = args.get(3).map_or(Ok(42), |s| s.parse()).map_err(|_| usage)?;
-    let store = store::open(&StoreUrl::parse(url)?).map_err(|e| buy_tracker::telemetry::error_chain(&e))?;
+    let store = store::open(&StoreUrl::parse(url)?, store::Design::Inline)
+        .map_err(|e| buy_tracker::telemetry::error_chain(&e))?;
 
     let end_us = chrono::Utc::now().timestamp_micros();
     let mut generator = Generator {

@@ -7,7 +7,7 @@ use clap::{CommandFactory, Parser, error::ErrorKind};
 use ipnet::IpNet;
 
 use crate::client_ip::{TrustedProxies, parse_cidr};
-use crate::store::StoreUrl;
+use crate::store::{Design, StoreUrl};
 use crate::telemetry::LogFormat;
 
 const EXAMPLES: &str = "\
@@ -25,6 +25,10 @@ Examples:
 #[derive(Debug, Clone, Parser)]
 #[command(name = "buy-tracker", version, about, after_help = EXAMPLES)]
 pub struct Cli {
+    /// What to do instead of serving (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to bind (an IP address or host name).
     #[arg(long, env = "BUY_TRACKER_HOST", default_value = "0.0.0.0")]
     pub host: String,
@@ -44,7 +48,7 @@ pub struct Cli {
 
     /// Where buys are stored: sqlite:PATH (file and folder created if missing), memory: (nothing
     /// kept) or postgres://USER@HOST/DB.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/buy-tracker.db", value_parser = StoreUrl::parse)]
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/buy-tracker.db", value_parser = StoreUrl::parse, global = true)]
     pub database_url: StoreUrl,
 
     /// A key that allows writes (repeatable; env: comma-separated). When any is set, POST /buy and
@@ -95,14 +99,30 @@ pub struct Cli {
     #[arg(long, env = "BUY_TRACKER_SHUTDOWN_TIMEOUT", default_value = "8", value_parser = parse_seconds)]
     pub shutdown_timeout: std::time::Duration,
 
+    /// How analytics are kept: `inline` (every aggregate in the write transaction) or `log`
+    /// (facts only on the write path, views following them). Experimental while both designs are
+    /// compared.
+    #[arg(long, env = "BUY_TRACKER_DESIGN", value_enum, default_value = "inline", hide = true)]
+    pub design: Design,
+
     /// Log format [default: pretty with --dev, else json].
     #[arg(long, env = "BUY_TRACKER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 }
 
+/// A maintenance command, run instead of the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Rebuild every view from the facts (`--design log`, SQLite): deletes the views file beside
+    /// the store and applies the whole log again, then exits. Run it with the service stopped.
+    RebuildViews,
+}
+
 /// The validated configuration the rest of the program reads.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// A maintenance command to run instead of serving.
+    pub command: Option<Command>,
     /// Address to bind.
     pub host: String,
     /// Port to bind (0: any free one).
@@ -125,6 +145,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Per-client rate limit, if any.
     pub rate_limit: Option<crate::http::rate_limit::Rate>,
+    /// How analytics are kept.
+    pub design: Design,
     /// Time allowed for a request's head (not a CLI option: tests shorten it).
     pub header_timeout: std::time::Duration,
     /// Time an idle keep-alive connection is kept.
@@ -195,6 +217,7 @@ impl Cli {
             trusted = trusted.with_only_header(header);
         }
         Ok(Config {
+            command: self.command,
             host: self.host,
             port: self.port,
             workers,
@@ -209,6 +232,7 @@ impl Cli {
                 per_second,
                 burst: self.rate_limit_burst.unwrap_or((2.0 * per_second).max(1.0)),
             }),
+            design: self.design,
             header_timeout: crate::server::HEADER_READ_TIMEOUT,
             idle_timeout: self.idle_timeout,
             shutdown_timeout: self.shutdown_timeout,
@@ -221,6 +245,7 @@ impl Config {
     /// A configuration for tests and embedding: the given store, port 0 on loopback, no keys.
     pub fn for_tests(database_url: StoreUrl) -> Config {
         Config {
+            command: None,
             host: "127.0.0.1".into(),
             port: 0,
             workers: 2,
@@ -232,6 +257,7 @@ impl Config {
             cors_origins: Vec::new(),
             log_format: LogFormat::Json,
             rate_limit: None,
+            design: Design::default(),
             header_timeout: crate::server::HEADER_READ_TIMEOUT,
             idle_timeout: crate::server::IDLE_TIMEOUT,
             shutdown_timeout: crate::server::DRAIN_TIMEOUT,

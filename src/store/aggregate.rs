@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::domain::BuyRecord;
+use crate::domain::{Buy, BuyRecord};
 
 /// Microseconds per second (timestamps are stored in microseconds).
 pub const US: i64 = 1_000_000;
@@ -72,10 +72,14 @@ pub struct Deltas {
 
 impl Deltas {
     /// Account for one recorded buy.
-    pub fn add(&mut self, record: &BuyRecord) {
-        let buy = &record.buy;
+    pub fn add_record(&mut self, record: &BuyRecord) {
+        self.add(&record.buy, record.timestamp_us);
+    }
+
+    /// Account for `buy`, stamped `timestamp_us`.
+    pub fn add(&mut self, buy: &Buy, timestamp_us: i64) {
         let units = buy.quantity.get();
-        let second = record.timestamp_us.div_euclid(US);
+        let second = timestamp_us.div_euclid(US);
         for g in GRANULARITIES {
             let bucket = second - second.rem_euclid(g);
             self.rollup.entry((g, bucket)).or_default().add(units);
@@ -85,15 +89,15 @@ impl Deltas {
             tally: Tally::default(),
             revenue_cents: 0,
             new_buyers: 0,
-            first_us: record.timestamp_us,
-            last_us: record.timestamp_us,
+            first_us: timestamp_us,
+            last_us: timestamp_us,
         });
         promotion.tally.add(units);
         // Saturating: a hostile price cannot wrap the revenue around.
         let revenue = buy.unit_price_cents.map_or(0, |p| p.saturating_mul(units));
         promotion.revenue_cents = promotion.revenue_cents.saturating_add(revenue);
-        promotion.first_us = promotion.first_us.min(record.timestamp_us);
-        promotion.last_us = promotion.last_us.max(record.timestamp_us);
+        promotion.first_us = promotion.first_us.min(timestamp_us);
+        promotion.last_us = promotion.last_us.max(timestamp_us);
         self.products.entry((buy.promotion_id, buy.product_id)).or_default().add(units);
         self.buyers.insert((buy.promotion_id, buy.user_id));
         self.units += units;

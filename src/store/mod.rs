@@ -5,9 +5,12 @@
 //! pool, so a slow disk never stalls the async workers.
 
 pub(crate) mod aggregate;
+pub mod log;
+mod logged;
 mod pool;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
+pub(crate) mod views;
 
 use std::path::PathBuf;
 
@@ -56,6 +59,8 @@ pub enum StoreErrorKind {
     Busy,
     /// The connection failed after a commit was sent: it may have been recorded.
     OutcomeUnknown,
+    /// The views did not reach the acknowledged facts in time (they are catching up).
+    Behind,
 }
 
 /// A failure of the store, with its cause kept for the logs; the HTTP layer answers 503.
@@ -75,6 +80,7 @@ impl StoreErrorKind {
             StoreErrorKind::Unavailable => "the store is unavailable; retry",
             StoreErrorKind::DiskFull => "the disk is full",
             StoreErrorKind::Busy => "the store is busy; retry",
+            StoreErrorKind::Behind => "the analytics are catching up with the writes; retry",
             StoreErrorKind::OutcomeUnknown => {
                 "the store did not confirm the write; it may have been recorded: retry with an Idempotency-Key"
             }
@@ -96,6 +102,17 @@ impl StoreError {
     /// What kind of failure this is.
     pub fn kind(&self) -> StoreErrorKind {
         self.kind
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    /// A SQLite failure: a full disk is told apart, everything else is "unavailable".
+    fn from(e: rusqlite::Error) -> StoreError {
+        let kind = match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreErrorKind::DiskFull,
+            _ => StoreErrorKind::Unavailable,
+        };
+        StoreError::new(kind, e)
     }
 }
 
@@ -143,6 +160,16 @@ pub enum Outcome {
     Replayed { last_seq: i64, recorded: usize },
     /// The key was already used with a different request: nothing recorded.
     KeyMismatch,
+}
+
+impl Outcome {
+    /// The last sequence number this write recorded, if it recorded any.
+    pub fn recorded_up_to(&self) -> Option<i64> {
+        match self {
+            Outcome::Recorded { last_seq, recorded } if *recorded > 0 => Some(*last_seq),
+            _ => None,
+        }
+    }
 }
 
 /// Counts over all buys or one promotion.
@@ -314,12 +341,69 @@ pub trait Store: Send + Sync + 'static {
     fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// Open the store a URL names.
-pub fn open(url: &StoreUrl) -> Result<std::sync::Arc<dyn Store>, OpenError> {
-    match url {
-        StoreUrl::Sqlite(path) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open_file(path)?)),
-        StoreUrl::Memory => Ok(std::sync::Arc::new(sqlite::SqliteStore::open_memory()?)),
-        StoreUrl::Postgres(url) => Ok(std::sync::Arc::new(postgres::PostgresStore::open(url)?)),
+/// How analytics are kept. Both designs stand side by side behind [`Store`] until the log wins
+/// its benchmark (issue 14); then the inline one goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Design {
+    /// Every aggregate is upserted inside the write transaction.
+    #[default]
+    Inline,
+    /// Facts only on the acknowledgement path; views follow the log (`store::views`).
+    Log,
+}
+
+/// Where the views of a SQLite store live: beside it, `data/buys.db` → `data/buys.views.db`.
+pub fn views_path(facts: &std::path::Path) -> PathBuf {
+    let stem = facts.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "buy-tracker".into());
+    facts.with_file_name(format!("{stem}.views.db"))
+}
+
+/// Delete the views of the SQLite store at `url` and build them again from its whole log (the
+/// service must not be running on it); returns how many facts were applied.
+pub fn rebuild_views(url: &StoreUrl) -> Result<usize, OpenError> {
+    let StoreUrl::Sqlite(path) = url else {
+        return Err(OpenError::new(
+            "views",
+            "rebuild-views works on a sqlite: store (memory: keeps nothing; PostgreSQL keeps no views yet)",
+        ));
+    };
+    let views = views_path(path);
+    for file in [
+        views.clone(),
+        PathBuf::from(format!("{}-wal", views.display())),
+        PathBuf::from(format!("{}-shm", views.display())),
+    ] {
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(OpenError::new(format!("views {}", file.display()), e)),
+        }
+    }
+    let log = sqlite::SqliteStore::open_file(path)?.into_log();
+    let fresh = views::Views::open(Some(&views))?;
+    fresh.catch_up(&log).map_err(|e| OpenError::new(format!("views {}", views.display()), e))
+}
+
+/// Open the store a URL names, with analytics kept as `design` says.
+pub fn open(url: &StoreUrl, design: Design) -> Result<std::sync::Arc<dyn Store>, OpenError> {
+    let started = |store: std::io::Result<logged::LoggedStore>| {
+        store
+            .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn Store>)
+            .map_err(|e| OpenError::new("the view stage", e))
+    };
+    match (url, design) {
+        (StoreUrl::Sqlite(path), Design::Inline) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open_file(path)?)),
+        (StoreUrl::Memory, Design::Inline) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open_memory()?)),
+        (StoreUrl::Sqlite(path), Design::Log) => {
+            let log = std::sync::Arc::new(sqlite::SqliteStore::open_file(path)?.into_log());
+            started(logged::LoggedStore::start(log, views::Views::open(Some(&views_path(path)))?))
+        }
+        (StoreUrl::Memory, Design::Log) => {
+            let log = std::sync::Arc::new(sqlite::SqliteStore::open_memory()?.into_log());
+            started(logged::LoggedStore::start(log, views::Views::open(None)?))
+        }
+        // The PostgreSQL log and its replicas' views are the next step of issue 14.
+        (StoreUrl::Postgres(url), _) => Ok(std::sync::Arc::new(postgres::PostgresStore::open(url)?)),
     }
 }
 

@@ -564,7 +564,7 @@ impl<'a> Recording<'a> {
             keys: Vec::with_capacity(n),
         };
         for (i, record) in recorded.iter().enumerate() {
-            deltas.add(record);
+            deltas.add_record(record);
             let b = &record.buy;
             r.ids.push([i as i64 + 1, b.user_id, b.promotion_id, b.product_id, b.quantity.get()]);
             r.prices.push(b.unit_price_cents);

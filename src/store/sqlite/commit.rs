@@ -75,8 +75,10 @@ fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Apply `writes` inside `tx`, in order, and return one outcome per write.
-pub fn apply(tx: &Transaction, writes: &[Submission], now_us: i64) -> rusqlite::Result<Vec<Outcome>> {
+/// Apply `writes` inside `tx`, in order, and return one outcome per write. With `aggregates`,
+/// every aggregate is updated in the same transaction (the inline design); without, only the
+/// facts, sequence numbers and keys are written (the log design: views follow off the path).
+pub fn apply(tx: &Transaction, writes: &[Submission], now_us: i64, aggregates: bool) -> rusqlite::Result<Vec<Outcome>> {
     let mut seq: i64 = tx.query_row("SELECT total FROM counter WHERE id = 1", [], |r| r.get(0))?;
     let mut insert = tx.prepare_cached(
         "INSERT INTO buys (buy_count, user_id, promotion_id, product_id, product_quantity,
@@ -92,6 +94,7 @@ pub fn apply(tx: &Transaction, writes: &[Submission], now_us: i64) -> rusqlite::
              recorded = excluded.recorded, created_at_us = excluded.created_at_us",
     )?;
     let mut deltas = Deltas::default();
+    let mut units = 0;
     let mut outcomes = Vec::with_capacity(writes.len());
     for write in writes {
         if let Some(claim) = &write.idempotency {
@@ -126,15 +129,19 @@ pub fn apply(tx: &Transaction, writes: &[Submission], now_us: i64) -> rusqlite::
                 record.timestamp_source.as_str(),
                 record.idempotency_key,
             ])?;
-            deltas.add(record);
+            units += buy.quantity.get();
+            if aggregates {
+                deltas.add_record(record);
+            }
         }
         if let Some(claim) = &write.idempotency {
             claim_key.execute(params![claim.key, &claim.fingerprint[..], seq, write.buys.len() as i64, now_us])?;
         }
         outcomes.push(Outcome::Recorded { last_seq: seq, recorded: write.buys.len() });
     }
-    flush(&mut deltas, tx)?;
-    let units = deltas.units;
+    if aggregates {
+        flush(&mut deltas, tx)?;
+    }
     tx.execute("UPDATE counter SET total = ?1, total_units = total_units + ?2 WHERE id = 1", [seq, units])?;
     Ok(outcomes)
 }

@@ -7,7 +7,7 @@
 //! database cannot be shared between connections, so there reads take the writer's connection.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use super::{
     StoreErrorKind, Submission,
 };
 use crate::lock::lock;
+use crate::store::log::{Fact, FactLog};
 
 /// SQLite behind the [`Store`] interface.
 pub struct SqliteStore {
@@ -33,6 +34,11 @@ pub struct SqliteStore {
     readers: Option<ReadPool>,
     /// Set on drop to stop the checkpointer thread.
     stop: Arc<AtomicBool>,
+    /// Whether commits update the aggregates too (the inline design); without, this is only the
+    /// log of facts, and views follow it (see `store::views`).
+    aggregates: bool,
+    /// The highest sequence number committed, published after each commit.
+    committed: AtomicI64,
 }
 
 /// How often the checkpointer copies the WAL back into the database file.
@@ -105,13 +111,22 @@ impl SqliteStore {
         .map_err(|e| describe(&e))?;
         let mut conn = conn;
         migrate(&mut conn).map_err(|e| describe(&e))?;
+        let committed = last_committed(&conn).map_err(|e| describe(&e))?;
         let stop = Arc::new(AtomicBool::new(false));
         start_checkpointer(path.to_path_buf(), stop.clone()).map_err(|e| describe(&e))?;
         Ok(SqliteStore {
             writer: Mutex::new(conn),
             readers: Some(ReadPool { path: path.to_path_buf(), connections: Pool::new(MAX_READERS, "SQLite") }),
             stop,
+            aggregates: true,
+            committed: AtomicI64::new(committed),
         })
+    }
+
+    /// This store as the log of facts only: commits write no aggregates (views follow the log).
+    pub fn into_log(mut self) -> Self {
+        self.aggregates = false;
+        self
     }
 
     /// An in-memory database: the same schema and code, nothing kept.
@@ -119,7 +134,13 @@ impl SqliteStore {
         let what = "the in-memory store";
         let mut conn = Connection::open_in_memory().map_err(|e| OpenError::new(what, e))?;
         migrate(&mut conn).map_err(|e| OpenError::new(what, e))?;
-        Ok(SqliteStore { writer: Mutex::new(conn), readers: None, stop: Arc::new(AtomicBool::new(true)) })
+        Ok(SqliteStore {
+            writer: Mutex::new(conn),
+            readers: None,
+            stop: Arc::new(AtomicBool::new(true)),
+            aggregates: true,
+            committed: AtomicI64::new(0),
+        })
     }
 
     /// Run `f` on a read connection.
@@ -142,8 +163,11 @@ impl Store for SqliteStore {
     fn commit(&self, writes: &[Submission], now_us: i64) -> Result<Vec<Outcome>, StoreError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction().map_err(unavailable)?;
-        let outcomes = commit::apply(&tx, writes, now_us).map_err(unavailable)?;
+        let outcomes = commit::apply(&tx, writes, now_us, self.aggregates).map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
+        if let Some(last) = outcomes.iter().filter_map(Outcome::recorded_up_to).max() {
+            self.committed.fetch_max(last, Ordering::Release);
+        }
         Ok(outcomes)
     }
 
@@ -221,6 +245,31 @@ impl Store for SqliteStore {
 
     fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| conn.query_row("SELECT total FROM counter WHERE id = 1", [], |_| Ok(())))
+    }
+}
+
+/// The counter's total: the highest sequence number committed.
+fn last_committed(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT total FROM counter WHERE id = 1", [], |r| r.get(0))
+}
+
+impl FactLog for SqliteStore {
+    fn last_seq(&self) -> Result<i64, StoreError> {
+        Ok(self.committed.load(Ordering::Acquire))
+    }
+
+    fn facts_after(&self, after: i64, limit: usize) -> Result<Vec<Fact>, StoreError> {
+        self.read(|conn| read::facts_after(conn, after, limit))
+    }
+
+    fn between(
+        &self,
+        from_us: i64,
+        to_us: i64,
+        promotion_id: Option<i64>,
+        up_to: i64,
+    ) -> Result<(i64, i64), StoreError> {
+        self.read(|conn| read::between(conn, from_us, to_us, promotion_id, up_to))
     }
 }
 

@@ -3,7 +3,9 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::domain::{Buy, Quantity};
 use crate::store::aggregate::{US, window_edges};
+use crate::store::log::Fact;
 use crate::store::{Bucket, Counts, ExportFilter, ExportRow, ProductCount, PromotionStats, PromotionSummary};
 
 const RECENT_ALL: &str = "
@@ -174,4 +176,42 @@ pub fn export_page(
         })
     })?
     .collect()
+}
+
+/// See [`crate::store::log::FactLog::facts_after`]: a range of the buys' primary key.
+pub fn facts_after(conn: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<Fact>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents, timestamp_us
+         FROM buys WHERE buy_count > ?1 ORDER BY buy_count LIMIT ?2",
+    )?;
+    stmt.query_map(params![after, limit as i64], |r| {
+        let quantity: i64 = r.get(4)?;
+        Ok(Fact {
+            seq: r.get(0)?,
+            buy: Buy {
+                user_id: r.get(1)?,
+                promotion_id: r.get(2)?,
+                product_id: r.get(3)?,
+                quantity: Quantity::new(quantity).ok_or(rusqlite::Error::IntegralValueOutOfRange(4, quantity))?,
+                unit_price_cents: r.get(5)?,
+            },
+            timestamp_us: r.get(6)?,
+        })
+    })?
+    .collect()
+}
+
+/// See [`crate::store::log::FactLog::between`]: through the timestamp index.
+pub fn between(
+    conn: &Connection,
+    from_us: i64,
+    to_us: i64,
+    promotion_id: Option<i64>,
+    up_to: i64,
+) -> rusqlite::Result<(i64, i64)> {
+    conn.prepare_cached(
+        "SELECT count(*), coalesce(sum(product_quantity), 0) FROM buys
+         WHERE timestamp_us >= ?1 AND timestamp_us < ?2 AND buy_count <= ?3 AND (?4 IS NULL OR promotion_id = ?4)",
+    )?
+    .query_row(params![from_us, to_us, up_to, promotion_id], |r| Ok((r.get(0)?, r.get(1)?)))
 }

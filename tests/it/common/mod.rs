@@ -20,6 +20,10 @@ pub mod postgres_db;
 pub enum StoreKind {
     Sqlite,
     Memory,
+    /// SQLite as a log of facts, with views following it (`--design log`).
+    SqliteLog,
+    /// The same in memory.
+    MemoryLog,
     /// A fresh database on the server named by `BUY_TRACKER_TEST_POSTGRES_URL` (see
     /// [`postgres_db`]), dropped when the test ends.
     Postgres,
@@ -59,11 +63,14 @@ impl TestApp {
     ) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = match kind {
-            StoreKind::Sqlite => StoreUrl::Sqlite(dir.path().join("data/buys.db")),
-            StoreKind::Memory => StoreUrl::Memory,
+            StoreKind::Sqlite | StoreKind::SqliteLog => StoreUrl::Sqlite(dir.path().join("data/buys.db")),
+            StoreKind::Memory | StoreKind::MemoryLog => StoreUrl::Memory,
             StoreKind::Postgres => StoreUrl::Postgres(postgres_db::fresh_database_url()),
         };
         let mut config = Config::for_tests(url);
+        if matches!(kind, StoreKind::SqliteLog | StoreKind::MemoryLog) {
+            config.design = buy_tracker::store::Design::Log;
+        }
         adjust(&mut config);
         let app = Application::build_with_clock(&config, clock).await.expect("app builds");
         let addr = app.local_addr();
@@ -143,6 +150,14 @@ macro_rules! on_every_store {
         mod memory {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name($crate::common::StoreKind::Memory).await })*
+        }
+        mod sqlite_log {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::common::StoreKind::SqliteLog).await })*
+        }
+        mod memory_log {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::common::StoreKind::MemoryLog).await })*
         }
         /// Skipped (with a SKIP line) unless `BUY_TRACKER_TEST_POSTGRES_URL` names a server.
         mod postgres {

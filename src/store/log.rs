@@ -1,0 +1,39 @@
+//! The log of facts: what the acknowledgement path writes, and what every view is computed from.
+//!
+//! A store's log commits facts (buys), their sequence numbers and idempotency keys, and nothing
+//! else, so a 200 waits only for that. Views read the log in sequence order ([`FactLog::facts_after`])
+//! and apply it off the acknowledgement path. Sequence numbers have no gaps and facts become
+//! visible in sequence order, so "every fact up to n" is a complete, well-defined prefix.
+
+use crate::domain::Buy;
+use crate::store::StoreError;
+
+/// A recorded buy as the views see it: its sequence number and what analytics read of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fact {
+    /// The buy's sequence number.
+    pub seq: i64,
+    /// The buy.
+    pub buy: Buy,
+    /// Request generation time, microseconds since the Unix epoch.
+    pub timestamp_us: i64,
+}
+
+/// The facts side of a store.
+pub trait FactLog: Send + Sync + 'static {
+    /// The highest sequence number committed (every fact up to it is durable and visible).
+    fn last_seq(&self) -> Result<i64, StoreError>;
+
+    /// Up to `limit` facts numbered after `after`, in sequence order.
+    fn facts_after(&self, after: i64, limit: usize) -> Result<Vec<Fact>, StoreError>;
+
+    /// Buys and units of the facts numbered up to `up_to` with a timestamp in `from_us..to_us`
+    /// (at most a second: the partial second at a window's edge), over all buys or one promotion.
+    fn between(
+        &self,
+        from_us: i64,
+        to_us: i64,
+        promotion_id: Option<i64>,
+        up_to: i64,
+    ) -> Result<(i64, i64), StoreError>;
+}

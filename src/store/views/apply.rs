@@ -1,0 +1,138 @@
+//! Applying facts to the views, in sequence order, one transaction per batch.
+//!
+//! Aggregates are summed in memory over the whole batch first, so each bucket, promotion and
+//! product row is written once per batch however many buys touch it; only the buyer pairs are one
+//! row per buy.
+
+use rusqlite::{Transaction, params};
+
+use crate::store::aggregate::Deltas;
+use crate::store::log::Fact;
+
+/// Apply `facts` (numbered consecutively after the applied sequence number) inside `tx`;
+/// returns the new applied sequence number.
+pub fn apply(tx: &Transaction, facts: &[Fact]) -> rusqlite::Result<i64> {
+    let applied: i64 = tx.query_row("SELECT seq FROM applied WHERE id = 1", [], |r| r.get(0))?;
+    let mut deltas = Deltas::default();
+    let mut last = applied;
+    for fact in facts {
+        // The log hands out every number once, in order: anything else is a bug upstream, and
+        // applying it would count a buy twice or skip one.
+        if fact.seq != last + 1 {
+            return Err(rusqlite::Error::InvalidParameterName(format!(
+                "fact {} follows {last}: the log must be applied in sequence order",
+                fact.seq
+            )));
+        }
+        last = fact.seq;
+        deltas.add(&fact.buy, fact.timestamp_us);
+    }
+    flush(&mut deltas, tx)?;
+    tx.execute("UPDATE applied SET seq = ?1, total_units = total_units + ?2 WHERE id = 1", [last, deltas.units])?;
+    Ok(last)
+}
+
+/// Write one batch's aggregate changes, counting which buyers are new to their promotion.
+fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
+    let mut new_buyer = tx.prepare_cached(
+        "INSERT INTO promotion_buyers (user_id, promotion_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+    )?;
+    // In the table's key order (user first), so consecutive inserts land on the same pages.
+    let mut buyers: Vec<(i64, i64)> = deltas.buyers.iter().map(|&(promotion, user)| (user, promotion)).collect();
+    buyers.sort_unstable();
+    for (user_id, promotion_id) in buyers {
+        if new_buyer.execute(params![user_id, promotion_id])? == 1
+            && let Some(p) = deltas.promotions.get_mut(&promotion_id)
+        {
+            p.new_buyers += 1;
+        }
+    }
+    let mut rollup = tx.prepare_cached(
+        "INSERT INTO rollup (granularity_s, bucket_s, buys, units) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (granularity_s, bucket_s)
+             DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units",
+    )?;
+    for ((g, bucket), t) in &deltas.rollup {
+        rollup.execute(params![g, bucket, t.buys, t.units])?;
+    }
+    let mut promotion_rollup = tx.prepare_cached(
+        "INSERT INTO promotion_rollup (promotion_id, granularity_s, bucket_s, buys, units)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (granularity_s, bucket_s, promotion_id)
+             DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units",
+    )?;
+    for ((promotion_id, g, bucket), t) in &deltas.promotion_rollup {
+        promotion_rollup.execute(params![promotion_id, g, bucket, t.buys, t.units])?;
+    }
+    let mut totals = tx.prepare_cached(
+        "INSERT INTO promotion_totals
+                 (promotion_id, total_buys, total_units, revenue_cents, unique_buyers, first_buy_us, last_buy_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (promotion_id) DO UPDATE SET
+                 total_buys = total_buys + excluded.total_buys,
+                 total_units = total_units + excluded.total_units,
+                 revenue_cents = CASE WHEN revenue_cents > 9223372036854775807 - excluded.revenue_cents
+                     THEN 9223372036854775807 ELSE revenue_cents + excluded.revenue_cents END,
+                 unique_buyers = unique_buyers + excluded.unique_buyers,
+                 first_buy_us = min(first_buy_us, excluded.first_buy_us),
+                 last_buy_us = max(last_buy_us, excluded.last_buy_us)",
+    )?;
+    for (promotion_id, p) in &deltas.promotions {
+        totals.execute(params![
+            promotion_id,
+            p.tally.buys,
+            p.tally.units,
+            p.revenue_cents,
+            p.new_buyers,
+            p.first_us,
+            p.last_us
+        ])?;
+    }
+    let mut products = tx.prepare_cached(
+        "INSERT INTO promotion_products (promotion_id, product_id, buys, units) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (promotion_id, product_id)
+             DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units",
+    )?;
+    for ((promotion_id, product_id), t) in &deltas.products {
+        products.execute(params![promotion_id, product_id, t.buys, t.units])?;
+    }
+    Ok(())
+}
+
+/// Buckets deleted per statement, and statements per table and granularity per call, so that
+/// a backlog (views rebuilt from an old log) is worked off a slice at a time between batches.
+const PRUNE_STEP_S: i64 = 600;
+const PRUNE_STEPS: usize = 10;
+
+/// Forget the second and minute buckets older than `before_s`, which no read
+/// can reach any more (see `ROLLUP_KEEP_S`), a bounded slice per call; returns the rows deleted.
+pub fn prune(tx: &Transaction, before_s: i64) -> rusqlite::Result<usize> {
+    let mut deleted = 0;
+    for table in ["rollup", "promotion_rollup"] {
+        for granularity in [1i64, 60] {
+            deleted += prune_buckets(tx, table, granularity, before_s)?;
+        }
+    }
+    Ok(deleted)
+}
+
+/// Delete `table`'s rows of `granularity` with buckets before `before_s`, oldest first, in at
+/// most [`PRUNE_STEPS`] ranges of the primary key of [`PRUNE_STEP_S`] buckets each.
+fn prune_buckets(tx: &Transaction, table: &str, granularity: i64, before_s: i64) -> rusqlite::Result<usize> {
+    let oldest = format!("SELECT min(bucket_s) FROM {table} WHERE granularity_s = ?1");
+    let delete = format!("DELETE FROM {table} WHERE granularity_s = ?1 AND bucket_s < ?2");
+    let mut deleted = 0;
+    for _ in 0..PRUNE_STEPS {
+        // The oldest bucket each time rather than a step from the last: a stray old timestamp
+        // must not make the steps crawl through empty years.
+        let Some(oldest) = tx.prepare_cached(&oldest)?.query_row([granularity], |r| r.get::<_, Option<i64>>(0))? else {
+            break;
+        };
+        if oldest >= before_s {
+            break;
+        }
+        let upto = before_s.min(oldest.saturating_add(granularity * PRUNE_STEP_S));
+        deleted += tx.prepare_cached(&delete)?.execute([granularity, upto])?;
+    }
+    Ok(deleted)
+}

@@ -1,0 +1,312 @@
+//! The views: every analytic, computed from the log of facts by a stage of its own, off the
+//! acknowledgement path.
+//!
+//! The view stage (a thread) reads the facts after the last one it applied, in sequence order,
+//! and applies them to a SQLite database of aggregates in one transaction per batch, recording the
+//! sequence number applied in the same transaction. That number is the views' checkpoint: at
+//! start-up only the facts after it are replayed, and a views file that is missing or of another
+//! layout is rebuilt from the whole log (`buy-tracker rebuild-views`).
+//!
+//! Reads stay exact through a barrier: a read first waits until the views have applied the
+//! highest sequence number acknowledged when it arrived ([`Views::wait_for`]), then reads one
+//! snapshot of the views. Past [`BARRIER_TIMEOUT`] it fails (503) rather than answer stale.
+//!
+//! Concurrency: only the stage writes the views. On a file, reads use their own connections
+//! (WAL lets them run beside the stage); in memory there is one connection, shared under a lock.
+
+mod apply;
+mod read;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use super::log::FactLog;
+use super::pool::Pool;
+use super::{Bucket, Counts, OpenError, PromotionStats, PromotionSummary, ROLLUP_KEEP_S, StoreError, StoreErrorKind};
+use crate::lock::lock;
+use read::Edge;
+
+/// The longest a read waits for the views to reach the facts acknowledged before it.
+pub const BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Facts applied per transaction at most: large enough to amortise a catch-up, small enough that
+/// a read waiting for the batch's end waits briefly.
+const BATCH_FACTS: usize = 20_000;
+/// How often the stage applies what the log holds when no read waits for it. Applying less often
+/// makes batches bigger, and a batch's cost is mostly its commit (every page it touched written
+/// to the WAL once), not its facts: measured per-commit batches cost the stage 15 µs a buy. A read
+/// that waits wakes the stage at once, so this is no read's latency.
+const APPLY_EVERY: Duration = Duration::from_millis(25);
+/// How often the stage prunes buckets no read can reach.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Read connections on a views file.
+const MAX_READERS: usize = 8;
+
+/// The views of one store, and the stage that keeps them.
+pub struct Views {
+    /// The stage's connection (and, in memory, everyone's).
+    writer: Mutex<Connection>,
+    /// Read connections to the views file; `None` in memory.
+    readers: Option<(PathBuf, Pool<Connection>)>,
+    /// The last sequence number applied, and a signal when it moves.
+    applied: Mutex<i64>,
+    advanced: Condvar,
+    /// Set by a read waiting for facts not yet applied, to wake the stage at once.
+    demand: Mutex<bool>,
+    woken: Condvar,
+    stop: AtomicBool,
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    e.into()
+}
+
+/// For reads that cut no window (timeseries are whole buckets): no log needed.
+struct NoEdges;
+
+impl FactLog for NoEdges {
+    fn last_seq(&self) -> Result<i64, StoreError> {
+        Ok(0)
+    }
+    fn facts_after(&self, _: i64, _: usize) -> Result<Vec<super::log::Fact>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn between(&self, _: i64, _: i64, _: Option<i64>, _: i64) -> Result<(i64, i64), StoreError> {
+        Ok((0, 0))
+    }
+}
+
+impl Views {
+    /// Open the views at `path` (created if missing; rebuilt from the log if of another layout),
+    /// or in memory with `None`.
+    pub fn open(path: Option<&Path>) -> Result<Views, OpenError> {
+        let what = match path {
+            Some(p) => format!("views {}", p.display()),
+            None => "the in-memory views".to_string(),
+        };
+        let fail = |e: rusqlite::Error| OpenError::new(what.clone(), e);
+        let mut conn = match path {
+            Some(p) => {
+                let conn = Connection::open(p).map_err(fail)?;
+                let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(fail)?;
+                if !mode.eq_ignore_ascii_case("wal") {
+                    return Err(OpenError::new(what, format!("WAL mode refused (journal_mode is {mode})")));
+                }
+                conn
+            }
+            None => Connection::open_in_memory().map_err(fail)?,
+        };
+        if schema::prepare(&mut conn).map_err(fail)? {
+            tracing::info!("{what}: created; they are built from the log");
+        }
+        let applied = conn.query_row("SELECT seq FROM applied WHERE id = 1", [], |r| r.get(0)).map_err(fail)?;
+        Ok(Views {
+            writer: Mutex::new(conn),
+            readers: path.map(|p| (p.to_path_buf(), Pool::new(MAX_READERS, "views"))),
+            applied: Mutex::new(applied),
+            advanced: Condvar::new(),
+            demand: Mutex::new(false),
+            woken: Condvar::new(),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    /// The last sequence number the views have applied.
+    pub fn applied(&self) -> i64 {
+        *lock(&self.applied)
+    }
+
+    /// Reads at once the views serve.
+    pub fn read_connections(&self) -> usize {
+        if self.readers.is_some() { MAX_READERS } else { 1 }
+    }
+
+    /// Start the stage, applying `log`'s facts until [`Views::stop`].
+    pub fn start(self: &Arc<Self>, log: Arc<dyn FactLog>) -> std::io::Result<JoinHandle<()>> {
+        let views = self.clone();
+        std::thread::Builder::new().name("view-stage".into()).spawn(move || views.run(log.as_ref()))
+    }
+
+    /// Ask the stage to stop after its current batch.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake();
+    }
+
+    /// Wake the stage at once (a read waits for it, or it should stop).
+    fn wake(&self) {
+        *lock(&self.demand) = true;
+        self.woken.notify_one();
+    }
+
+    /// Wait until the views have applied `target`, at most `timeout`.
+    pub fn wait_for(&self, target: i64, timeout: Duration) -> Result<(), StoreError> {
+        let deadline = Instant::now() + timeout;
+        let mut applied = lock(&self.applied);
+        while *applied < target {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let behind = target - *applied;
+                return Err(StoreError::new(
+                    StoreErrorKind::Behind,
+                    format!("views are {behind} facts behind the log"),
+                ));
+            }
+            drop(applied);
+            self.wake();
+            applied = lock(&self.applied);
+            // Checked again under the lock: the stage may have moved on since the check above,
+            // and its notification would be lost to a wait begun after it.
+            if *applied >= target {
+                break;
+            }
+            applied = self.advanced.wait_timeout(applied, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        Ok(())
+    }
+
+    /// Apply what the log holds after the applied number, a batch at a time, until it holds no
+    /// more; returns how many facts were applied.
+    pub fn catch_up(&self, log: &dyn FactLog) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = self.apply_batch(log)?;
+            total += n;
+            if n < BATCH_FACTS {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Apply one batch of the facts after the applied number; returns how many.
+    fn apply_batch(&self, log: &dyn FactLog) -> Result<usize, StoreError> {
+        let after = self.applied();
+        let facts = log.facts_after(after, BATCH_FACTS)?;
+        if facts.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction().map_err(unavailable)?;
+        let last = apply::apply(&tx, &facts).map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        drop(conn);
+        *lock(&self.applied) = last;
+        self.advanced.notify_all();
+        Ok(facts.len())
+    }
+
+    /// The stage: apply batches as facts arrive; prune now and then.
+    fn run(&self, log: &dyn FactLog) {
+        let mut last_prune = Instant::now();
+        let mut failing = false;
+        while !self.stop.load(Ordering::Relaxed) {
+            match self.apply_batch(log) {
+                Ok(n) => {
+                    if failing {
+                        tracing::info!("the view stage applies facts again");
+                        failing = false;
+                    }
+                    if n == BATCH_FACTS {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %crate::telemetry::error_chain(&e), "the view stage cannot apply facts; retrying");
+                        failing = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            }
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = Instant::now();
+                if let Err(e) = self.prune(crate::clock::Clock::now_us(&crate::clock::SystemClock)) {
+                    tracing::warn!(error = %crate::telemetry::error_chain(&e), "pruning old buckets failed");
+                }
+            }
+            let mut demand = lock(&self.demand);
+            if !*demand {
+                demand = self.woken.wait_timeout(demand, APPLY_EVERY).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            *demand = false;
+        }
+    }
+
+    /// Delete buckets and recent buys no window can reach at `now_us`, a bounded slice.
+    pub fn prune(&self, now_us: i64) -> Result<usize, StoreError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction().map_err(unavailable)?;
+        let deleted = apply::prune(&tx, now_us.div_euclid(1_000_000) - ROLLUP_KEEP_S).map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(deleted)
+    }
+
+    /// Run `f` in one read transaction of the views, with the log for windows' edges.
+    fn read<T>(
+        &self,
+        log: &dyn FactLog,
+        f: impl FnOnce(&Connection, &Edge) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let snapshot = |conn: &Connection| -> Result<T, StoreError> {
+            let tx = conn.unchecked_transaction()?;
+            let edge = Edge { log, applied: read::applied(&tx)? };
+            let value = f(&tx, &edge)?;
+            tx.finish()?;
+            Ok(value)
+        };
+        let Some((path, pool)) = &self.readers else {
+            return snapshot(&lock(&self.writer));
+        };
+        let (conn, _) = pool.acquire(|| {
+            let conn = Connection::open(path).map_err(unavailable)?;
+            conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
+            Ok(conn)
+        })?;
+        let result = snapshot(&conn);
+        pool.give_back(conn);
+        result
+    }
+
+    /// See [`super::Store::counts`].
+    pub fn counts(&self, log: &dyn FactLog, since_us: i64, promotion_id: Option<i64>) -> Result<Counts, StoreError> {
+        self.read(log, |conn, edge| read::counts(conn, edge, since_us, promotion_id))
+    }
+
+    /// See [`super::Store::promotions`].
+    pub fn promotions(
+        &self,
+        log: &dyn FactLog,
+        since_us: i64,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
+        self.read(log, |conn, edge| read::promotions(conn, edge, since_us, limit, offset))
+    }
+
+    /// See [`super::Store::promotion_stats`].
+    pub fn promotion_stats(
+        &self,
+        log: &dyn FactLog,
+        promotion_id: i64,
+        since_us: i64,
+    ) -> Result<PromotionStats, StoreError> {
+        self.read(log, |conn, edge| read::promotion_stats(conn, edge, promotion_id, since_us))
+    }
+
+    /// See [`super::Store::timeseries`].
+    pub fn timeseries(
+        &self,
+        granularity_s: i64,
+        from_s: i64,
+        to_s: i64,
+        promotion_id: Option<i64>,
+    ) -> Result<Vec<Bucket>, StoreError> {
+        self.read(&NoEdges, |conn, _| read::timeseries(conn, granularity_s, from_s, to_s, promotion_id))
+    }
+}

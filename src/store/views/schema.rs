@@ -1,0 +1,87 @@
+//! The views database: every analytic, computed from the log and written only by the view stage.
+//!
+//! It can always be rebuilt from the facts, so it is written with `synchronous=NORMAL` (a commit
+//! does not wait for the disk; a power cut can lose the last view transactions, never corrupt
+//! the file) and recovers by replaying the log after `applied.seq`. Its schema version is
+//! `PRAGMA user_version`; a views database of another version is simply rebuilt.
+
+use rusqlite::Connection;
+
+/// The version of this schema. A views file of another version is dropped and rebuilt.
+pub const VERSION: i64 = 1;
+
+pub const SCHEMA: &str = r#"
+-- The last fact applied, and the totals over every fact up to it.
+CREATE TABLE applied (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    seq         INTEGER NOT NULL,
+    total_units INTEGER NOT NULL
+);
+INSERT INTO applied (id, seq, total_units) VALUES (1, 0, 0);
+-- Buys and units per bucket of 1, 60 and 3600 seconds of `timestamp`, over all buys and per
+-- promotion: a window reads a few hundred rows at most, a timeseries one row per bucket.
+CREATE TABLE rollup (
+    granularity_s INTEGER NOT NULL,
+    bucket_s      INTEGER NOT NULL,
+    buys          INTEGER NOT NULL,
+    units         INTEGER NOT NULL,
+    PRIMARY KEY (granularity_s, bucket_s)
+) WITHOUT ROWID;
+-- Keyed by bucket first, so the rows a batch updates (the current buckets of every promotion)
+-- sit on a few pages, and old buckets are pruned as a range; reads of one promotion use the
+-- index, whose entries never change once a bucket exists.
+CREATE TABLE promotion_rollup (
+    granularity_s INTEGER NOT NULL,
+    bucket_s      INTEGER NOT NULL,
+    promotion_id  INTEGER NOT NULL,
+    buys          INTEGER NOT NULL,
+    units         INTEGER NOT NULL,
+    PRIMARY KEY (granularity_s, bucket_s, promotion_id)
+) WITHOUT ROWID;
+CREATE INDEX promotion_rollup_by_promotion ON promotion_rollup (promotion_id, granularity_s, bucket_s);
+CREATE TABLE promotion_totals (
+    promotion_id  INTEGER PRIMARY KEY,
+    total_buys    INTEGER NOT NULL,
+    total_units   INTEGER NOT NULL,
+    revenue_cents INTEGER NOT NULL,
+    unique_buyers INTEGER NOT NULL,
+    first_buy_us  INTEGER NOT NULL,
+    last_buy_us   INTEGER NOT NULL
+);
+CREATE TABLE promotion_products (
+    promotion_id INTEGER NOT NULL,
+    product_id   INTEGER NOT NULL,
+    buys         INTEGER NOT NULL,
+    units        INTEGER NOT NULL,
+    PRIMARY KEY (promotion_id, product_id)
+) WITHOUT ROWID;
+-- Who bought in each promotion, so unique buyers are exact. Only probed: keyed by user first, so
+-- the pairs of a batch (new users have close ids) share a few pages.
+CREATE TABLE promotion_buyers (
+    user_id      INTEGER NOT NULL,
+    promotion_id INTEGER NOT NULL,
+    PRIMARY KEY (user_id, promotion_id)
+) WITHOUT ROWID;
+"#;
+
+/// Open the views database on `conn`: the same version is kept; anything else (a new file, an
+/// older layout) is emptied and created afresh, to be rebuilt from the log.
+pub fn prepare(conn: &mut Connection) -> rusqlite::Result<bool> {
+    conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA cache_size=-32768;")?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == VERSION {
+        return Ok(false);
+    }
+    let tx = conn.transaction()?;
+    let tables: Vec<String> = tx
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for table in tables {
+        tx.execute_batch(&format!("DROP TABLE IF EXISTS \"{table}\""))?;
+    }
+    tx.execute_batch(SCHEMA)?;
+    tx.pragma_update(None, "user_version", VERSION)?;
+    tx.commit()?;
+    Ok(true)
+}
