@@ -19,6 +19,9 @@ pub const MAX_BATCH: usize = 1000;
 pub struct Quantity(u32);
 
 impl Quantity {
+    /// One unit.
+    pub const ONE: Quantity = Quantity(1);
+
     /// `units` as a quantity, if it is from 1 to [`MAX_QUANTITY`].
     pub fn new(units: i64) -> Option<Quantity> {
         (1..=MAX_QUANTITY).contains(&units).then_some(Quantity(units as u32))

@@ -402,8 +402,13 @@ pub fn open(url: &StoreUrl, design: Design) -> Result<std::sync::Arc<dyn Store>,
             let log = std::sync::Arc::new(sqlite::SqliteStore::open_memory()?.into_log());
             started(logged::LoggedStore::start(log, views::Views::open(None)?))
         }
-        // The PostgreSQL log and its replicas' views are the next step of issue 14.
-        (StoreUrl::Postgres(url), _) => Ok(std::sync::Arc::new(postgres::PostgresStore::open(url)?)),
+        (StoreUrl::Postgres(url), Design::Inline) => Ok(std::sync::Arc::new(postgres::PostgresStore::open(url)?)),
+        // Every replica keeps views of its own, built from the shared log at start-up (in memory
+        // for now: a views file per replica is the next step).
+        (StoreUrl::Postgres(url), Design::Log) => {
+            let log = std::sync::Arc::new(postgres::PostgresStore::open_log(url)?);
+            started(logged::LoggedStore::start(log, views::Views::open(None)?))
+        }
     }
 }
 

@@ -17,7 +17,12 @@ use serde_json::{Value, json};
 /// Start `n` replicas of the binary on `database_url` all at once (so their migrations race, as
 /// replicas started together by an orchestrator do), and wait until each listens.
 fn start_replicas(database_url: &str, n: usize) -> Vec<Server> {
-    let starting: Vec<Starting> = (0..n).map(|_| Starting::spawn(database_url, &[])).collect();
+    start_replicas_with(database_url, n, &[])
+}
+
+/// As [`start_replicas`], with `extra` arguments.
+fn start_replicas_with(database_url: &str, n: usize, extra: &[&str]) -> Vec<Server> {
+    let starting: Vec<Starting> = (0..n).map(|_| Starting::spawn(database_url, extra)).collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     starting.into_iter().map(|replica| replica.listening(deadline)).collect()
 }
@@ -43,9 +48,20 @@ async fn get_json(client: &reqwest::Client, base: &str, path: &str) -> Value {
 /// every replica, and sequence numbers 1..=n, each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_one_gap_free_sequence() {
+    share_one_gap_free_sequence(&[]).await;
+}
+
+/// The same with the log design: each replica's views follow every replica's facts in the shared
+/// log, and its reads wait for the shared counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_tailing_the_shared_log_share_one_gap_free_sequence() {
+    share_one_gap_free_sequence(&["--design", "log"]).await;
+}
+
+async fn share_one_gap_free_sequence(extra: &[&str]) {
     let Some(server) = server_or_skip() else { return };
     let database = TestDatabase::create(&server);
-    let servers = start_replicas(&database.url, 3);
+    let servers = start_replicas_with(&database.url, 3, extra);
     let replicas = bases(&servers);
     let client = reqwest::Client::new();
     let n: i64 = 1500;
@@ -64,7 +80,8 @@ async fn replicas_share_one_gap_free_sequence() {
             promotions["promotions"].as_array().unwrap().iter().map(|p| p["total_units"].as_i64().unwrap()).sum();
         assert_eq!((buys, promotion_units), (n, units));
     }
-    // Each replica updated aggregate rows of its own writer slot: every read sums the slots.
+    // Inline, each replica updated aggregate rows of its own writer slot and every read sums the
+    // slots; with the log, each replica's views applied every replica's facts.
     for p in 0..7 {
         let of_p: Vec<i64> = (0..n).filter(|i| i % 7 == p).collect();
         let stats = get_json(&client, &replicas[p as usize % 3], &format!("/promotions/{p}/stats")).await;

@@ -291,8 +291,9 @@ pub struct CommitConnection {
     runtime: tokio::runtime::Runtime,
     client: Client,
     statements: Statements,
-    /// The `slot` column of the aggregate rows this connection updates (see [`claim_slot`]).
-    slot: i32,
+    /// The `slot` column of the aggregate rows this connection updates (see [`claim_slot`]);
+    /// `None` for a log of facts, which writes no aggregates.
+    slot: Option<i32>,
     last_used: Instant,
 }
 
@@ -308,7 +309,11 @@ impl Statements {
 
 impl CommitConnection {
     /// Connect, apply the session settings and prepare every statement.
-    pub fn connect(config: &tokio_postgres::Config, session: &str) -> Result<CommitConnection, String> {
+    pub fn connect(
+        config: &tokio_postgres::Config,
+        session: &str,
+        aggregates: bool,
+    ) -> Result<CommitConnection, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -325,7 +330,8 @@ impl CommitConnection {
             for sql in write_statements() {
                 statements.insert(sql, client.prepare(sql).await?);
             }
-            let slot = claim_slot(&client).await?;
+            // A log of facts writes no aggregate rows, so it needs no slot of them (`None`).
+            let slot = if aggregates { Some(claim_slot(&client).await?) } else { None };
             Ok((client, Statements(statements), slot))
         };
         // `connect_timeout` bounds the TCP connection only; a server that accepts but never
@@ -340,7 +346,7 @@ impl CommitConnection {
     /// The slot this connection writes.
     #[cfg(test)]
     pub fn slot(&self) -> i32 {
-        self.slot
+        self.slot.unwrap_or(-1)
     }
 
     /// The value of the session setting `name` (tests).
@@ -353,7 +359,7 @@ impl CommitConnection {
     /// Write `id`'s aggregate rows, as a connection that found no free slot does.
     #[cfg(test)]
     pub fn share_slot(&mut self, id: i32) {
-        self.slot = id;
+        self.slot = Some(id);
     }
 
     /// Whether the connection is known to be closed.
@@ -545,7 +551,7 @@ struct Recording<'a> {
 }
 
 impl<'a> Recording<'a> {
-    fn new(recorded: &[&'a BuyRecord]) -> Recording<'a> {
+    fn new(recorded: &[&'a BuyRecord], aggregates: bool) -> Recording<'a> {
         let mut deltas = Deltas::default();
         let n = recorded.len();
         let mut r = Recording {
@@ -564,8 +570,12 @@ impl<'a> Recording<'a> {
             keys: Vec::with_capacity(n),
         };
         for (i, record) in recorded.iter().enumerate() {
-            deltas.add_record(record);
             let b = &record.buy;
+            if aggregates {
+                deltas.add_record(record);
+            } else {
+                deltas.units += b.quantity.get();
+            }
             r.ids.push([i as i64 + 1, b.user_id, b.promotion_id, b.product_id, b.quantity.get()]);
             r.prices.push(b.unit_price_cents);
             r.ips.push(record.ip_address.as_str());
@@ -639,7 +649,7 @@ async fn run_transaction(
     st: &Statements,
     writes: &[Submission],
     now_us: i64,
-    slot: i32,
+    slot: Option<i32>,
 ) -> Result<Vec<Outcome>, Failure> {
     let mut keys = HashMap::new();
     let began = writes.iter().any(|w| w.idempotency.is_some());
@@ -783,10 +793,13 @@ async fn number_and_commit(
     recorded: &[&BuyRecord],
     filled: &[(&str, i64)],
     began: bool,
-    slot: i32,
+    slot: Option<i32>,
 ) -> Result<Option<i64>, Failure> {
-    let r = Recording::new(recorded);
+    // Without a slot this is a log of facts: no aggregate statements, and no aggregates summed.
+    let r = Recording::new(recorded, slot.is_some());
     let some = r.n > 0;
+    let aggregates = some && slot.is_some();
+    let slot = slot.unwrap_or_default();
     let (filled_keys, filled_rel): (Vec<&str>, Vec<i64>) = filled.iter().copied().unzip();
     // Parameters as numbered in the statements (the slot is a parameter of each).
     let (totals_first, current) = r.totals.0.split_at(6);
@@ -823,9 +836,9 @@ async fn number_and_commit(
     // the statements reach the server in this order, without waiting for each other's answers.
     let (begin, totals, rollup, products, total, commit) = join!(
         async { if began { Ok(()) } else { client.batch_execute("BEGIN").await } },
-        async { if some { client.execute(st.get(&PROMOTION_TOTALS), &totals).await } else { Ok(0) } },
-        async { if some { client.execute(st.get(ROLLUP), &rollup).await } else { Ok(0) } },
-        async { if some { client.execute(st.get(PROMOTION_PRODUCTS), &product_counts).await } else { Ok(0) } },
+        async { if aggregates { client.execute(st.get(&PROMOTION_TOTALS), &totals).await } else { Ok(0) } },
+        async { if aggregates { client.execute(st.get(ROLLUP), &rollup).await } else { Ok(0) } },
+        async { if aggregates { client.execute(st.get(PROMOTION_PRODUCTS), &product_counts).await } else { Ok(0) } },
         async {
             if some || !filled.is_empty() {
                 client.query_one(st.get(NUMBER_BUYS), &numbering).await.map(Some)

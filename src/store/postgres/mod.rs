@@ -40,6 +40,7 @@ use super::{
     StoreErrorKind, Submission,
 };
 use crate::lock::lock;
+use crate::store::log::{Fact, FactLog};
 
 /// How long opening a connection may take before the call fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -71,6 +72,9 @@ pub struct PostgresStore {
     /// The writer's connection; `None` until (re)opened by the next commit.
     writer: Mutex<Option<CommitConnection>>,
     readers: Pool<ReadConn>,
+    /// Whether commits update the aggregates too (the inline design); without, this is only the
+    /// shared log of facts, which every replica's views follow (see `store::views`).
+    aggregates: bool,
 }
 
 /// One line for an error: PostgreSQL's own message when the server sent one.
@@ -156,6 +160,16 @@ impl PostgresStore {
     /// together), and prepare the writer's connection. The error is one line, without the URL
     /// (which may hold a password).
     pub fn open(url: &str) -> Result<PostgresStore, OpenError> {
+        Self::open_as(url, true)
+    }
+
+    /// As [`PostgresStore::open`], as the shared log of facts only: commits write no aggregates
+    /// and claim no writer slot.
+    pub fn open_log(url: &str) -> Result<PostgresStore, OpenError> {
+        Self::open_as(url, false)
+    }
+
+    fn open_as(url: &str, aggregates: bool) -> Result<PostgresStore, OpenError> {
         let what = "PostgreSQL store";
         let (config, session) = configure(url).map_err(|e| OpenError::new(what, e))?;
         let store = PostgresStore {
@@ -164,6 +178,7 @@ impl PostgresStore {
             session,
             writer: Mutex::new(None),
             readers: Pool::new(MAX_READERS, "PostgreSQL"),
+            aggregates,
         };
         // `open` may be called on an async worker, where the blocking client must not run.
         let writer = std::thread::scope(|scope| {
@@ -211,7 +226,7 @@ impl PostgresStore {
     }
 
     fn connect_writer(&self) -> Result<CommitConnection, String> {
-        CommitConnection::connect(&self.config, &self.session)
+        CommitConnection::connect(&self.config, &self.session, self.aggregates)
     }
 
     /// Run `f` on the writer's connection, opened if there is none. A connection that `f`
@@ -351,6 +366,27 @@ impl Store for PostgresStore {
     }
 }
 
+impl FactLog for PostgresStore {
+    /// The shared counter: every replica's facts up to it are committed and visible.
+    fn last_seq(&self) -> Result<i64, StoreError> {
+        self.read(read::last_seq)
+    }
+
+    fn facts_after(&self, after: i64, limit: usize) -> Result<Vec<Fact>, StoreError> {
+        self.read(|conn| read::facts_after(conn, after, limit))
+    }
+
+    fn between(
+        &self,
+        from_us: i64,
+        to_us: i64,
+        promotion_id: Option<i64>,
+        up_to: i64,
+    ) -> Result<(i64, i64), StoreError> {
+        self.read(|conn| read::between(conn, from_us, to_us, promotion_id, up_to))
+    }
+}
+
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         let writer = lock(&self.writer).take();
@@ -378,6 +414,8 @@ mod tests {
     use crate::store::aggregate::US;
     use crate::store::sqlite::SqliteStore;
     use crate::store::{IDEMPOTENCY_TTL_US, IdempotencyClaim};
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
     use std::time::Instant;
 
     /// A fresh database, dropped at the end of the test.
@@ -752,6 +790,51 @@ mod tests {
         client.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&newer]).unwrap();
         let error = crate::telemetry::error_chain(&PostgresStore::open(&database.url).err().unwrap());
         assert!(error.contains(&format!("schema is version {newer}, newer than this build")), "{error}");
+    }
+
+    /// Facts become visible in sequence order: with two writers (replicas) committing at once, a
+    /// reader tailing the log never sees a buy before every buy numbered below it. (The counter
+    /// row is taken last and held to COMMIT, so a later block commits after an earlier one.)
+    /// Views rely on this to apply a gap-free prefix of the log.
+    #[test]
+    fn facts_become_visible_in_sequence_order() {
+        let Some(db) = TestDatabase::create() else { return };
+        let stores: Vec<Arc<PostgresStore>> =
+            (0..2).map(|_| Arc::new(PostgresStore::open_log(&db.url).unwrap())).collect();
+        let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let writers: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(w, store)| {
+                let (store, writing) = (store.clone(), writing.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0;
+                    while writing.load(Ordering::Relaxed) && i < 1_500 {
+                        let buys = (0..1 + i % 4)
+                            .map(|j| record(w as i64 * 10_000 + i + j, 1, 1, 1, None, 1_750_000_000 * US))
+                            .collect();
+                        store.commit(&[Submission { buys, idempotency: None }], 0).unwrap();
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        let reader = PostgresStore::open_log(&db.url).unwrap();
+        let (mut applied, mut reads) = (0, 0);
+        while writers.iter().any(|w| !w.is_finished()) || applied < reader.last_seq().unwrap() {
+            let facts = reader.facts_after(applied, 500).unwrap();
+            for fact in &facts {
+                assert_eq!(fact.seq, applied + 1, "a gap after {applied}: fact {} visible first", fact.seq);
+                applied = fact.seq;
+            }
+            reads += 1;
+        }
+        writing.store(false, Ordering::Relaxed);
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(applied, reader.last_seq().unwrap());
+        assert!(reads > 10, "the reader tailed the log while it grew ({reads} reads)");
     }
 
     /// Expired keys are deleted a bounded slice per call (a backlog never stalls a commit long).

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 
 use postgres::{Client, IsolationLevel, Statement};
 
+use crate::domain::{Buy, Quantity};
 use crate::store::aggregate::{US, window_edges};
+use crate::store::log::Fact;
 use crate::store::{Bucket, Counts, ExportFilter, ExportRow, ProductCount, PromotionStats, PromotionSummary};
 
 /// A read connection with the statements it has prepared so far.
@@ -296,4 +298,59 @@ pub fn ping(conn: &mut ReadConn) -> Result<(), postgres::Error> {
     let statement = conn.statement(PING)?;
     conn.client.query_one(&statement, &[])?;
     Ok(())
+}
+
+const LAST_SEQ: &str = "SELECT total FROM counter WHERE id = 1";
+
+const FACTS_AFTER: &str = "
+    SELECT buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents, timestamp_us
+    FROM buys WHERE buy_count > $1 ORDER BY buy_count LIMIT $2";
+
+const BETWEEN: &str = "
+    SELECT count(*), CAST(coalesce(sum(product_quantity), 0) AS BIGINT) FROM buys
+    WHERE timestamp_us >= $1 AND timestamp_us < $2 AND buy_count <= $3
+      AND (CAST($4 AS BIGINT) IS NULL OR promotion_id = $4)";
+
+/// See [`crate::store::log::FactLog::last_seq`].
+pub fn last_seq(conn: &mut ReadConn) -> Result<i64, postgres::Error> {
+    let statement = conn.statement(LAST_SEQ)?;
+    conn.client.query_one(&statement, &[])?.try_get(0)
+}
+
+/// See [`crate::store::log::FactLog::facts_after`]. One statement, so one snapshot: since every
+/// transaction takes its numbers from the counter row last and holds it to COMMIT, a snapshot that
+/// sees a buy sees every buy numbered before it, and the answer has no gaps.
+pub fn facts_after(conn: &mut ReadConn, after: i64, limit: usize) -> Result<Vec<Fact>, postgres::Error> {
+    let statement = conn.statement(FACTS_AFTER)?;
+    let rows = conn.client.query(&statement, &[&after, &(limit as i64)])?;
+    rows.iter()
+        .map(|r| {
+            let quantity: i64 = r.try_get(4)?;
+            Ok(Fact {
+                seq: r.try_get(0)?,
+                buy: Buy {
+                    user_id: r.try_get(1)?,
+                    promotion_id: r.try_get(2)?,
+                    product_id: r.try_get(3)?,
+                    // Stored by a commit that took it from a valid `Quantity`.
+                    quantity: Quantity::new(quantity).unwrap_or(Quantity::ONE),
+                    unit_price_cents: r.try_get(5)?,
+                },
+                timestamp_us: r.try_get(6)?,
+            })
+        })
+        .collect()
+}
+
+/// See [`crate::store::log::FactLog::between`]: through the timestamp index.
+pub fn between(
+    conn: &mut ReadConn,
+    from_us: i64,
+    to_us: i64,
+    promotion_id: Option<i64>,
+    up_to: i64,
+) -> Result<(i64, i64), postgres::Error> {
+    let statement = conn.statement(BETWEEN)?;
+    let row = conn.client.query_one(&statement, &[&from_us, &to_us, &up_to, &promotion_id])?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
 }

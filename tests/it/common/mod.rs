@@ -24,6 +24,8 @@ pub enum StoreKind {
     SqliteLog,
     /// The same in memory.
     MemoryLog,
+    /// PostgreSQL as the shared log, with the replica's views following it.
+    PostgresLog,
     /// A fresh database on the server named by `BUY_TRACKER_TEST_POSTGRES_URL` (see
     /// [`postgres_db`]), dropped when the test ends.
     Postgres,
@@ -65,10 +67,10 @@ impl TestApp {
         let url = match kind {
             StoreKind::Sqlite | StoreKind::SqliteLog => StoreUrl::Sqlite(dir.path().join("data/buys.db")),
             StoreKind::Memory | StoreKind::MemoryLog => StoreUrl::Memory,
-            StoreKind::Postgres => StoreUrl::Postgres(postgres_db::fresh_database_url()),
+            StoreKind::Postgres | StoreKind::PostgresLog => StoreUrl::Postgres(postgres_db::fresh_database_url()),
         };
         let mut config = Config::for_tests(url);
-        if matches!(kind, StoreKind::SqliteLog | StoreKind::MemoryLog) {
+        if matches!(kind, StoreKind::SqliteLog | StoreKind::MemoryLog | StoreKind::PostgresLog) {
             config.design = buy_tracker::store::Design::Log;
         }
         adjust(&mut config);
@@ -158,6 +160,14 @@ macro_rules! on_every_store {
         mod memory_log {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name($crate::common::StoreKind::MemoryLog).await })*
+        }
+        mod postgres_log {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if $crate::common::postgres_db::server_or_skip().is_some() {
+                    $crate::common::postgres_db::scope(super::$name($crate::common::StoreKind::PostgresLog)).await
+                }
+            })*
         }
         /// Skipped (with a SKIP line) unless `BUY_TRACKER_TEST_POSTGRES_URL` names a server.
         mod postgres {
