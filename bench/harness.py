@@ -47,7 +47,9 @@ NAMES = {"baseline": "baseline (in memory)", "sqlite": "SQLite (durable)", "post
          "postgres-1": "PostgreSQL, 1 replica", "postgres-2": "PostgreSQL, 2 replicas (total)",
          "postgres-2-apart": "control: 2 processes, a database each (total)",
          "sqlite-2-apart": "control: 2 SQLite processes, a file each (total)",
-         "sqlite-log": "SQLite, log and views (`--design log`)"}
+         "sqlite-log": "SQLite, log and views (`--design log`)",
+         "postgres-1-log": "PostgreSQL, 1 replica, log and views (`--design log`)",
+         "postgres-2-log": "PostgreSQL, 2 replicas, log and views (total)"}
 GROWTH_READS = {"stats": "GET /stats", "stats_168h": "GET /stats?timeframe_hours=168",
                 "promo_stats": "GET /promotions/{top}/stats", "promotions": "GET /promotions",
                 "timeseries": "GET /stats/timeseries (minute, 24 h)"}
@@ -543,9 +545,14 @@ def scenario_buy_64(run):
         # is what sharing one database costs; what it loses against one replica is what running
         # two processes on these 2 cores costs.
         apart = [start_service(run, f"buy-64-postgres-2-apart{i}", run.pg_url(f"buy64_apart{i}")) for i in (1, 2)]
-        servers += [pg1, *pg2, *apart]
+        log_args = ["--design", "log"]
+        pg1_log = start_service(run, "buy-64-postgres-1-log", run.pg_url("buy64_1_log"), log_args)
+        pg2_log_url = run.pg_url("buy64_2_log")
+        pg2_log = [start_service(run, f"buy-64-postgres-2-log-replica{i}", pg2_log_url, log_args) for i in (1, 2)]
+        servers += [pg1, *pg2, *apart, pg1_log, *pg2_log]
         targets += [Target("postgres-1", [pg1], lua("post_buy")), Target("postgres-2", pg2, lua("post_buy")),
-                    Target("postgres-2-apart", apart, lua("post_buy"))]
+                    Target("postgres-2-apart", apart, lua("post_buy")),
+                    Target("postgres-1-log", [pg1_log], lua("post_buy")), Target("postgres-2-log", pg2_log, lua("post_buy"))]
     else:
         skipped["postgres-1"] = skipped["postgres-2"] = skipped["postgres-2-apart"] = run.pg.skip_reason()
     for s in servers:
@@ -752,6 +759,15 @@ def targets_table(parts):
                          f"{sql['rps']:,.0f} req/s = {sql['ratio']:.0%}", verdict(sql["ratio"] >= 0.70)))
             rows.append(("POST /buy, SQLite, log and views, 64 connections: p99 ≤ 5 ms", f"{sql['p99_ms']:.2f} ms",
                          verdict(sql["p99_ms"] <= 5)))
+        p1l, p2l = summarize(b64["runs"].get("postgres-1-log"), base), summarize(b64["runs"].get("postgres-2-log"))
+        if p1l:
+            rows.append(("POST /buy, PostgreSQL 1 replica, log and views: ≥ 45% of the baseline",
+                         f"{p1l['rps']:,.0f} req/s = {p1l['ratio']:.0%}", verdict(p1l["ratio"] >= 0.45)))
+        if p2l:
+            apart = summarize(b64["runs"].get("postgres-2-apart"))
+            rows.append(("POST /buy, PostgreSQL 2 replicas, log and views: total ≥ the two-process control",
+                         f"{p2l['rps']:,.0f} vs {apart['rps']:,.0f} req/s" if apart else f"{p2l['rps']:,.0f} req/s",
+                         verdict(apart is not None and p2l["rps"] >= apart["rps"])))
         sq2 = summarize(b64["runs"].get("sqlite-2-apart"))
         if sq and sq2:
             rows.append(("(explains the rows above) 2 SQLite processes, a file each, against 1: a second process alone costs",
@@ -911,7 +927,7 @@ def md_buy_64(part):
            "Each PostgreSQL row has its own fresh databases.", ""]
     out += [x + "  " for x in skipped_lines(d)]
     out += throughput_and_cpu(d["runs"], ["baseline", "sqlite", "sqlite-log", "sqlite-2-apart", "postgres-1",
-                                          "postgres-2", "postgres-2-apart"])
+                                          "postgres-1-log", "postgres-2", "postgres-2-log", "postgres-2-apart"])
     reps = d["runs"].get("postgres-2")
     if reps:
         out += ["", "Each replica of the two-replica row (medians over the rounds):", "",

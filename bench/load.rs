@@ -3,6 +3,7 @@
 //! rollup and aggregate), in transactions of 8192 buys.
 //!
 //! Run: `cargo run --release --example load -- sqlite:PATH N [DAYS] [SEED]`
+//! (`LOAD_DESIGN=log` records the facts only, for the log design; its views follow.)
 //! (DAYS, default 7: the span the timestamps cover, ending now; SEED, default 42.)
 //!
 //! The data is shaped like a real week of campaigns:
@@ -172,8 +173,9 @@ fn main() -> Result<(), String> {
     let n: u64 = args.get(1).and_then(|n| n.replace('_', "").parse().ok()).ok_or(usage)?;
     let days: u32 = args.get(2).map_or(Ok(7), |d| d.parse()).ok().filter(|&d| d >= 1).ok_or(usage)?;
     let seed: u64 = args.get(3).map_or(Ok(42), |s| s.parse()).map_err(|_| usage)?;
-    let store = store::open(&StoreUrl::parse(url)?, store::Design::Inline)
-        .map_err(|e| buy_tracker::telemetry::error_chain(&e))?;
+    // LOAD_DESIGN=log writes the facts only (views follow, and `rebuild-views` can be timed).
+    let design = if std::env::var("LOAD_DESIGN").is_ok_and(|d| d == "log") { store::Design::Log } else { store::Design::Inline };
+    let store = store::open(&StoreUrl::parse(url)?, design).map_err(|e| buy_tracker::telemetry::error_chain(&e))?;
 
     let end_us = chrono::Utc::now().timestamp_micros();
     let mut generator = Generator {
