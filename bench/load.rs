@@ -174,7 +174,8 @@ fn main() -> Result<(), String> {
     let days: u32 = args.get(2).map_or(Ok(7), |d| d.parse()).ok().filter(|&d| d >= 1).ok_or(usage)?;
     let seed: u64 = args.get(3).map_or(Ok(42), |s| s.parse()).map_err(|_| usage)?;
     // LOAD_DESIGN=log writes the facts only (views follow, and `rebuild-views` can be timed).
-    let design = if std::env::var("LOAD_DESIGN").is_ok_and(|d| d == "log") { store::Design::Log } else { store::Design::Inline };
+    let design =
+        if std::env::var("LOAD_DESIGN").is_ok_and(|d| d == "log") { store::Design::Log } else { store::Design::Inline };
     let store = store::open(&StoreUrl::parse(url)?, design).map_err(|e| buy_tracker::telemetry::error_chain(&e))?;
 
     let end_us = chrono::Utc::now().timestamp_micros();

@@ -36,4 +36,8 @@ pub trait FactLog: Send + Sync + 'static {
         promotion_id: Option<i64>,
         up_to: i64,
     ) -> Result<(i64, i64), StoreError>;
+
+    /// As [`FactLog::between`], for every promotion at once: `(promotion, buys, units)` of the
+    /// promotions with buys in the range.
+    fn between_by_promotion(&self, from_us: i64, to_us: i64, up_to: i64) -> Result<Vec<(i64, i64, i64)>, StoreError>;
 }

@@ -72,6 +72,10 @@ impl FactLog for AsFacts {
     ) -> Result<(i64, i64), StoreError> {
         self.0.between(from_us, to_us, promotion_id, up_to)
     }
+
+    fn between_by_promotion(&self, from_us: i64, to_us: i64, up_to: i64) -> Result<Vec<(i64, i64, i64)>, StoreError> {
+        self.0.between_by_promotion(from_us, to_us, up_to)
+    }
 }
 
 impl Drop for LoggedStore {

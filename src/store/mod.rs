@@ -380,8 +380,11 @@ pub fn rebuild_views(url: &StoreUrl) -> Result<usize, OpenError> {
         }
     }
     let log = sqlite::SqliteStore::open_file(path)?.into_log();
-    let fresh = views::Views::open(Some(&views))?;
-    fresh.catch_up(&log).map_err(|e| OpenError::new(format!("views {}", views.display()), e))
+    let fresh = views::Views::open_for_rebuild(&views)?;
+    let what = || format!("views {}", views.display());
+    let applied = fresh.catch_up(&log).map_err(|e| OpenError::new(what(), e))?;
+    fresh.finish_rebuild().map_err(|e| OpenError::new(what(), e))?;
+    Ok(applied)
 }
 
 /// Open the store a URL names, with analytics kept as `design` says.

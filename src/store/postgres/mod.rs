@@ -385,6 +385,10 @@ impl FactLog for PostgresStore {
     ) -> Result<(i64, i64), StoreError> {
         self.read(|conn| read::between(conn, from_us, to_us, promotion_id, up_to))
     }
+
+    fn between_by_promotion(&self, from_us: i64, to_us: i64, up_to: i64) -> Result<Vec<(i64, i64, i64)>, StoreError> {
+        self.read(|conn| read::between_by_promotion(conn, from_us, to_us, up_to))
+    }
 }
 
 impl Drop for PostgresStore {

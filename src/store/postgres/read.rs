@@ -354,3 +354,19 @@ pub fn between(
     let row = conn.client.query_one(&statement, &[&from_us, &to_us, &up_to, &promotion_id])?;
     Ok((row.try_get(0)?, row.try_get(1)?))
 }
+
+const BETWEEN_BY_PROMOTION: &str = "
+    SELECT promotion_id, count(*), CAST(sum(product_quantity) AS BIGINT) FROM buys
+    WHERE timestamp_us >= $1 AND timestamp_us < $2 AND buy_count <= $3 GROUP BY promotion_id";
+
+/// See [`crate::store::log::FactLog::between_by_promotion`].
+pub fn between_by_promotion(
+    conn: &mut ReadConn,
+    from_us: i64,
+    to_us: i64,
+    up_to: i64,
+) -> Result<Vec<(i64, i64, i64)>, postgres::Error> {
+    let statement = conn.statement(BETWEEN_BY_PROMOTION)?;
+    let rows = conn.client.query(&statement, &[&from_us, &to_us, &up_to])?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+}

@@ -215,3 +215,18 @@ pub fn between(
     )?
     .query_row(params![from_us, to_us, up_to, promotion_id], |r| Ok((r.get(0)?, r.get(1)?)))
 }
+
+/// See [`crate::store::log::FactLog::between_by_promotion`].
+pub fn between_by_promotion(
+    conn: &Connection,
+    from_us: i64,
+    to_us: i64,
+    up_to: i64,
+) -> rusqlite::Result<Vec<(i64, i64, i64)>> {
+    conn.prepare_cached(
+        "SELECT promotion_id, count(*), sum(product_quantity) FROM buys
+         WHERE timestamp_us >= ?1 AND timestamp_us < ?2 AND buy_count <= ?3 GROUP BY promotion_id",
+    )?
+    .query_map(params![from_us, to_us, up_to], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+    .collect()
+}

@@ -90,9 +90,19 @@ pub fn promotions(
     let page = stmt
         .query_map([limit, offset], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<rusqlite::Result<Vec<(i64, i64, i64, i64)>>>()?;
+    // The partial second at the window's edge is the same for every promotion: one log query.
+    let (second, minute, hour) = window_edges(since_us);
+    let edges: std::collections::HashMap<i64, i64> = edge
+        .log
+        .between_by_promotion(since_us, second * US, edge.applied)?
+        .into_iter()
+        .map(|(promotion, buys, _)| (promotion, buys))
+        .collect();
+    let mut rollups = conn.prepare_cached(RECENT_PROMOTION)?;
     let mut promotions = Vec::with_capacity(page.len());
     for (promotion_id, total_buys, total_units, revenue_cents) in page {
-        let (recent_buys, _) = recent(conn, edge, since_us, Some(promotion_id))?;
+        let whole: i64 = rollups.query_row(params![second, minute, hour, promotion_id], |r| r.get(0))?;
+        let recent_buys = whole + edges.get(&promotion_id).copied().unwrap_or(0);
         promotions.push(PromotionSummary { promotion_id, total_buys, total_units, recent_buys, revenue_cents });
     }
     Ok((promotions, total))

@@ -8,7 +8,7 @@
 use rusqlite::Connection;
 
 /// The version of this schema. A views file of another version is dropped and rebuilt.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 pub const SCHEMA: &str = r#"
 -- The last fact applied, and the totals over every fact up to it.
@@ -55,6 +55,10 @@ CREATE TABLE promotion_products (
     units        INTEGER NOT NULL,
     PRIMARY KEY (promotion_id, product_id)
 ) WITHOUT ROWID;
+-- The top products of a promotion are the first entries of this index, not a sort of all its
+-- products (5,000 in the growth benchmark). Each batch moves the entries of the products it
+-- changed, which costs the view stage, not the acknowledgement path.
+CREATE INDEX promotion_products_rank ON promotion_products (promotion_id, units DESC, product_id);
 -- Who bought in each promotion, so unique buyers are exact. Only probed: keyed by user first, so
 -- the pairs of a batch (new users have close ids) share a few pages.
 CREATE TABLE promotion_buyers (
