@@ -21,6 +21,10 @@ pub struct Fact {
 
 /// The facts side of a store.
 pub trait FactLog: Send + Sync + 'static {
+    /// Which store this is (drawn once when it was created): views built from another store are
+    /// not trusted.
+    fn store_id(&self) -> Result<String, StoreError>;
+
     /// The highest sequence number committed (every fact up to it is durable and visible).
     fn last_seq(&self) -> Result<i64, StoreError>;
 

@@ -38,10 +38,18 @@ pub struct LoggedStore {
 impl LoggedStore {
     /// Serve `log` with `views`, starting the view stage (which first catches up with the log,
     /// in the background: writes are served at once, reads wait for the views).
-    pub fn start(log: Arc<dyn Log>, views: Views) -> std::io::Result<LoggedStore> {
+    pub fn start(log: Arc<dyn Log>, views: Views) -> Result<LoggedStore, super::OpenError> {
+        let what = |e: StoreError| super::OpenError::new("the views", e);
+        // On a thread of its own: this may be called on an async worker, where a blocking store
+        // (PostgreSQL's client drives a runtime of its own) must not run.
+        let adopted = std::thread::scope(|scope| scope.spawn(|| views.adopt(&log.store_id()?, log.last_seq()?)).join());
+        let foreign = adopted.map_err(|_| super::OpenError::new("the views", "the checking thread panicked"))?;
+        if foreign.map_err(what)? {
+            tracing::warn!("the views were built from another store, or are ahead of its log: they are rebuilt");
+        }
         let views = Arc::new(views);
         let facts: Arc<dyn FactLog> = Arc::new(AsFacts(log.clone()));
-        let stage = views.start(facts)?;
+        let stage = views.start(facts).map_err(|e| super::OpenError::new("the view stage", e))?;
         Ok(LoggedStore { log, views, stage: std::sync::Mutex::new(Some(stage)) })
     }
 
@@ -55,6 +63,10 @@ impl LoggedStore {
 struct AsFacts(Arc<dyn Log>);
 
 impl FactLog for AsFacts {
+    fn store_id(&self) -> Result<String, StoreError> {
+        self.0.store_id()
+    }
+
     fn last_seq(&self) -> Result<i64, StoreError> {
         self.0.last_seq()
     }
@@ -167,6 +179,27 @@ mod tests {
                 (1..=i).filter(|j| j % 7 == i % 7).count() as i64
             );
         }
+    }
+
+    /// Views built from one store are not trusted for another (a file replaced under the same
+    /// path): they are emptied and rebuilt from the new store's log.
+    #[test]
+    fn views_of_another_store_are_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+        let views = dir.path().join("views.db");
+        {
+            let log = Arc::new(SqliteStore::open_file(&a).unwrap().into_log());
+            let store = LoggedStore::start(log, Views::open(Some(&views)).unwrap()).unwrap();
+            store.commit(&(1..=50).map(one).collect::<Vec<_>>(), 0).unwrap();
+            assert_eq!(store.counts(0, None).unwrap().total_buys, 50);
+        }
+        let log = Arc::new(SqliteStore::open_file(&b).unwrap().into_log());
+        log.commit(&(1..=7).map(one).collect::<Vec<_>>(), 0).unwrap();
+        let store = LoggedStore::start(log, Views::open(Some(&views)).unwrap()).unwrap();
+        let counts = store.counts(0, None).unwrap();
+        assert_eq!((counts.total_buys, counts.recent_buys), (7, 7), "only store b's facts");
+        assert_eq!(store.promotions(0, 100, 0).unwrap().1, 7);
     }
 
     /// The views catch up with a log that already holds facts (a restart, or views rebuilt), and

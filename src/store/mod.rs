@@ -361,6 +361,7 @@ pub fn views_path(facts: &std::path::Path) -> PathBuf {
 /// Delete the views of the SQLite store at `url` and build them again from its whole log (the
 /// service must not be running on it); returns how many facts were applied.
 pub fn rebuild_views(url: &StoreUrl) -> Result<usize, OpenError> {
+    use log::FactLog;
     let StoreUrl::Sqlite(path) = url else {
         return Err(OpenError::new(
             "views",
@@ -382,6 +383,8 @@ pub fn rebuild_views(url: &StoreUrl) -> Result<usize, OpenError> {
     let log = sqlite::SqliteStore::open_file(path)?.into_log();
     let fresh = views::Views::open_for_rebuild(&views)?;
     let what = || format!("views {}", views.display());
+    let identity = log.store_id().and_then(|id| fresh.adopt(&id, log.last_seq()?));
+    identity.map_err(|e| OpenError::new(what(), e))?;
     let applied = fresh.catch_up(&log).map_err(|e| OpenError::new(what(), e))?;
     fresh.finish_rebuild().map_err(|e| OpenError::new(what(), e))?;
     Ok(applied)
@@ -389,10 +392,8 @@ pub fn rebuild_views(url: &StoreUrl) -> Result<usize, OpenError> {
 
 /// Open the store a URL names, with analytics kept as `design` says.
 pub fn open(url: &StoreUrl, design: Design) -> Result<std::sync::Arc<dyn Store>, OpenError> {
-    let started = |store: std::io::Result<logged::LoggedStore>| {
-        store
-            .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn Store>)
-            .map_err(|e| OpenError::new("the view stage", e))
+    let started = |store: Result<logged::LoggedStore, OpenError>| {
+        store.map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn Store>)
     };
     match (url, design) {
         (StoreUrl::Sqlite(path), Design::Inline) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open_file(path)?)),

@@ -367,6 +367,10 @@ impl Store for PostgresStore {
 }
 
 impl FactLog for PostgresStore {
+    fn store_id(&self) -> Result<String, StoreError> {
+        self.read(read::store_id)
+    }
+
     /// The shared counter: every replica's facts up to it are committed and visible.
     fn last_seq(&self) -> Result<i64, StoreError> {
         self.read(read::last_seq)

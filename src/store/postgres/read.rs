@@ -370,3 +370,9 @@ pub fn between_by_promotion(
     let rows = conn.client.query(&statement, &[&from_us, &to_us, &up_to])?;
     rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
 }
+
+/// See [`crate::store::log::FactLog::store_id`].
+pub fn store_id(conn: &mut ReadConn) -> Result<String, postgres::Error> {
+    let statement = conn.statement("SELECT value FROM store_identity WHERE id = 1")?;
+    conn.client.query_one(&statement, &[])?.try_get(0)
+}

@@ -167,6 +167,15 @@ ALTER TABLE promotion_totals
 -- land on a few index pages instead of one page per promotion it touches.
 ALTER TABLE promotion_buyers DROP CONSTRAINT promotion_buyers_pkey, ADD PRIMARY KEY (user_id, promotion_id);
 "#,
+    r#"
+-- Which store this is, drawn once: a replica's views record it, and views built from another
+-- store (a database restored or replaced under the same URL) are rebuilt rather than trusted.
+CREATE TABLE store_identity (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    value TEXT NOT NULL
+);
+INSERT INTO store_identity (id, value) VALUES (1, md5(random()::text || clock_timestamp()::text));
+"#,
 ];
 
 /// Bring the schema up to date. Holds the advisory lock for the whole run, so replicas starting

@@ -254,6 +254,10 @@ fn last_committed(conn: &Connection) -> rusqlite::Result<i64> {
 }
 
 impl FactLog for SqliteStore {
+    fn store_id(&self) -> Result<String, StoreError> {
+        self.read(|conn| conn.query_row("SELECT value FROM store_identity WHERE id = 1", [], |r| r.get(0)))
+    }
+
     fn last_seq(&self) -> Result<i64, StoreError> {
         Ok(self.committed.load(Ordering::Acquire))
     }

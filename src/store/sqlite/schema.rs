@@ -103,6 +103,15 @@ INSERT INTO promotion_buyers (user_id, promotion_id)
     SELECT user_id, promotion_id FROM promotion_buyers_v1 ORDER BY user_id, promotion_id;
 DROP TABLE promotion_buyers_v1;
 "#,
+    // 3: which store this is, drawn once: its views record it, and views built from another
+    // store (a file replaced under the same path) are rebuilt rather than trusted.
+    r#"
+CREATE TABLE store_identity (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    value TEXT NOT NULL
+);
+INSERT INTO store_identity (id, value) VALUES (1, lower(hex(randomblob(16))));
+"#,
 ];
 
 /// Bring the schema up to date, one transaction per version.

@@ -72,6 +72,9 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
 struct NoEdges;
 
 impl FactLog for NoEdges {
+    fn store_id(&self) -> Result<String, StoreError> {
+        Ok(String::new())
+    }
     fn last_seq(&self) -> Result<i64, StoreError> {
         Ok(0)
     }
@@ -140,6 +143,22 @@ impl Views {
         }
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA wal_checkpoint(TRUNCATE); PRAGMA synchronous=NORMAL;")?;
         Ok(())
+    }
+
+    /// Take these views for the store `store_id`, whose log is committed up to `last_seq`. Views
+    /// recorded for another store, or ahead of the log (a store restored from an older copy), are
+    /// emptied, to be rebuilt from the log; returns whether they were.
+    pub fn adopt(&self, store_id: &str, last_seq: i64) -> Result<bool, StoreError> {
+        let mut conn = lock(&self.writer);
+        let (store, applied): (Option<String>, i64) =
+            conn.query_row("SELECT store, seq FROM applied WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let foreign = store.is_some_and(|s| s != store_id) || applied > last_seq;
+        if foreign {
+            schema::reset(&mut conn)?;
+            *lock(&self.applied) = 0;
+        }
+        conn.execute("UPDATE applied SET store = ?1 WHERE id = 1", [store_id])?;
+        Ok(foreign)
     }
 
     /// The last sequence number the views have applied.

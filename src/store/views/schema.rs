@@ -8,14 +8,15 @@
 use rusqlite::Connection;
 
 /// The version of this schema. A views file of another version is dropped and rebuilt.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 pub const SCHEMA: &str = r#"
--- The last fact applied, and the totals over every fact up to it.
+-- The last fact applied, the totals over every fact up to it, and the store they come from.
 CREATE TABLE applied (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     seq         INTEGER NOT NULL,
-    total_units INTEGER NOT NULL
+    total_units INTEGER NOT NULL,
+    store       TEXT
 );
 INSERT INTO applied (id, seq, total_units) VALUES (1, 0, 0);
 -- Buys and units per bucket of 1, 60 and 3600 seconds of `timestamp`, over all buys and per
@@ -76,6 +77,12 @@ pub fn prepare(conn: &mut Connection) -> rusqlite::Result<bool> {
     if version == VERSION {
         return Ok(false);
     }
+    reset(conn)?;
+    Ok(true)
+}
+
+/// Drop everything in the views and create them empty.
+pub fn reset(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     let tables: Vec<String> = tx
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")?
@@ -86,6 +93,5 @@ pub fn prepare(conn: &mut Connection) -> rusqlite::Result<bool> {
     }
     tx.execute_batch(SCHEMA)?;
     tx.pragma_update(None, "user_version", VERSION)?;
-    tx.commit()?;
-    Ok(true)
+    tx.commit()
 }
