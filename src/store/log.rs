@@ -19,6 +19,21 @@ pub struct Fact {
     pub timestamp_us: i64,
 }
 
+/// What [`FactLog::tail`] counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tail {
+    /// The log's last committed number (the tail's end).
+    pub last_seq: i64,
+    /// Buys in the tail.
+    pub buys: i64,
+    /// Their units.
+    pub units: i64,
+    /// Buys in the tail stamped at or after the window's start.
+    pub recent_buys: i64,
+    /// Their units.
+    pub recent_units: i64,
+}
+
 /// The facts side of a store.
 pub trait FactLog: Send + Sync + 'static {
     /// Which store this is (drawn once when it was created): views built from another store are
@@ -40,6 +55,12 @@ pub trait FactLog: Send + Sync + 'static {
         promotion_id: Option<i64>,
         up_to: i64,
     ) -> Result<(i64, i64), StoreError>;
+
+    /// The facts numbered after `after` and up to the log's last committed one, over all buys or
+    /// one promotion: `(last number, buys, units, buys at or after since_us, their units)`. Added
+    /// to views applied up to `after`, this counts every committed fact without waiting for the
+    /// views. One snapshot: the last number is read with the facts.
+    fn tail(&self, after: i64, since_us: i64, promotion_id: Option<i64>) -> Result<Tail, StoreError>;
 
     /// As [`FactLog::between`], for every promotion at once: `(promotion, buys, units)` of the
     /// promotions with buys in the range.

@@ -40,7 +40,7 @@ use super::{
     StoreErrorKind, Submission,
 };
 use crate::lock::lock;
-use crate::store::log::{Fact, FactLog};
+use crate::store::log::{Fact, FactLog, Tail};
 
 /// How long opening a connection may take before the call fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -367,6 +367,10 @@ impl Store for PostgresStore {
 }
 
 impl FactLog for PostgresStore {
+    fn tail(&self, after: i64, since_us: i64, promotion_id: Option<i64>) -> Result<Tail, StoreError> {
+        self.read(|conn| read::tail(conn, after, since_us, promotion_id))
+    }
+
     fn store_id(&self) -> Result<String, StoreError> {
         self.read(read::store_id)
     }

@@ -15,7 +15,7 @@ use postgres::{Client, IsolationLevel, Statement};
 
 use crate::domain::{Buy, Quantity};
 use crate::store::aggregate::{US, window_edges};
-use crate::store::log::Fact;
+use crate::store::log::{Fact, Tail};
 use crate::store::{Bucket, Counts, ExportFilter, ExportRow, ProductCount, PromotionStats, PromotionSummary};
 
 /// A read connection with the statements it has prepared so far.
@@ -375,4 +375,29 @@ pub fn between_by_promotion(
 pub fn store_id(conn: &mut ReadConn) -> Result<String, postgres::Error> {
     let statement = conn.statement("SELECT value FROM store_identity WHERE id = 1")?;
     conn.client.query_one(&statement, &[])?.try_get(0)
+}
+
+const TAIL: &str = "
+    SELECT (SELECT total FROM counter WHERE id = 1), count(*), CAST(coalesce(sum(product_quantity), 0) AS BIGINT),
+           count(*) FILTER (WHERE timestamp_us >= $2),
+           CAST(coalesce(sum(product_quantity) FILTER (WHERE timestamp_us >= $2), 0) AS BIGINT)
+    FROM buys WHERE buy_count > $1 AND (CAST($3 AS BIGINT) IS NULL OR promotion_id = $3)";
+
+/// See [`crate::store::log::FactLog::tail`]: one statement, so the counter and the facts come
+/// from one snapshot (and, facts becoming visible in sequence order, the tail has no gaps).
+pub fn tail(
+    conn: &mut ReadConn,
+    after: i64,
+    since_us: i64,
+    promotion_id: Option<i64>,
+) -> Result<Tail, postgres::Error> {
+    let statement = conn.statement(TAIL)?;
+    let row = conn.client.query_one(&statement, &[&after, &since_us, &promotion_id])?;
+    Ok(Tail {
+        last_seq: row.try_get(0)?,
+        buys: row.try_get(1)?,
+        units: row.try_get(2)?,
+        recent_buys: row.try_get(3)?,
+        recent_units: row.try_get(4)?,
+    })
 }

@@ -25,7 +25,7 @@ use super::{
     StoreErrorKind, Submission,
 };
 use crate::lock::lock;
-use crate::store::log::{Fact, FactLog};
+use crate::store::log::{Fact, FactLog, Tail};
 
 /// SQLite behind the [`Store`] interface.
 pub struct SqliteStore {
@@ -254,6 +254,10 @@ fn last_committed(conn: &Connection) -> rusqlite::Result<i64> {
 }
 
 impl FactLog for SqliteStore {
+    fn tail(&self, after: i64, since_us: i64, promotion_id: Option<i64>) -> Result<Tail, StoreError> {
+        self.read(|conn| read::tail(conn, after, since_us, promotion_id))
+    }
+
     fn store_id(&self) -> Result<String, StoreError> {
         self.read(|conn| conn.query_row("SELECT value FROM store_identity WHERE id = 1", [], |r| r.get(0)))
     }

@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::domain::{Buy, Quantity};
 use crate::store::aggregate::{US, window_edges};
-use crate::store::log::Fact;
+use crate::store::log::{Fact, Tail};
 use crate::store::{Bucket, Counts, ExportFilter, ExportRow, ProductCount, PromotionStats, PromotionSummary};
 
 const RECENT_ALL: &str = "
@@ -229,4 +229,24 @@ pub fn between_by_promotion(
     )?
     .query_map(params![from_us, to_us, up_to], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
     .collect()
+}
+
+/// See [`crate::store::log::FactLog::tail`]: a range of the primary key after `after` (the
+/// counter's total read in the same statement, so in the same snapshot).
+pub fn tail(conn: &Connection, after: i64, since_us: i64, promotion_id: Option<i64>) -> rusqlite::Result<Tail> {
+    conn.prepare_cached(
+        "SELECT (SELECT total FROM counter WHERE id = 1), count(*), coalesce(sum(product_quantity), 0),
+                coalesce(sum(timestamp_us >= ?2), 0),
+                coalesce(sum(CASE WHEN timestamp_us >= ?2 THEN product_quantity ELSE 0 END), 0)
+         FROM buys WHERE buy_count > ?1 AND (?3 IS NULL OR promotion_id = ?3)",
+    )?
+    .query_row(params![after, since_us, promotion_id], |r| {
+        Ok(Tail {
+            last_seq: r.get(0)?,
+            buys: r.get(1)?,
+            units: r.get(2)?,
+            recent_buys: r.get(3)?,
+            recent_units: r.get(4)?,
+        })
+    })
 }

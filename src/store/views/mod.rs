@@ -75,6 +75,9 @@ impl FactLog for NoEdges {
     fn store_id(&self) -> Result<String, StoreError> {
         Ok(String::new())
     }
+    fn tail(&self, _: i64, _: i64, _: Option<i64>) -> Result<super::log::Tail, StoreError> {
+        Ok(super::log::Tail::default())
+    }
     fn last_seq(&self) -> Result<i64, StoreError> {
         Ok(0)
     }
@@ -318,9 +321,14 @@ impl Views {
         result
     }
 
-    /// See [`super::Store::counts`].
-    pub fn counts(&self, log: &dyn FactLog, since_us: i64, promotion_id: Option<i64>) -> Result<Counts, StoreError> {
-        self.read(log, |conn, edge| read::counts(conn, edge, since_us, promotion_id))
+    /// See [`super::Store::counts`], as of the views' snapshot; with the number it was applied to.
+    pub fn counts(
+        &self,
+        log: &dyn FactLog,
+        since_us: i64,
+        promotion_id: Option<i64>,
+    ) -> Result<(Counts, i64), StoreError> {
+        self.read(log, |conn, edge| Ok((read::counts(conn, edge, since_us, promotion_id)?, edge.applied)))
     }
 
     /// See [`super::Store::promotions`].
