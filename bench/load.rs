@@ -176,7 +176,8 @@ fn main() -> Result<(), String> {
     // LOAD_DESIGN=log writes the facts only (views follow, and `rebuild-views` can be timed).
     let design =
         if std::env::var("LOAD_DESIGN").is_ok_and(|d| d == "log") { store::Design::Log } else { store::Design::Inline };
-    let store = store::open(&StoreUrl::parse(url)?, design).map_err(|e| buy_tracker::telemetry::error_chain(&e))?;
+    let store =
+        store::open(&StoreUrl::parse(url)?, design, None).map_err(|e| buy_tracker::telemetry::error_chain(&e))?;
 
     let end_us = chrono::Utc::now().timestamp_micros();
     let mut generator = Generator {

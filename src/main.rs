@@ -51,7 +51,7 @@ fn main() -> ExitCode {
 /// `buy-tracker rebuild-views`: every view again from the facts, with the time it took.
 fn rebuild_views(config: &buy_tracker::cli::Config) -> ExitCode {
     let started = std::time::Instant::now();
-    match buy_tracker::store::rebuild_views(&config.database_url) {
+    match buy_tracker::store::rebuild_views(&config.database_url, config.views_path.as_deref()) {
         Ok(facts) => {
             println!("rebuilt the views from {facts} facts in {:.1} s", started.elapsed().as_secs_f64());
             ExitCode::SUCCESS

@@ -358,17 +358,36 @@ pub fn views_path(facts: &std::path::Path) -> PathBuf {
     facts.with_file_name(format!("{stem}.views.db"))
 }
 
-/// Delete the views of the SQLite store at `url` and build them again from its whole log (the
-/// service must not be running on it); returns how many facts were applied.
-pub fn rebuild_views(url: &StoreUrl) -> Result<usize, OpenError> {
-    use log::FactLog;
-    let StoreUrl::Sqlite(path) = url else {
+/// The log of the store at `url` (facts only), behind [`logged::Log`].
+fn open_log(url: &StoreUrl) -> Result<std::sync::Arc<dyn logged::Log>, OpenError> {
+    Ok(match url {
+        StoreUrl::Sqlite(path) => std::sync::Arc::new(sqlite::SqliteStore::open_file(path)?.into_log()),
+        StoreUrl::Memory => std::sync::Arc::new(sqlite::SqliteStore::open_memory()?.into_log()),
+        StoreUrl::Postgres(url) => std::sync::Arc::new(postgres::PostgresStore::open_log(url)?),
+    })
+}
+
+/// Where the views of the store at `url` live with `--views-path` `given`: there if given,
+/// else beside a SQLite file, else (memory, PostgreSQL) in memory.
+fn views_at(url: &StoreUrl, given: Option<&std::path::Path>) -> Option<PathBuf> {
+    match (given, url) {
+        (Some(path), _) => Some(path.to_path_buf()),
+        (None, StoreUrl::Sqlite(path)) => Some(views_path(path)),
+        (None, _) => None,
+    }
+}
+
+/// Delete the views of the store at `url` (at `--views-path` `given`, or beside a SQLite file)
+/// and build them again from its whole log; returns how many facts were applied. The views are
+/// locked while the service uses them, so this refuses to run beside it.
+pub fn rebuild_views(url: &StoreUrl, given: Option<&std::path::Path>) -> Result<usize, OpenError> {
+    let Some(views) = views_at(url, given) else {
         return Err(OpenError::new(
             "views",
-            "rebuild-views works on a sqlite: store (memory: keeps nothing; PostgreSQL keeps no views yet)",
+            "these views live in memory and are rebuilt at every start: give --views-path to keep them in a file",
         ));
     };
-    let views = views_path(path);
+    let lock = views::lock_views(&views)?;
     for file in [
         views.clone(),
         PathBuf::from(format!("{}-wal", views.display())),
@@ -380,38 +399,40 @@ pub fn rebuild_views(url: &StoreUrl) -> Result<usize, OpenError> {
             Err(e) => return Err(OpenError::new(format!("views {}", file.display()), e)),
         }
     }
-    let log = sqlite::SqliteStore::open_file(path)?.into_log();
-    let fresh = views::Views::open_for_rebuild(&views)?;
+    let log = open_log(url)?;
+    let fresh = views::Views::open_for_rebuild(&views, lock)?;
     let what = || format!("views {}", views.display());
-    let identity = log.store_id().and_then(|id| fresh.adopt(&id, log.last_seq()?));
-    identity.map_err(|e| OpenError::new(what(), e))?;
-    let applied = fresh.catch_up(&log).map_err(|e| OpenError::new(what(), e))?;
-    fresh.finish_rebuild().map_err(|e| OpenError::new(what(), e))?;
-    Ok(applied)
+    // On a thread of its own: PostgreSQL's blocking client must not run on an async worker.
+    let built = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<usize, StoreError> {
+                fresh.adopt(&log.store_id()?, log.last_seq()?)?;
+                let applied = fresh.catch_up(log.as_facts())?;
+                fresh.finish_rebuild()?;
+                Ok(applied)
+            })
+            .join()
+    });
+    built.map_err(|_| OpenError::new(what(), "the rebuilding thread panicked"))?.map_err(|e| OpenError::new(what(), e))
 }
 
-/// Open the store a URL names, with analytics kept as `design` says.
-pub fn open(url: &StoreUrl, design: Design) -> Result<std::sync::Arc<dyn Store>, OpenError> {
-    let started = |store: Result<logged::LoggedStore, OpenError>| {
-        store.map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn Store>)
-    };
+/// Open the store a URL names, with analytics kept as `design` says (the log's views at
+/// `--views-path` `views`, if given).
+pub fn open(
+    url: &StoreUrl,
+    design: Design,
+    views: Option<&std::path::Path>,
+) -> Result<std::sync::Arc<dyn Store>, OpenError> {
     match (url, design) {
         (StoreUrl::Sqlite(path), Design::Inline) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open_file(path)?)),
         (StoreUrl::Memory, Design::Inline) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open_memory()?)),
-        (StoreUrl::Sqlite(path), Design::Log) => {
-            let log = std::sync::Arc::new(sqlite::SqliteStore::open_file(path)?.into_log());
-            started(logged::LoggedStore::start(log, views::Views::open(Some(&views_path(path)))?))
-        }
-        (StoreUrl::Memory, Design::Log) => {
-            let log = std::sync::Arc::new(sqlite::SqliteStore::open_memory()?.into_log());
-            started(logged::LoggedStore::start(log, views::Views::open(None)?))
-        }
         (StoreUrl::Postgres(url), Design::Inline) => Ok(std::sync::Arc::new(postgres::PostgresStore::open(url)?)),
-        // Every replica keeps views of its own, built from the shared log at start-up (in memory
-        // for now: a views file per replica is the next step).
-        (StoreUrl::Postgres(url), Design::Log) => {
-            let log = std::sync::Arc::new(postgres::PostgresStore::open_log(url)?);
-            started(logged::LoggedStore::start(log, views::Views::open(None)?))
+        // Every store keeps its views beside it (SQLite) or where --views-path says; a PostgreSQL
+        // replica without one keeps them in memory and builds them from the shared log at start.
+        (url, Design::Log) => {
+            let log = open_log(url)?;
+            let views = views::Views::open(views_at(url, views).as_deref())?;
+            Ok(std::sync::Arc::new(logged::LoggedStore::start(log, views)?))
         }
     }
 }

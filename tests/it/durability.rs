@@ -319,6 +319,13 @@ async fn views_after_kill_9_loops_equal_a_rebuild() {
     let before = analytics(&server).await;
     let total = before["stats"]["total_buys"].as_i64().unwrap();
     assert!(total as usize >= acknowledged, "{total} recorded, {acknowledged} acknowledged");
+    let beside = std::process::Command::new(crate::common::binary())
+        .args(["rebuild-views", "--database-url"])
+        .arg(format!("sqlite:{}", db.display()))
+        .output()
+        .expect("rebuild-views runs");
+    assert!(!beside.status.success(), "a rebuild beside the running service is refused");
+    assert!(String::from_utf8_lossy(&beside.stderr).contains("another buy-tracker process uses these views"));
     server.signal("TERM");
     assert_eq!(server.wait(GRACEFUL_STOP), Some(0));
     let rebuilt = std::process::Command::new(crate::common::binary())

@@ -105,6 +105,35 @@ async fn share_one_gap_free_sequence(extra: &[&str]) {
     assert_eq!(exported, (1..=n).collect::<Vec<_>>());
 }
 
+/// A replica of the log design keeps its views in the file `--views-path` names: restarted, it
+/// resumes from them; a second replica given the same file is refused, as is a rebuild beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_keeps_its_views_in_a_file_of_its_own() {
+    let Some(server) = server_or_skip() else { return };
+    let database = TestDatabase::create(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let views = dir.path().join("replica-1.views.db");
+    let views_arg = views.display().to_string();
+    let args = ["--design", "log", "--views-path", views_arg.as_str()];
+    let client = reqwest::Client::new();
+    let first = start_replicas_with(&database.url, 1, &args).remove(0);
+    let n = 300;
+    concurrent_buys(&client, &[first.url("")], n, 32).await;
+    assert_eq!(get_json(&client, &first.url(""), "/promotions/3/stats").await["total_buys"], n / 7 + 1);
+    // The same views file for a second replica: refused, naming the file.
+    let refused = crate::common::server_command(&database.url, &args).output().expect("the binary runs");
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("another buy-tracker process uses these views"), "{said}");
+    first.signal("TERM");
+    assert_eq!(first.wait(Duration::from_secs(15)), Some(0));
+    assert!(views.is_file(), "the views were kept in their file");
+    let again = start_replicas_with(&database.url, 1, &args).remove(0);
+    let stats = get_json(&client, &again.url(""), "/promotions/3/stats").await;
+    assert_eq!(stats["total_buys"], n / 7 + 1, "{stats}");
+    assert_eq!(get_json(&client, &again.url(""), "/stats").await["total_buys"], n);
+}
+
 /// A key recorded on one replica is replayed by another, refused there with another body, and a
 /// key sent to every replica at the same moment is recorded once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,8 +49,35 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Read connections on a views file.
 const MAX_READERS: usize = 8;
 
+/// Take the lock of the views at `path` (a file beside them): one process at a time may use a
+/// views file, so two replicas given the same `--views-path`, or a rebuild beside the running
+/// service, are refused rather than corrupt each other's views.
+pub fn lock_views(path: &Path) -> Result<std::fs::File, OpenError> {
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let what = || format!("views {}", path.display());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| OpenError::new(what(), e))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| OpenError::new(what(), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::new(
+            what(),
+            "another buy-tracker process uses these views (give each replica its own --views-path)",
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(OpenError::new(what(), e)),
+    }
+}
+
 /// The views of one store, and the stage that keeps them.
 pub struct Views {
+    /// The views file's lock, held as long as these views are open (`None` in memory).
+    _lock: Option<std::fs::File>,
     /// The stage's connection (and, in memory, everyone's).
     writer: Mutex<Connection>,
     /// Read connections to the views file; `None` in memory.
@@ -96,6 +123,11 @@ impl Views {
     /// Open the views at `path` (created if missing; rebuilt from the log if of another layout),
     /// or in memory with `None`.
     pub fn open(path: Option<&Path>) -> Result<Views, OpenError> {
+        let lock = path.map(lock_views).transpose()?;
+        Self::open_locked(path, lock)
+    }
+
+    fn open_locked(path: Option<&Path>, lock: Option<std::fs::File>) -> Result<Views, OpenError> {
         let what = match path {
             Some(p) => format!("views {}", p.display()),
             None => "the in-memory views".to_string(),
@@ -117,6 +149,7 @@ impl Views {
         }
         let applied = conn.query_row("SELECT seq FROM applied WHERE id = 1", [], |r| r.get(0)).map_err(fail)?;
         Ok(Views {
+            _lock: lock,
             writer: Mutex::new(conn),
             readers: path.map(|p| (p.to_path_buf(), Pool::new(MAX_READERS, "views"))),
             applied: Mutex::new(applied),
@@ -130,8 +163,8 @@ impl Views {
     /// Views at `path` to be built from scratch by [`Views::catch_up`], with the file's safety off
     /// while they are: no rollback journal, no syncs, a large cache. A crash mid-way leaves a file
     /// to rebuild again; [`Views::finish_rebuild`] turns the usual settings back on.
-    pub fn open_for_rebuild(path: &Path) -> Result<Views, OpenError> {
-        let views = Self::open(Some(path))?;
+    pub fn open_for_rebuild(path: &Path, held: std::fs::File) -> Result<Views, OpenError> {
+        let views = Self::open_locked(Some(path), Some(held))?;
         let bulk = "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-262144;";
         lock(&views.writer).execute_batch(bulk).map_err(|e| OpenError::new(format!("views {}", path.display()), e))?;
         Ok(views)
