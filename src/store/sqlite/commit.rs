@@ -8,73 +8,6 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use crate::store::aggregate::Deltas;
 use crate::store::{IDEMPOTENCY_TTL_US, Outcome, Submission};
 
-/// Write one transaction's aggregate changes, counting which buyers are new to their promotion.
-fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
-    let mut new_buyer = tx.prepare_cached(
-        "INSERT INTO promotion_buyers (user_id, promotion_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-    )?;
-    // In the table's key order (user first), so consecutive inserts land on the same pages.
-    let mut buyers: Vec<(i64, i64)> = deltas.buyers.iter().map(|&(promotion, user)| (user, promotion)).collect();
-    buyers.sort_unstable();
-    for (user_id, promotion_id) in buyers {
-        if new_buyer.execute(params![user_id, promotion_id])? == 1
-            && let Some(p) = deltas.promotions.get_mut(&promotion_id)
-        {
-            p.new_buyers += 1;
-        }
-    }
-    let mut rollup = tx.prepare_cached(
-        "INSERT INTO rollup (granularity_s, bucket_s, buys, units) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (granularity_s, bucket_s)
-             DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units",
-    )?;
-    for ((g, bucket), t) in &deltas.rollup {
-        rollup.execute(params![g, bucket, t.buys, t.units])?;
-    }
-    let mut promotion_rollup = tx.prepare_cached(
-        "INSERT INTO promotion_rollup (promotion_id, granularity_s, bucket_s, buys, units)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (granularity_s, bucket_s, promotion_id)
-             DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units",
-    )?;
-    for ((promotion_id, g, bucket), t) in &deltas.promotion_rollup {
-        promotion_rollup.execute(params![promotion_id, g, bucket, t.buys, t.units])?;
-    }
-    let mut totals = tx.prepare_cached(
-        "INSERT INTO promotion_totals
-                 (promotion_id, total_buys, total_units, revenue_cents, unique_buyers, first_buy_us, last_buy_us)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (promotion_id) DO UPDATE SET
-                 total_buys = total_buys + excluded.total_buys,
-                 total_units = total_units + excluded.total_units,
-                 revenue_cents = CASE WHEN revenue_cents > 9223372036854775807 - excluded.revenue_cents
-                     THEN 9223372036854775807 ELSE revenue_cents + excluded.revenue_cents END,
-                 unique_buyers = unique_buyers + excluded.unique_buyers,
-                 first_buy_us = min(first_buy_us, excluded.first_buy_us),
-                 last_buy_us = max(last_buy_us, excluded.last_buy_us)",
-    )?;
-    for (promotion_id, p) in &deltas.promotions {
-        totals.execute(params![
-            promotion_id,
-            p.tally.buys,
-            p.tally.units,
-            p.revenue_cents,
-            p.new_buyers,
-            p.first_us,
-            p.last_us
-        ])?;
-    }
-    let mut products = tx.prepare_cached(
-        "INSERT INTO promotion_products (promotion_id, product_id, buys, units) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (promotion_id, product_id)
-             DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units",
-    )?;
-    for ((promotion_id, product_id), t) in &deltas.products {
-        products.execute(params![promotion_id, product_id, t.buys, t.units])?;
-    }
-    Ok(())
-}
-
 /// Apply `writes` inside `tx`, in order, and return one outcome per write. With `aggregates`,
 /// every aggregate is updated in the same transaction (the inline design); without, only the
 /// facts, sequence numbers and keys are written (the log design: views follow off the path).
@@ -140,7 +73,8 @@ pub fn apply(tx: &Transaction, writes: &[Submission], now_us: i64, aggregates: b
         outcomes.push(Outcome::Recorded { last_seq: seq, recorded: write.buys.len() });
     }
     if aggregates {
-        flush(&mut deltas, tx)?;
+        // The inline design's aggregate tables are the views' tables, in the same file.
+        crate::store::views::flush(&mut deltas, tx)?;
     }
     tx.execute("UPDATE counter SET total = ?1, total_units = total_units + ?2 WHERE id = 1", [seq, units])?;
     Ok(outcomes)

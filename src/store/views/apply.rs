@@ -32,8 +32,9 @@ pub fn apply(tx: &Transaction, facts: &[Fact]) -> rusqlite::Result<i64> {
     Ok(last)
 }
 
-/// Write one batch's aggregate changes, counting which buyers are new to their promotion.
-fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
+/// Write one batch's aggregate changes, counting which buyers are new to their promotion. The
+/// inline design writes the same tables inside its write transaction (`store::sqlite::commit`).
+pub fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
     let mut new_buyer = tx.prepare_cached(
         "INSERT INTO promotion_buyers (user_id, promotion_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
     )?;

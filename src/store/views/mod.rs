@@ -30,6 +30,7 @@ use super::log::FactLog;
 use super::pool::Pool;
 use super::{Bucket, Counts, OpenError, PromotionStats, PromotionSummary, ROLLUP_KEEP_S, StoreError, StoreErrorKind};
 use crate::lock::lock;
+pub(crate) use apply::flush;
 use read::Edge;
 
 /// The longest a read waits for the views to reach the facts acknowledged before it.
