@@ -1,10 +1,10 @@
 //! The log design behind the [`Store`] interface: a log of facts on the acknowledgement path, and
 //! views that follow it (see [`super::views`]).
 //!
-//! A commit writes only the facts (and their sequence numbers and keys), then wakes the view
-//! stage. A read first waits until the views have applied everything the log had committed when
-//! the read began, so it includes every fact acknowledged before the request arrived, then reads
-//! the views.
+//! A commit writes only the facts (and their sequence numbers and keys); the view stage picks
+//! them up on its cadence. A read includes every fact acknowledged before the request arrived:
+//! counts add the log's tail after the views' snapshot, and the other reads first wait until the
+//! views have applied everything the log had committed when the read began.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;

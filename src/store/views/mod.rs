@@ -7,9 +7,10 @@
 //! start-up only the facts after it are replayed, and a views file that is missing or of another
 //! layout is rebuilt from the whole log (`buy-tracker rebuild-views`).
 //!
-//! Reads stay exact through a barrier: a read first waits until the views have applied the
-//! highest sequence number acknowledged when it arrived ([`Views::wait_for`]), then reads one
-//! snapshot of the views. Past [`BARRIER_TIMEOUT`] it fails (503) rather than answer stale.
+//! Reads stay exact. Most wait at a barrier until the views have applied the highest sequence
+//! number acknowledged when they arrived ([`Views::wait_for`]), then read one snapshot of the
+//! views; past [`BARRIER_TIMEOUT`] they fail (503) rather than answer stale. Counts instead add
+//! the log's tail after the snapshot (see `store::logged`).
 //!
 //! Concurrency: only the stage writes the views. On a file, reads use their own connections
 //! (WAL lets them run beside the stage); in memory there is one connection, shared under a lock.
