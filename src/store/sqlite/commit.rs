@@ -3,16 +3,18 @@
 //! Aggregates are first summed in memory over the whole group commit, so each bucket, promotion
 //! and product row is upserted once per transaction however many buys touch it.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::aggregate::Deltas;
 use crate::store::{IDEMPOTENCY_TTL_US, Outcome, Submission};
 
-/// Apply `writes` inside `tx`, in order, and return one outcome per write. With `aggregates`,
+/// Apply `writes` inside the transaction open on `tx`, in order, and return one outcome per write. With `aggregates`,
 /// every aggregate is updated in the same transaction (the inline design); without, only the
 /// facts, sequence numbers and keys are written (the log design: views follow off the path).
-pub fn apply(tx: &Transaction, writes: &[Submission], now_us: i64, aggregates: bool) -> rusqlite::Result<Vec<Outcome>> {
-    let mut seq: i64 = tx.query_row("SELECT total FROM counter WHERE id = 1", [], |r| r.get(0))?;
+pub fn apply(tx: &Connection, writes: &[Submission], now_us: i64, aggregates: bool) -> rusqlite::Result<Vec<Outcome>> {
+    // Cached statements: a group commit runs these once each, thousands of times a second, and
+    // parsing them again each time cost about as much as the inserts of a small batch.
+    let mut seq: i64 = tx.prepare_cached("SELECT total FROM counter WHERE id = 1")?.query_row([], |r| r.get(0))?;
     let mut insert = tx.prepare_cached(
         "INSERT INTO buys (buy_count, user_id, promotion_id, product_id, product_quantity,
             unit_price_cents, ip_address, timestamp_us, received_at_us, timestamp_source, idempotency_key)
@@ -76,6 +78,7 @@ pub fn apply(tx: &Transaction, writes: &[Submission], now_us: i64, aggregates: b
         // The inline design's aggregate tables are the views' tables, in the same file.
         crate::store::views::flush(&mut deltas, tx)?;
     }
-    tx.execute("UPDATE counter SET total = ?1, total_units = total_units + ?2 WHERE id = 1", [seq, units])?;
+    tx.prepare_cached("UPDATE counter SET total = ?1, total_units = total_units + ?2 WHERE id = 1")?
+        .execute([seq, units])?;
     Ok(outcomes)
 }

@@ -161,10 +161,9 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn commit(&self, writes: &[Submission], now_us: i64) -> Result<Vec<Outcome>, StoreError> {
-        let mut conn = lock(&self.writer);
-        let tx = conn.transaction().map_err(unavailable)?;
-        let outcomes = commit::apply(&tx, writes, now_us, self.aggregates).map_err(unavailable)?;
-        tx.commit().map_err(unavailable)?;
+        let conn = lock(&self.writer);
+        let outcomes = in_write_transaction(&conn, |tx| commit::apply(tx, writes, now_us, self.aggregates))
+            .map_err(unavailable)?;
         if let Some(last) = outcomes.iter().filter_map(Outcome::recorded_up_to).max() {
             self.committed.fetch_max(last, Ordering::Release);
         }
@@ -246,6 +245,19 @@ impl Store for SqliteStore {
     fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| conn.query_row("SELECT total FROM counter WHERE id = 1", [], |_| Ok(())))
     }
+}
+
+/// Run `f` in one write transaction on the writer's connection: committed if it succeeds, rolled
+/// back if it (or the commit) fails. BEGIN and COMMIT are cached statements:
+/// `Connection::transaction` parses both again at every commit.
+fn in_write_transaction<T>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let result = f(conn).and_then(|value| conn.prepare_cached("COMMIT")?.execute([]).map(|_| value));
+    if result.is_err() && !conn.is_autocommit() {
+        // Nothing of a failed commit stays: the next one starts from the committed state.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    result
 }
 
 /// The counter's total: the highest sequence number committed.
