@@ -334,11 +334,29 @@ class Target:
         self.key, self.servers, self.lua, self.path = key, servers, lua, path
 
 
+def settle(max_wait=20.0, idle_share=0.85):
+    """Let the previous run's after-effects end before the next is measured: write the dirty
+    pages it left (the kernel would otherwise flush them under the next run's fsyncs), then wait
+    until the machine is mostly idle for half a second (the servers' checkpoints and view stages
+    catching up), at most `max_wait` seconds. Returns the seconds waited."""
+    started = time.monotonic()
+    os.sync()
+    while time.monotonic() - started < max_wait:
+        busy0, all0 = machine_cpu_s()
+        time.sleep(0.5)
+        busy1, all1 = machine_cpu_s()
+        if all1 > all0 and 1 - (busy1 - busy0) / (all1 - all0) >= idle_share:
+            break
+    return time.monotonic() - started
+
+
 def measure(run, scenario, targets, conns, rounds, seconds):
-    """ROUNDS rounds of every target in turn (the baseline first), each with its peak RSS."""
+    """ROUNDS rounds of every target in turn (the baseline first), each with its peak RSS. Each
+    run starts on a settled machine (`settle`), so no target pays for the one before it."""
     runs = {t.key: [] for t in targets}
     for r in range(1, rounds + 1):
         for t in targets:
+            waited = settle()
             per = max(1, conns // len(t.servers))
             hwm_reset = all([reset_hwm(s.pid) for s in t.servers])
             cpu_before = cpu_snapshot(t.servers)
@@ -353,7 +371,7 @@ def measure(run, scenario, targets, conns, rounds, seconds):
                    # Across replicas the slowest replica's percentile: an upper bound for the total.
                    **{k: max(x[k] for x in res) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")},
                    **{k: sum(x[k] for x in res) for k in ("errors", "non2xx", "timeouts", "connect_errors")},
-                   "rss_kib": sum(rss), "cpu": cpu}
+                   "rss_kib": sum(rss), "cpu": cpu, "settled_s": round(waited, 2)}
             if len(res) > 1:
                 one["replicas"] = res
             runs[t.key].append(one)
