@@ -250,7 +250,10 @@ impl Store for SqliteStore {
 /// Run `f` in one write transaction on the writer's connection: committed if it succeeds, rolled
 /// back if it (or the commit) fails. BEGIN and COMMIT are cached statements:
 /// `Connection::transaction` parses both again at every commit.
-fn in_write_transaction<T>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+fn in_write_transaction<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
     conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
     let result = f(conn).and_then(|value| conn.prepare_cached("COMMIT")?.execute([]).map(|_| value));
     if result.is_err() && !conn.is_autocommit() {
