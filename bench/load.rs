@@ -1,9 +1,8 @@
 //! Bulk loader for the growth benchmark (bench/growth.sh): fills a store with N synthetic buys
-//! through the same storage code the service uses (`Store::commit`, which also maintains every
-//! rollup and aggregate), in transactions of 8192 buys.
+//! through the same storage code the service uses (`Store::commit`, with the views following),
+//! in transactions of 8192 buys.
 //!
 //! Run: `cargo run --release --example load -- sqlite:PATH N [DAYS] [SEED]`
-//! (`LOAD_DESIGN=log` records the facts only, for the log design; its views follow.)
 //! (DAYS, default 7: the span the timestamps cover, ending now; SEED, default 42.)
 //!
 //! The data is shaped like a real week of campaigns:
@@ -173,11 +172,9 @@ fn main() -> Result<(), String> {
     let n: u64 = args.get(1).and_then(|n| n.replace('_', "").parse().ok()).ok_or(usage)?;
     let days: u32 = args.get(2).map_or(Ok(7), |d| d.parse()).ok().filter(|&d| d >= 1).ok_or(usage)?;
     let seed: u64 = args.get(3).map_or(Ok(42), |s| s.parse()).map_err(|_| usage)?;
-    // LOAD_DESIGN=log writes the facts only (views follow, and `rebuild-views` can be timed).
-    let design =
-        if std::env::var("LOAD_DESIGN").is_ok_and(|d| d == "log") { store::Design::Log } else { store::Design::Inline };
-    let store =
-        store::open(&StoreUrl::parse(url)?, design, None).map_err(|e| buy_tracker::telemetry::error_chain(&e))?;
+    // The views follow the facts as they are loaded, as in the service; what they have not
+    // applied when this ends, the service applies at its start.
+    let store = store::open(&StoreUrl::parse(url)?, None).map_err(|e| buy_tracker::telemetry::error_chain(&e))?;
 
     let end_us = chrono::Utc::now().timestamp_micros();
     let mut generator = Generator {

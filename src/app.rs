@@ -48,7 +48,7 @@ impl Application {
     /// As [`Application::build`], with the given clock (tests pin time with it).
     pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Application, StartError> {
         crate::metrics::handle();
-        let store = crate::store::open(&config.database_url, config.design, config.views_path.as_deref())?;
+        let store = crate::store::open(&config.database_url, config.views_path.as_deref())?;
         let writer = Writer::start(store.clone(), clock.clone(), Limits::default()).map_err(StartError::Writer)?;
         let (shutdown, stopping) = tokio::sync::watch::channel(false);
         let state = AppState::new(Shared {

@@ -7,7 +7,7 @@ use clap::{CommandFactory, Parser, error::ErrorKind};
 use ipnet::IpNet;
 
 use crate::client_ip::{TrustedProxies, parse_cidr};
-use crate::store::{Design, StoreUrl};
+use crate::store::StoreUrl;
 use crate::telemetry::LogFormat;
 
 const EXAMPLES: &str = "\
@@ -99,17 +99,12 @@ pub struct Cli {
     #[arg(long, env = "BUY_TRACKER_SHUTDOWN_TIMEOUT", default_value = "8", value_parser = parse_seconds)]
     pub shutdown_timeout: std::time::Duration,
 
-    /// Where the views live with `--design log` [default: beside a SQLite store, as
-    /// NAME.views.db; in memory for memory: and PostgreSQL, built from the log at every start].
-    /// Give each PostgreSQL replica one of its own to restart without replaying the whole log.
-    #[arg(long, env = "BUY_TRACKER_VIEWS_PATH", hide = true, global = true)]
+    /// Where the views (every analytic, kept from the log of buys) live [default: beside a
+    /// SQLite store, as NAME.views.db; in memory for memory: and PostgreSQL, built from the log at
+    /// every start]. Give each PostgreSQL replica one of its own to restart without replaying the
+    /// whole log.
+    #[arg(long, env = "BUY_TRACKER_VIEWS_PATH", global = true)]
     pub views_path: Option<std::path::PathBuf>,
-
-    /// How analytics are kept: `inline` (every aggregate in the write transaction) or `log`
-    /// (facts only on the write path, views following them). Experimental while both designs are
-    /// compared.
-    #[arg(long, env = "BUY_TRACKER_DESIGN", value_enum, default_value = "inline", hide = true)]
-    pub design: Design,
 
     /// Log format [default: pretty with --dev, else json].
     #[arg(long, env = "BUY_TRACKER_LOG_FORMAT", value_enum)]
@@ -119,7 +114,7 @@ pub struct Cli {
 /// A maintenance command, run instead of the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
 pub enum Command {
-    /// Rebuild every view from the facts (`--design log`): deletes the views file (beside a SQLite
+    /// Rebuild every view from the facts: deletes the views file (beside a SQLite
     /// store, or at --views-path) and applies the whole log again, then exits. Refused while a
     /// service uses those views.
     RebuildViews,
@@ -153,8 +148,7 @@ pub struct Config {
     /// Per-client rate limit, if any.
     pub rate_limit: Option<crate::http::rate_limit::Rate>,
     /// How analytics are kept.
-    pub design: Design,
-    /// Where the log design's views live, if not at their default place.
+    /// Where the views live, if not at their default place.
     pub views_path: Option<std::path::PathBuf>,
     /// Time allowed for a request's head (not a CLI option: tests shorten it).
     pub header_timeout: std::time::Duration,
@@ -241,7 +235,6 @@ impl Cli {
                 per_second,
                 burst: self.rate_limit_burst.unwrap_or((2.0 * per_second).max(1.0)),
             }),
-            design: self.design,
             views_path: self.views_path,
             header_timeout: crate::server::HEADER_READ_TIMEOUT,
             idle_timeout: self.idle_timeout,
@@ -267,7 +260,6 @@ impl Config {
             cors_origins: Vec::new(),
             log_format: LogFormat::Json,
             rate_limit: None,
-            design: Design::default(),
             views_path: None,
             header_timeout: crate::server::HEADER_READ_TIMEOUT,
             idle_timeout: crate::server::IDLE_TIMEOUT,

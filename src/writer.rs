@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::clock::Clock;
-use crate::store::{IDEMPOTENCY_TTL_US, Outcome, ROLLUP_KEEP_S, Store, StoreError, Submission};
+use crate::store::{IDEMPOTENCY_TTL_US, Outcome, Store, StoreError, Submission};
 
 /// Upper bound on the buys in one transaction, so a commit's latency stays bounded.
 pub const MAX_BATCH_BUYS: usize = 8_192;
-/// How often expired Idempotency-Keys and unreachable rollups are deleted.
+/// How often expired Idempotency-Keys are deleted (the views prune their own buckets).
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Expired keys deleted per prune: one short statement between two commits. While a prune finds
 /// a full slice, the next runs after the next commit rather than a minute later.
@@ -259,17 +259,12 @@ fn commit_batch(store: &dyn Store, clock: &dyn Clock, jobs: Vec<Job>, buys: usiz
     }
 }
 
-/// Forget a slice of expired Idempotency-Keys and of the rollups no read can reach any more;
-/// returns whether keys are left over (a backlog). Rollups age out every second, so a slice of
-/// them is always found: they are worked off a call a minute.
+/// Forget a slice of expired Idempotency-Keys; returns whether keys are left over (a backlog).
 fn prune(store: &dyn Store, now_us: i64) -> bool {
     let keys = store.prune_idempotency(now_us - IDEMPOTENCY_TTL_US, PRUNE_KEYS).unwrap_or_else(|e| {
         tracing::warn!(error = %crate::telemetry::error_chain(&e), "pruning expired idempotency keys failed");
         0
     });
-    if let Err(e) = store.prune_rollups(now_us.div_euclid(1_000_000) - ROLLUP_KEEP_S) {
-        tracing::warn!(error = %crate::telemetry::error_chain(&e), "pruning old second and minute rollups failed");
-    }
     keys == PRUNE_KEYS
 }
 
@@ -280,6 +275,7 @@ mod tests {
     use super::*;
     use crate::clock::SystemClock;
     use crate::domain::BuyRecord;
+    use crate::store::log::Log;
     use crate::store::sqlite::SqliteStore;
     use crate::store::{Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary};
 

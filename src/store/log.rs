@@ -6,7 +6,7 @@
 //! visible in sequence order, so "every fact up to n" is a complete, well-defined prefix.
 
 use crate::domain::Buy;
-use crate::store::StoreError;
+use crate::store::{ExportFilter, ExportRow, Outcome, StoreError, Submission};
 
 /// A recorded buy as the views see it: its sequence number and what analytics read of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,4 +65,28 @@ pub trait FactLog: Send + Sync + 'static {
     /// As [`FactLog::between`], for every promotion at once: `(promotion, buys, units)` of the
     /// promotions with buys in the range.
     fn between_by_promotion(&self, from_us: i64, to_us: i64, up_to: i64) -> Result<Vec<(i64, i64, i64)>, StoreError>;
+}
+
+/// A log of facts as the service writes it: the acknowledgement path, export and housekeeping.
+/// Each store (SQLite, PostgreSQL) is one; every analytic is a view of it (`store::views`).
+pub trait Log: FactLog {
+    /// Record `writes` in one transaction, assigning consecutive sequence numbers in order.
+    /// Returns one outcome per write. When this returns `Ok`, everything is durable.
+    fn commit(&self, writes: &[Submission], now_us: i64) -> Result<Vec<Outcome>, StoreError>;
+
+    /// Up to `limit` selected buys with `after < buy_count <= up_to`, in sequence order.
+    fn export_page(
+        &self,
+        filter: &ExportFilter,
+        after: i64,
+        up_to: i64,
+        limit: usize,
+    ) -> Result<Vec<ExportRow>, StoreError>;
+
+    /// Forget at most `limit` Idempotency-Keys older than `before_us`, oldest first; returns how
+    /// many (see [`crate::store::Store::prune_idempotency`]).
+    fn prune_idempotency(&self, before_us: i64, limit: usize) -> Result<usize, StoreError>;
+
+    /// Check that the log answers (for `/health`).
+    fn ping(&self) -> Result<(), StoreError>;
 }

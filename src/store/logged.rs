@@ -1,5 +1,5 @@
-//! The log design behind the [`Store`] interface: a log of facts on the acknowledgement path, and
-//! views that follow it (see [`super::views`]).
+//! The store the service uses: a log of facts on the acknowledgement path ([`Log`]), and views
+//! that follow it (see [`super::views`]), behind the [`Store`] interface.
 //!
 //! A commit writes only the facts (and their sequence numbers and keys); the view stage picks
 //! them up on its cadence. A read includes every fact acknowledged before the request arrived:
@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::log::{FactLog, Tail};
+use super::log::{FactLog, Log};
 use super::views::{BARRIER_TIMEOUT, Views};
 use super::{
     Bucket, Counts, ExportFilter, ExportRow, Outcome, PromotionStats, PromotionSummary, Store, StoreError, Submission,
@@ -19,18 +19,6 @@ use crate::lock::lock;
 /// The most facts a count reads from the log's tail rather than wait for the views: a few times
 /// what the view stage applies between two of its batches under load.
 const TAIL_MAX: i64 = 20_000;
-
-/// What a log of facts must also do for the service: commit, export and housekeeping.
-pub trait Log: FactLog + Store {
-    /// This log as facts only.
-    fn as_facts(&self) -> &dyn FactLog;
-}
-
-impl<T: FactLog + Store> Log for T {
-    fn as_facts(&self) -> &dyn FactLog {
-        self
-    }
-}
 
 /// A log and its views.
 pub struct LoggedStore {
@@ -52,7 +40,7 @@ impl LoggedStore {
             tracing::warn!("the views were built from another store, or are ahead of its log: they are rebuilt");
         }
         let views = Arc::new(views);
-        let facts: Arc<dyn FactLog> = Arc::new(AsFacts(log.clone()));
+        let facts: Arc<dyn FactLog> = log.clone();
         let stage = views.start(facts).map_err(|e| super::OpenError::new("the view stage", e))?;
         Ok(LoggedStore { log, views, stage: std::sync::Mutex::new(Some(stage)) })
     }
@@ -60,41 +48,6 @@ impl LoggedStore {
     /// Wait until the views include every fact committed when this was called.
     fn barrier(&self) -> Result<(), StoreError> {
         self.views.wait_for(self.log.last_seq()?, BARRIER_TIMEOUT)
-    }
-}
-
-/// The log seen as facts only (a trait object cannot be upcast to its supertrait here).
-struct AsFacts(Arc<dyn Log>);
-
-impl FactLog for AsFacts {
-    fn tail(&self, after: i64, since_us: i64, promotion_id: Option<i64>) -> Result<Tail, StoreError> {
-        self.0.tail(after, since_us, promotion_id)
-    }
-
-    fn store_id(&self) -> Result<String, StoreError> {
-        self.0.store_id()
-    }
-
-    fn last_seq(&self) -> Result<i64, StoreError> {
-        self.0.last_seq()
-    }
-
-    fn facts_after(&self, after: i64, limit: usize) -> Result<Vec<super::log::Fact>, StoreError> {
-        self.0.facts_after(after, limit)
-    }
-
-    fn between(
-        &self,
-        from_us: i64,
-        to_us: i64,
-        promotion_id: Option<i64>,
-        up_to: i64,
-    ) -> Result<(i64, i64), StoreError> {
-        self.0.between(from_us, to_us, promotion_id, up_to)
-    }
-
-    fn between_by_promotion(&self, from_us: i64, to_us: i64, up_to: i64) -> Result<Vec<(i64, i64, i64)>, StoreError> {
-        self.0.between_by_promotion(from_us, to_us, up_to)
     }
 }
 
@@ -121,7 +74,7 @@ impl Store for LoggedStore {
         if target - self.views.applied() > TAIL_MAX {
             self.views.wait_for(target, BARRIER_TIMEOUT)?;
         }
-        let (mut counts, applied) = self.views.counts(self.log.as_facts(), since_us, promotion_id)?;
+        let (mut counts, applied) = self.views.counts(&*self.log, since_us, promotion_id)?;
         let tail = self.log.tail(applied, since_us, promotion_id)?;
         counts.total_buys += tail.buys;
         counts.total_units += tail.units;
@@ -132,12 +85,12 @@ impl Store for LoggedStore {
 
     fn promotions(&self, since_us: i64, limit: i64, offset: i64) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
         self.barrier()?;
-        self.views.promotions(self.log.as_facts(), since_us, limit, offset)
+        self.views.promotions(&*self.log, since_us, limit, offset)
     }
 
     fn promotion_stats(&self, promotion_id: i64, since_us: i64) -> Result<PromotionStats, StoreError> {
         self.barrier()?;
-        self.views.promotion_stats(self.log.as_facts(), promotion_id, since_us)
+        self.views.promotion_stats(&*self.log, promotion_id, since_us)
     }
 
     fn timeseries(
@@ -176,9 +129,21 @@ impl Store for LoggedStore {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::*;
     use crate::domain::BuyRecord;
     use crate::store::sqlite::SqliteStore;
+    use crate::store::views::deltas::US;
+
+    /// A store on an in-memory log, with views in memory.
+    fn memory() -> LoggedStore {
+        LoggedStore::start(Arc::new(SqliteStore::open_memory().unwrap()), Views::open(None).unwrap()).unwrap()
+    }
+
+    fn record(timestamp_us: i64, quantity: i64) -> BuyRecord {
+        BuyRecord::test(1, 2, 3, quantity, None, timestamp_us)
+    }
 
     fn one(i: i64) -> Submission {
         Submission { buys: vec![BuyRecord::example(i, 1_750_000_000_000_000 + i)], idempotency: None }
@@ -188,7 +153,7 @@ mod tests {
     /// it the stage, a thread wake away, lags behind almost every read here.)
     #[test]
     fn a_read_includes_every_commit_before_it() {
-        let log = Arc::new(SqliteStore::open_memory().unwrap().into_log());
+        let log = Arc::new(SqliteStore::open_memory().unwrap());
         let store = LoggedStore::start(log, Views::open(None).unwrap()).unwrap();
         for i in 1..=300 {
             store.commit(&[one(i)], 0).unwrap();
@@ -205,7 +170,7 @@ mod tests {
     /// view stage stopped, the next commits are counted at once, overall and per promotion.
     #[test]
     fn counts_add_the_tail_the_views_have_not_applied() {
-        let log = Arc::new(SqliteStore::open_memory().unwrap().into_log());
+        let log = Arc::new(SqliteStore::open_memory().unwrap());
         let store = LoggedStore::start(log, Views::open(None).unwrap()).unwrap();
         store.commit(&(1..=10).map(one).collect::<Vec<_>>(), 0).unwrap();
         assert_eq!(store.counts(0, None).unwrap().total_buys, 10);
@@ -230,12 +195,12 @@ mod tests {
         let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
         let views = dir.path().join("views.db");
         {
-            let log = Arc::new(SqliteStore::open_file(&a).unwrap().into_log());
+            let log = Arc::new(SqliteStore::open_file(&a).unwrap());
             let store = LoggedStore::start(log, Views::open(Some(&views)).unwrap()).unwrap();
             store.commit(&(1..=50).map(one).collect::<Vec<_>>(), 0).unwrap();
             assert_eq!(store.counts(0, None).unwrap().total_buys, 50);
         }
-        let log = Arc::new(SqliteStore::open_file(&b).unwrap().into_log());
+        let log = Arc::new(SqliteStore::open_file(&b).unwrap());
         log.commit(&(1..=7).map(one).collect::<Vec<_>>(), 0).unwrap();
         let store = LoggedStore::start(log, Views::open(Some(&views)).unwrap()).unwrap();
         let counts = store.counts(0, None).unwrap();
@@ -244,29 +209,112 @@ mod tests {
     }
 
     /// The views catch up with a log that already holds facts (a restart, or views rebuilt), and
-    /// answer as the inline design does over the same buys.
+    /// answer as views that followed the same log commit by commit.
     #[test]
-    fn views_built_from_an_existing_log_answer_as_the_inline_design() {
+    fn views_built_from_an_existing_log_answer_as_views_that_followed_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("buys.db");
-        let inline = SqliteStore::open_memory().unwrap();
         let batch: Vec<Submission> = (1..=2_000).map(one).collect();
-        {
-            let log = SqliteStore::open_file(&path).unwrap().into_log();
-            log.commit(&batch, 0).unwrap();
+        let live = memory();
+        for chunk in batch.chunks(7) {
+            live.commit(chunk, 0).unwrap();
         }
-        inline.commit(&batch, 0).unwrap();
-        let log = Arc::new(SqliteStore::open_file(&path).unwrap().into_log());
+        SqliteStore::open_file(&path).unwrap().commit(&batch, 0).unwrap();
+        let log = Arc::new(SqliteStore::open_file(&path).unwrap());
         let store = LoggedStore::start(log, Views::open(Some(&crate::store::views_path(&path))).unwrap()).unwrap();
         let base = 1_750_000_000_000_000;
         let cutoffs = [0, base, base + 1, base + 999, base + 1_000, base + 1_500, base + 10_000];
         crate::store::assert_same_answers(
             &store,
-            &inline,
+            &live,
             &cutoffs,
             &[0, 3, 6],
             (1_749_999_940, 1_750_000_060),
             (1_749_996_000, 1_750_003_600),
         );
+    }
+
+    /// Recent counts from the views (and the log's tail) equal a brute-force count at every cutoff, including cutoffs
+    /// inside a second, on a minute or hour edge, and after every buy.
+    #[test]
+    fn recent_counts_are_exact_at_every_cutoff() {
+        let store = memory();
+        let base = 1_750_000_000 * US;
+        let stamps: Vec<i64> = (0..400).map(|i| base + i * 37_123_457 % (5 * 3600 * US) + i).collect();
+        let writes: Vec<Submission> =
+            stamps.iter().map(|&t| Submission { buys: vec![record(t, 2)], idempotency: None }).collect();
+        store.commit(&writes, base).unwrap();
+        let mut cutoffs: Vec<i64> = stamps.iter().flat_map(|&t| [t - 1, t, t + 1]).collect();
+        cutoffs.extend([base - 1, base + 3600 * US, base + 60 * US, base + 10 * 3600 * US]);
+        for cutoff in cutoffs {
+            let expected = stamps.iter().filter(|&&t| t >= cutoff).count() as i64;
+            let counts = store.counts(cutoff, None).unwrap();
+            assert_eq!(counts.recent_buys, expected, "cutoff {cutoff}");
+            assert_eq!(counts.total_buys, 400);
+        }
+    }
+
+    /// Pruning the views' second and minute buckets older than ROLLUP_KEEP_S changes no answer a read can
+    /// ask for: every window of at most 168 hours, overall and per promotion, and minute series.
+    #[test]
+    fn pruned_views_answer_every_readable_window_exactly() {
+        let (pruned, kept) = (memory(), memory());
+        let now = 1_750_000_000 * US;
+        // Ten days of buys, several per minute at irregular instants, over three promotions,
+        // plus a stray one from years before.
+        let mut stamps: Vec<i64> = (0..6000).map(|i| now - 10 * 24 * 3600 * US + i * 143_999_917 + i % 997).collect();
+        stamps.push(now - 5 * 365 * 24 * 3600 * US);
+        let buy = |i: usize, t: i64| {
+            let mut r = record(t, 1 + (i % 3) as i64);
+            r.buy.promotion_id = (i % 3) as i64;
+            r
+        };
+        for (i, chunk) in stamps.chunks(100).enumerate() {
+            let writes: Vec<Submission> = chunk
+                .iter()
+                .enumerate()
+                .map(|(j, &t)| Submission { buys: vec![buy(i * 100 + j, t)], idempotency: None })
+                .collect();
+            pruned.commit(&writes, now).unwrap();
+            kept.commit(&writes, now).unwrap();
+        }
+        let recent: Vec<i64> = stamps.iter().filter(|&&t| t >= now - 168 * 3600 * US).step_by(97).copied().collect();
+        let cutoffs: Vec<i64> = recent.iter().flat_map(|&t| [t, t + 1]).chain([now - 90 * US - 3]).collect();
+        crate::store::assert_pruning_changes_no_answer(
+            &pruned,
+            &mut || pruned.views.prune(now).unwrap(),
+            &kept,
+            now,
+            &cutoffs,
+        );
+    }
+
+    /// Totals and recent counts agree: with every buy recent, `recent_buys`
+    /// equals `total_buys` in every read taken while commits go on. (Read in two snapshots, a
+    /// commit between them made the recent count exceed the total; the views' snapshot and the
+    /// log's tail must not either.)
+    #[test]
+    fn counts_are_read_in_one_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let log = Arc::new(SqliteStore::open_file(&path).unwrap());
+        let store =
+            Arc::new(LoggedStore::start(log, Views::open(Some(&crate::store::views_path(&path))).unwrap()).unwrap());
+        let now = 1_750_000_000 * US;
+        let writing = Arc::new(AtomicBool::new(true));
+        let writer = {
+            let (store, writing) = (store.clone(), writing.clone());
+            std::thread::spawn(move || {
+                while writing.load(Ordering::Relaxed) {
+                    store.commit(&[Submission { buys: vec![record(now, 1)], idempotency: None }], now).unwrap();
+                }
+            })
+        };
+        for _ in 0..3_000 {
+            let counts = store.counts(now - US, None).unwrap();
+            assert_eq!(counts.recent_buys, counts.total_buys, "{counts:?}");
+        }
+        writing.store(false, Ordering::Relaxed);
+        writer.join().unwrap();
     }
 }

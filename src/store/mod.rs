@@ -4,7 +4,6 @@
 //! Calls are blocking: the single writer runs on its own thread and reads run on tokio's blocking
 //! pool, so a slow disk never stalls the async workers.
 
-pub(crate) mod aggregate;
 pub mod log;
 mod logged;
 mod pool;
@@ -324,13 +323,6 @@ pub trait Store: Send + Sync + 'static {
     /// outage) is worked off a slice per call rather than in one statement that stalls commits.
     fn prune_idempotency(&self, before_us: i64, limit: usize) -> Result<usize, StoreError>;
 
-    /// Delete second and minute rollup rows of buckets before `before_s`, a bounded amount per
-    /// call (see [`ROLLUP_KEEP_S`]); returns the rows deleted. A store that keeps them all
-    /// answers `Ok(0)`: reads are exact either way.
-    fn prune_rollups(&self, _before_s: i64) -> Result<usize, StoreError> {
-        Ok(0)
-    }
-
     /// How many reads the store serves at once (its read connections): more at once would only
     /// wait for one.
     fn read_connections(&self) -> usize {
@@ -341,29 +333,18 @@ pub trait Store: Send + Sync + 'static {
     fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// How analytics are kept. Both designs stand side by side behind [`Store`] until the log wins
-/// its benchmark (issue 14); then the inline one goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Design {
-    /// Every aggregate is upserted inside the write transaction.
-    #[default]
-    Inline,
-    /// Facts only on the acknowledgement path; views follow the log (`store::views`).
-    Log,
-}
-
 /// Where the views of a SQLite store live: beside it, `data/buys.db` → `data/buys.views.db`.
 pub fn views_path(facts: &std::path::Path) -> PathBuf {
     let stem = facts.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "buy-tracker".into());
     facts.with_file_name(format!("{stem}.views.db"))
 }
 
-/// The log of the store at `url` (facts only), behind [`logged::Log`].
-fn open_log(url: &StoreUrl) -> Result<std::sync::Arc<dyn logged::Log>, OpenError> {
+/// The log of facts of the store at `url`.
+fn open_log(url: &StoreUrl) -> Result<std::sync::Arc<dyn log::Log>, OpenError> {
     Ok(match url {
-        StoreUrl::Sqlite(path) => std::sync::Arc::new(sqlite::SqliteStore::open_file(path)?.into_log()),
-        StoreUrl::Memory => std::sync::Arc::new(sqlite::SqliteStore::open_memory()?.into_log()),
-        StoreUrl::Postgres(url) => std::sync::Arc::new(postgres::PostgresStore::open_log(url)?),
+        StoreUrl::Sqlite(path) => std::sync::Arc::new(sqlite::SqliteStore::open_file(path)?),
+        StoreUrl::Memory => std::sync::Arc::new(sqlite::SqliteStore::open_memory()?),
+        StoreUrl::Postgres(url) => std::sync::Arc::new(postgres::PostgresStore::open(url)?),
     })
 }
 
@@ -407,7 +388,7 @@ pub fn rebuild_views(url: &StoreUrl, given: Option<&std::path::Path>) -> Result<
         scope
             .spawn(|| -> Result<usize, StoreError> {
                 fresh.adopt(&log.store_id()?, log.last_seq()?)?;
-                let applied = fresh.catch_up(log.as_facts())?;
+                let applied = fresh.catch_up(&*log)?;
                 fresh.finish_rebuild()?;
                 Ok(applied)
             })
@@ -416,28 +397,16 @@ pub fn rebuild_views(url: &StoreUrl, given: Option<&std::path::Path>) -> Result<
     built.map_err(|_| OpenError::new(what(), "the rebuilding thread panicked"))?.map_err(|e| OpenError::new(what(), e))
 }
 
-/// Open the store a URL names, with analytics kept as `design` says (the log's views at
-/// `--views-path` `views`, if given).
-pub fn open(
-    url: &StoreUrl,
-    design: Design,
-    views: Option<&std::path::Path>,
-) -> Result<std::sync::Arc<dyn Store>, OpenError> {
-    match (url, design) {
-        (StoreUrl::Sqlite(path), Design::Inline) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open_file(path)?)),
-        (StoreUrl::Memory, Design::Inline) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open_memory()?)),
-        (StoreUrl::Postgres(url), Design::Inline) => Ok(std::sync::Arc::new(postgres::PostgresStore::open(url)?)),
-        // Every store keeps its views beside it (SQLite) or where --views-path says; a PostgreSQL
-        // replica without one keeps them in memory and builds them from the shared log at start.
-        (url, Design::Log) => {
-            let log = open_log(url)?;
-            let views = views::Views::open(views_at(url, views).as_deref())?;
-            Ok(std::sync::Arc::new(logged::LoggedStore::start(log, views)?))
-        }
-    }
+/// Open the store a URL names: its log of facts, and the views that follow it (at
+/// `--views-path` `views` if given, else beside a SQLite file; a PostgreSQL replica without one
+/// keeps them in memory and builds them from the shared log at start).
+pub fn open(url: &StoreUrl, views: Option<&std::path::Path>) -> Result<std::sync::Arc<dyn Store>, OpenError> {
+    let log = open_log(url)?;
+    let views = views::Views::open(views_at(url, views).as_deref())?;
+    Ok(std::sync::Arc::new(logged::LoggedStore::start(log, views)?))
 }
 
-/// Shared by both stores' tests: every answer a read can ask for is the same in `a` as in `b`.
+/// Every answer a read can ask for is the same in `a` as in `b`.
 /// That is the counts since each of `cutoffs` (overall and of each of `promotions`), the
 /// promotion page and each promotion's stats since each cutoff, and the minute and hour series
 /// (`minutes` and `hours`: first and last bucket start, in seconds), overall and per promotion.
@@ -467,13 +436,19 @@ pub(crate) fn assert_same_answers(
     }
 }
 
-/// Shared by both stores' tests: prune `pruned` as the writer would at `now_us`, then require
+/// Prune `pruned` with `prune` (called until it deletes nothing) as at `now_us`, then require
 /// every answer a read can ask for to equal `kept`'s (the same writes, nothing pruned).
 #[cfg(test)]
-pub(crate) fn assert_pruning_changes_no_answer(pruned: &dyn Store, kept: &dyn Store, now_us: i64, cutoffs: &[i64]) {
-    use aggregate::US;
+pub(crate) fn assert_pruning_changes_no_answer(
+    pruned: &dyn Store,
+    prune: &mut dyn FnMut() -> usize,
+    kept: &dyn Store,
+    now_us: i64,
+    cutoffs: &[i64],
+) {
+    use views::deltas::US;
     let mut deleted = 0;
-    while let n @ 1.. = pruned.prune_rollups(now_us / US - ROLLUP_KEEP_S).unwrap() {
+    while let n @ 1.. = prune() {
         deleted += n;
     }
     assert!(deleted > 3000, "old second and minute rows were deleted ({deleted})");

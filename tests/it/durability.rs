@@ -300,22 +300,21 @@ async fn analytics(server: &Server) -> Value {
     Value::Object(all)
 }
 
-/// The log design through `kill -9` under load: after each crash the views resume from their
+/// The views through `kill -9` under load: after each crash the views resume from their
 /// checkpoint and catch up with the log; at the end every analytic equals that of views rebuilt
 /// from the facts alone (`buy-tracker rebuild-views`), and counts every acknowledged buy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_after_kill_9_loops_equal_a_rebuild() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("buys.db");
-    let log_design = ["--design", "log"];
     let mut acknowledged = 0;
     for cycle in 0..5 {
-        let server = Server::start(&db, &log_design);
+        let server = Server::start(&db, &[]);
         let outcomes = flood_and_signal(&server, "KILL", 4_000, 16, 200).await;
         acknowledged += acked(&outcomes).len();
         assert_eq!(server.wait(GRACEFUL_STOP), None, "cycle {cycle}: killed");
     }
-    let server = Server::start(&db, &log_design);
+    let server = Server::start(&db, &[]);
     let before = analytics(&server).await;
     let total = before["stats"]["total_buys"].as_i64().unwrap();
     assert!(total as usize >= acknowledged, "{total} recorded, {acknowledged} acknowledged");
@@ -336,7 +335,7 @@ async fn views_after_kill_9_loops_equal_a_rebuild() {
     assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
     let said = String::from_utf8_lossy(&rebuilt.stdout);
     assert!(said.contains(&format!("from {total} facts")), "{said}");
-    let server = Server::start(&db, &log_design);
+    let server = Server::start(&db, &[]);
     assert_eq!(analytics(&server).await, before, "views kept through 5 kill -9 equal views rebuilt from the facts");
     eprintln!("5 kill -9 cycles: {acknowledged} acknowledged, {total} recorded; {}", said.trim());
 }

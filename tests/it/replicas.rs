@@ -45,23 +45,13 @@ async fn get_json(client: &reqwest::Client, base: &str, path: &str) -> Value {
 }
 
 /// Concurrent buys spread over three replicas: every one acknowledged, an exact total seen by
-/// every replica, and sequence numbers 1..=n, each once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_share_one_gap_free_sequence() {
-    share_one_gap_free_sequence(&[]).await;
-}
-
-/// The same with the log design: each replica's views follow every replica's facts in the shared
-/// log, and its reads wait for the shared counter.
+/// every replica, and sequence numbers 1..=n, each once. Each replica's views follow every
+/// replica's facts in the shared log, and its reads wait for the shared counter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_tailing_the_shared_log_share_one_gap_free_sequence() {
-    share_one_gap_free_sequence(&["--design", "log"]).await;
-}
-
-async fn share_one_gap_free_sequence(extra: &[&str]) {
     let Some(server) = server_or_skip() else { return };
     let database = TestDatabase::create(&server);
-    let servers = start_replicas_with(&database.url, 3, extra);
+    let servers = start_replicas(&database.url, 3);
     let replicas = bases(&servers);
     let client = reqwest::Client::new();
     let n: i64 = 1500;
@@ -80,8 +70,7 @@ async fn share_one_gap_free_sequence(extra: &[&str]) {
             promotions["promotions"].as_array().unwrap().iter().map(|p| p["total_units"].as_i64().unwrap()).sum();
         assert_eq!((buys, promotion_units), (n, units));
     }
-    // Inline, each replica updated aggregate rows of its own writer slot and every read sums the
-    // slots; with the log, each replica's views applied every replica's facts.
+    // Each replica's views applied every replica's facts.
     for p in 0..7 {
         let of_p: Vec<i64> = (0..n).filter(|i| i % 7 == p).collect();
         let stats = get_json(&client, &replicas[p as usize % 3], &format!("/promotions/{p}/stats")).await;
@@ -105,7 +94,7 @@ async fn share_one_gap_free_sequence(extra: &[&str]) {
     assert_eq!(exported, (1..=n).collect::<Vec<_>>());
 }
 
-/// A replica of the log design keeps its views in the file `--views-path` names: restarted, it
+/// A replica keeps its views in the file `--views-path` names: restarted, it
 /// resumes from them; a second replica given the same file is refused, as is a rebuild beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_keeps_its_views_in_a_file_of_its_own() {
@@ -114,7 +103,7 @@ async fn a_replica_keeps_its_views_in_a_file_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let views = dir.path().join("replica-1.views.db");
     let views_arg = views.display().to_string();
-    let args = ["--design", "log", "--views-path", views_arg.as_str()];
+    let args = ["--views-path", views_arg.as_str()];
     let client = reqwest::Client::new();
     let first = start_replicas_with(&database.url, 1, &args).remove(0);
     let n = 300;

@@ -1,5 +1,6 @@
-//! The write transaction: buys, sequence numbers, idempotency keys and every aggregate, together,
-//! with the SQLite store's semantics, for several replicas writing at once.
+//! The write transaction: the facts (buys), their sequence numbers and the idempotency keys, with
+//! the SQLite store's semantics, for several replicas writing at once. Nothing else: every
+//! analytic is a view of the facts, which each replica applies from this shared log.
 //!
 //! # How sequence numbers are taken
 //!
@@ -10,8 +11,7 @@
 //! rolled-back transaction would leave a gap.
 //!
 //! The counter is taken **last**: everything that does not need a sequence number (claiming the
-//! idempotency keys, new buyers, per-promotion totals and buckets, rollups, products) runs first; then
-//! one statement ([`NUMBER_BUYS`]) takes the block `total − n + 1 ..= total` with `UPDATE counter …
+//! idempotency keys) runs first; then one statement ([`NUMBER_BUYS`]) takes the block `total − n + 1 ..= total` with `UPDATE counter …
 //! RETURNING total`, inserts the buys numbered from it and fills in the keys' `last_seq`, then
 //! COMMIT. The buys are inserted after the counter rather than with placeholders rewritten later,
 //! which would write every buy twice. While the counter is held, the server runs the rest of that
@@ -26,29 +26,6 @@
 //! COMMIT, so no client round trip happens while another replica waits for it. The `postgres`
 //! crate used for reads has no pipelining, so the writer drives `tokio-postgres` itself, on a
 //! small runtime of its own (see [`CommitConnection`]).
-//!
-//! # Writer slots
-//!
-//! The aggregate rows a commit updates are hot: every commit touches the current second, minute
-//! and hour of every promotion it records. Shared by all replicas, they would be a second
-//! serialisation point, held from the first upsert to COMMIT. So each writer connection claims a
-//! slot ([`claim_slot`]) and updates only its slot's aggregate rows; reads sum over slots. Two
-//! replicas then contend only on the counter row, taken last. A slot shared anyway (more
-//! connections than slots, or no advisory locks) only costs waiting: every transaction takes its
-//! row locks in the same order (the statements' order, and rows in key order within a statement
-//! via `ORDER BY`), so writers cannot deadlock on aggregates.
-//!
-//! # Current buckets
-//!
-//! A commit with buys of many promotions would otherwise upsert three `promotion_rollup` rows
-//! (second, minute, hour) per promotion, the largest share of its work. Instead each promotion's
-//! totals row, which the commit updates anyway, also counts its newest second, minute and hour
-//! (per slot). The upsert of [`PROMOTION_TOTALS`] replaces, adds to or keeps each current bucket,
-//! and records in the row what that displaced: the bucket a newer one replaced, or the batch's
-//! bucket when it was older (a late buy). It returns those, and the same statement adds them and
-//! the batch's other buckets to `promotion_rollup`. Reads sum both through the view
-//! `promotion_buckets`. A bucket moves about once per second per promotion and slot, not once per
-//! commit. The upsert reads each row as it locks it, so writers sharing a slot are correct too.
 //!
 //! # When is a commit known?
 //!
@@ -70,18 +47,15 @@
 //!
 //! # Batching
 //!
-//! Every table gets one statement per commit, its rows passed as arrays and expanded with
-//! `UNNEST`, whatever the batch size; aggregates are summed in memory first so each bucket,
-//! promotion and product row is upserted once.
+//! The buys get one statement per commit, their columns passed as arrays and expanded with
+//! `UNNEST`, whatever the batch size.
 //!
 //! Portability: `UNNEST` of several arrays, `ON CONFLICT`, `UPDATE … FROM` and an `INSERT …
-//! RETURNING` inside `WITH` are understood by PostgreSQL, Citus (with co-located tables, or
-//! reference tables for the small aggregates), CockroachDB and YugabyteDB. Under their
+//! RETURNING` inside `WITH` are understood by PostgreSQL, Citus, CockroachDB and YugabyteDB. Under their
 //! SERIALIZABLE isolation a conflicting transaction fails with SQLSTATE 40001 instead of waiting;
 //! that is a server error, so the commit is retried.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use futures_util::join;
@@ -90,7 +64,6 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{describe, is_broken, is_retryable};
 use crate::domain::BuyRecord;
-use crate::store::aggregate::{Deltas, GRANULARITIES, Tally};
 use crate::store::{IDEMPOTENCY_TTL_US, Outcome, Submission};
 
 /// Longest a commit may wait for PostgreSQL's answers before it is abandoned as unknown. This
@@ -116,109 +89,6 @@ const CLAIM_KEYS: &str = "
 
 const FIND_KEYS: &str =
     "SELECT key, fingerprint, last_seq, recorded FROM idempotency WHERE key = ANY(CAST($1 AS TEXT[]))";
-
-/// The commit's per-promotion statement. New buyers ($7, $8) are inserted first; those that were
-/// new count towards `unique_buyers`. Then each promotion's totals row ($1..$6, slot $9) is
-/// upserted with the batch's newest second, minute and hour and their buys and units ($10..$18):
-/// a newer bucket replaces the row's current one, the same bucket adds to it, an older one (a late
-/// buy) leaves it. What that displaces (the replaced bucket, or the late one) is set in the row's
-/// `*_spill_*` columns, returned, and added to `promotion_rollup` with the batch's other buckets
-/// ($19..$23), all in this one statement. The upsert reads each row as it locks it, so writers
-/// sharing a slot wait for each other's buckets rather than moving one twice.
-static PROMOTION_TOTALS: LazyLock<String> = LazyLock::new(|| {
-    let assignments: Vec<String> = ["second", "minute", "hour"].map(bucket_assignments).into();
-    format!(
-        "
-    WITH new_buyers AS (
-        INSERT INTO promotion_buyers (promotion_id, user_id)
-        SELECT p, u FROM UNNEST(CAST($7 AS BIGINT[]), CAST($8 AS BIGINT[])) AS b (p, u)
-        ORDER BY u, p
-        ON CONFLICT DO NOTHING
-        RETURNING promotion_id),
-    totals AS (
-        INSERT INTO promotion_totals
-            (promotion_id, slot, total_buys, total_units, revenue_cents, unique_buyers, first_buy_us, last_buy_us,
-             second_bucket, second_buys, second_units, minute_bucket, minute_buys, minute_units,
-             hour_bucket, hour_buys, hour_units)
-        SELECT t.p, $9, t.n, t.u, t.r, coalesce(nb.n, 0), t.f, t.l, t.sb, t.sn, t.su, t.mb, t.mn, t.mu, t.hb, t.hn, t.hu
-        FROM UNNEST(CAST($1 AS BIGINT[]), CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]),
-                    CAST($5 AS BIGINT[]), CAST($6 AS BIGINT[]), CAST($10 AS BIGINT[]), CAST($11 AS BIGINT[]),
-                    CAST($12 AS BIGINT[]), CAST($13 AS BIGINT[]), CAST($14 AS BIGINT[]), CAST($15 AS BIGINT[]),
-                    CAST($16 AS BIGINT[]), CAST($17 AS BIGINT[]), CAST($18 AS BIGINT[]))
-            AS t (p, n, u, r, f, l, sb, sn, su, mb, mn, mu, hb, hn, hu)
-        LEFT JOIN (SELECT promotion_id, count(*) AS n FROM new_buyers GROUP BY promotion_id) AS nb
-            ON nb.promotion_id = t.p
-        ORDER BY t.p
-        ON CONFLICT (promotion_id, slot) DO UPDATE SET
-            total_buys = promotion_totals.total_buys + excluded.total_buys,
-            total_units = promotion_totals.total_units + excluded.total_units,
-            revenue_cents = CASE WHEN promotion_totals.revenue_cents > 9223372036854775807 - excluded.revenue_cents
-                THEN 9223372036854775807 ELSE promotion_totals.revenue_cents + excluded.revenue_cents END,
-            unique_buyers = promotion_totals.unique_buyers + excluded.unique_buyers,
-            first_buy_us = LEAST(promotion_totals.first_buy_us, excluded.first_buy_us),
-            last_buy_us = GREATEST(promotion_totals.last_buy_us, excluded.last_buy_us),
-            {}
-        RETURNING promotion_id, second_spill_bucket, second_spill_buys, second_spill_units,
-            minute_spill_bucket, minute_spill_buys, minute_spill_units, hour_spill_bucket, hour_spill_buys,
-            hour_spill_units),
-    moves (p, g, b, n, u) AS (
-        SELECT t.promotion_id, v.g, v.b, v.n, v.u
-        FROM totals AS t CROSS JOIN LATERAL (VALUES
-            (CAST(1 AS BIGINT), t.second_spill_bucket, t.second_spill_buys, t.second_spill_units),
-            (60, t.minute_spill_bucket, t.minute_spill_buys, t.minute_spill_units),
-            (3600, t.hour_spill_bucket, t.hour_spill_buys, t.hour_spill_units)) AS v (g, b, n, u)
-        WHERE v.b IS NOT NULL
-        UNION ALL
-        SELECT p, g, b, n, u FROM UNNEST(CAST($19 AS BIGINT[]), CAST($20 AS BIGINT[]), CAST($21 AS BIGINT[]),
-                                         CAST($22 AS BIGINT[]), CAST($23 AS BIGINT[])) AS o (p, g, b, n, u))
-    INSERT INTO promotion_rollup (promotion_id, granularity_s, bucket_s, slot, buys, units)
-    SELECT p, g, b, $9, CAST(sum(n) AS BIGINT), CAST(sum(u) AS BIGINT) FROM moves
-    GROUP BY p, g, b
-    ORDER BY p, g, b
-    ON CONFLICT (promotion_id, granularity_s, bucket_s, slot)
-    DO UPDATE SET buys = promotion_rollup.buys + excluded.buys, units = promotion_rollup.units + excluded.units",
-        assignments.join(",\n            ")
-    )
-});
-
-/// The totals upsert's assignments for granularity `g` (`second`, `minute` or `hour`): its
-/// current bucket, buys and units, and what the batch displaces from it (NULL when nothing).
-fn bucket_assignments(g: &str) -> String {
-    let (new, current) = (format!("excluded.{g}_bucket"), format!("promotion_totals.{g}_bucket"));
-    // A replaced bucket moves only if it counted anything (a row's first bucket is an empty 0).
-    let replaced = format!("{new} > {current} AND promotion_totals.{g}_buys > 0");
-    let mut sql = format!("{g}_bucket = GREATEST({current}, {new}),\n            ");
-    sql += &format!("{g}_spill_bucket = CASE WHEN {replaced} THEN {current} WHEN {new} < {current} THEN {new} END");
-    for v in ["buys", "units"] {
-        let (kept, added) = (format!("promotion_totals.{g}_{v}"), format!("excluded.{g}_{v}"));
-        sql += &format!(
-            ",\n            {g}_{v} = CASE WHEN {new} > {current} THEN {added} \
-             WHEN {new} = {current} THEN {kept} + {added} ELSE {kept} END"
-        );
-        sql += &format!(
-            ",\n            {g}_spill_{v} = CASE WHEN {replaced} THEN {kept} WHEN {new} < {current} THEN {added} END"
-        );
-    }
-    sql
-}
-
-const ROLLUP: &str = "
-    INSERT INTO rollup (granularity_s, bucket_s, slot, buys, units)
-    SELECT g, b, $5, n, u
-    FROM UNNEST(CAST($1 AS BIGINT[]), CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]))
-        AS r (g, b, n, u)
-    ORDER BY g, b
-    ON CONFLICT (granularity_s, bucket_s, slot)
-    DO UPDATE SET buys = rollup.buys + excluded.buys, units = rollup.units + excluded.units";
-
-const PROMOTION_PRODUCTS: &str = "
-    INSERT INTO promotion_products (promotion_id, product_id, slot, buys, units)
-    SELECT p, q, $5, n, u
-    FROM UNNEST(CAST($1 AS BIGINT[]), CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]))
-        AS r (p, q, n, u)
-    ORDER BY p, q
-    ON CONFLICT (promotion_id, product_id, slot)
-    DO UPDATE SET buys = promotion_products.buys + excluded.buys, units = promotion_products.units + excluded.units";
 
 /// Takes the block of sequence numbers (see the module comment), inserts the buys numbered from
 /// it and gives the claimed keys their last sequence number, in one statement, so the counter row
@@ -249,17 +119,8 @@ const PRUNE_KEYS: &str = "
     DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency WHERE created_at_us < $1 LIMIT $2)";
 
 /// Every statement of the write path, prepared once per connection.
-fn write_statements() -> [&'static str; 8] {
-    [
-        DELETE_EXPIRED_KEYS,
-        CLAIM_KEYS,
-        FIND_KEYS,
-        PROMOTION_TOTALS.as_str(),
-        ROLLUP,
-        PROMOTION_PRODUCTS,
-        NUMBER_BUYS,
-        PRUNE_KEYS,
-    ]
+fn write_statements() -> [&'static str; 5] {
+    [DELETE_EXPIRED_KEYS, CLAIM_KEYS, FIND_KEYS, NUMBER_BUYS, PRUNE_KEYS]
 }
 
 /// Why a commit (or a prune) did not succeed, and what may follow.
@@ -291,9 +152,6 @@ pub struct CommitConnection {
     runtime: tokio::runtime::Runtime,
     client: Client,
     statements: Statements,
-    /// The `slot` column of the aggregate rows this connection updates (see [`claim_slot`]);
-    /// `None` for a log of facts, which writes no aggregates.
-    slot: Option<i32>,
     last_used: Instant,
 }
 
@@ -309,11 +167,7 @@ impl Statements {
 
 impl CommitConnection {
     /// Connect, apply the session settings and prepare every statement.
-    pub fn connect(
-        config: &tokio_postgres::Config,
-        session: &str,
-        aggregates: bool,
-    ) -> Result<CommitConnection, String> {
+    pub fn connect(config: &tokio_postgres::Config, session: &str) -> Result<CommitConnection, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -330,23 +184,15 @@ impl CommitConnection {
             for sql in write_statements() {
                 statements.insert(sql, client.prepare(sql).await?);
             }
-            // A log of facts writes no aggregate rows, so it needs no slot of them (`None`).
-            let slot = if aggregates { Some(claim_slot(&client).await?) } else { None };
-            Ok((client, Statements(statements), slot))
+            Ok((client, Statements(statements)))
         };
         // `connect_timeout` bounds the TCP connection only; a server that accepts but never
         // answers the start-up would otherwise hold the writer.
-        let (client, statements, slot) = runtime
+        let (client, statements) = runtime
             .block_on(async { tokio::time::timeout(COMMIT_DEADLINE, connecting).await })
             .map_err(|_| format!("PostgreSQL did not answer the connection within {COMMIT_DEADLINE:?}"))?
             .map_err(|e: tokio_postgres::Error| describe(&e))?;
-        Ok(CommitConnection { runtime, client, statements, slot, last_used: Instant::now() })
-    }
-
-    /// The slot this connection writes.
-    #[cfg(test)]
-    pub fn slot(&self) -> i32 {
-        self.slot.unwrap_or(-1)
+        Ok(CommitConnection { runtime, client, statements, last_used: Instant::now() })
     }
 
     /// The value of the session setting `name` (tests).
@@ -354,12 +200,6 @@ impl CommitConnection {
     pub fn setting(&mut self, name: &str) -> String {
         let client = &self.client;
         self.runtime.block_on(async { client.query_one("SELECT current_setting($1)", &[&name]).await.unwrap().get(0) })
-    }
-
-    /// Write `id`'s aggregate rows, as a connection that found no free slot does.
-    #[cfg(test)]
-    pub fn share_slot(&mut self, id: i32) {
-        self.slot = Some(id);
     }
 
     /// Whether the connection is known to be closed.
@@ -370,18 +210,18 @@ impl CommitConnection {
     /// Record `writes` in one transaction; see the module comment for what an error means.
     pub fn transact(&mut self, writes: &[Submission], now_us: i64) -> Result<Vec<Outcome>, Failure> {
         self.check_if_idle()?;
-        let (client, st, slot) = (&self.client, &self.statements, self.slot);
+        let (client, st) = (&self.client, &self.statements);
         let result = self.runtime.block_on(async {
-            tokio::time::timeout(COMMIT_DEADLINE, run_transaction(client, st, writes, now_us, slot))
-                .await
-                .unwrap_or_else(|_| {
+            tokio::time::timeout(COMMIT_DEADLINE, run_transaction(client, st, writes, now_us)).await.unwrap_or_else(
+                |_| {
                     Err(Failure {
                         message: format!("PostgreSQL did not answer within {COMMIT_DEADLINE:?}"),
                         unknown: true,
                         retryable: false,
                         broken: true,
                     })
-                })
+                },
+            )
         });
         self.last_used = Instant::now();
         result
@@ -400,35 +240,6 @@ impl CommitConnection {
                     Err(Failure { message, unknown: true, retryable: false, broken: true })
                 }
             }
-        });
-        self.last_used = Instant::now();
-        result
-    }
-
-    /// Delete second and minute rollup rows of buckets before `before_s`, oldest first, in at
-    /// most [`PRUNE_STEPS`] slices of [`PRUNE_STEP_S`] of buckets per table and granularity, so a
-    /// backlog is worked off a slice at a time. Old buckets are no longer updated, so this waits
-    /// for no commit; replicas pruning at once only find less to delete.
-    pub fn prune_rollups(&mut self, before_s: i64) -> Result<usize, Failure> {
-        self.check_if_idle()?;
-        let client = &self.client;
-        let result = self.runtime.block_on(async {
-            let mut deleted = 0;
-            for table in ["rollup", "promotion_rollup"] {
-                let oldest = format!("SELECT min(bucket_s) FROM {table} WHERE granularity_s = $1");
-                let delete = format!("DELETE FROM {table} WHERE granularity_s = $1 AND bucket_s < $2");
-                for granularity in [1i64, 60] {
-                    for _ in 0..PRUNE_STEPS {
-                        let row = bounded(client, client.query_one(oldest.as_str(), &[&granularity])).await?;
-                        let oldest: Option<i64> = row.try_get(0).map_err(|e| Failure::not_committed(&e, client))?;
-                        let Some(oldest) = oldest.filter(|&b| b < before_s) else { break };
-                        let upto = before_s.min(oldest.saturating_add(granularity * PRUNE_STEP_S));
-                        deleted +=
-                            bounded(client, client.execute(delete.as_str(), &[&granularity, &upto])).await? as usize;
-                    }
-                }
-            }
-            Ok(deleted)
         });
         self.last_used = Instant::now();
         result
@@ -456,59 +267,6 @@ impl CommitConnection {
     }
 }
 
-/// Buckets deleted per statement when pruning rollups.
-const PRUNE_STEP_S: i64 = 600;
-/// Pruning statements per table and granularity per call.
-const PRUNE_STEPS: usize = 10;
-
-/// `statement` within [`COMMIT_DEADLINE`]: a server error leaves the connection usable; no
-/// answer in time, or a lost connection, is reported as broken.
-async fn bounded<T>(
-    client: &Client,
-    statement: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-) -> Result<T, Failure> {
-    match tokio::time::timeout(COMMIT_DEADLINE, statement).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(Failure::not_committed(&e, client)),
-        Err(_) => Err(Failure {
-            message: "PostgreSQL did not answer in time".to_string(),
-            unknown: true,
-            retryable: false,
-            broken: true,
-        }),
-    }
-}
-
-/// Slots a connection may claim; beyond that many writer connections, slots are shared.
-const SLOTS: i32 = 64;
-/// First key of the two-key advisory locks that mark claimed slots (the one-key lock of the
-/// migrations is in another key space).
-const SLOT_LOCK: i32 = 0x6275_7973; // "buys"
-
-/// Claim a slot: the first whose advisory lock this session can take. The lock lives as long as
-/// the connection, so a replica that dies frees its slot at once. Slots only spread contention;
-/// correctness never depends on them (two connections sharing a slot wait for each other's
-/// aggregate rows, as any two transactions updating one row do), so when all are taken, or on a
-/// database that refuses the two-key advisory lock or grants it to everyone (CockroachDB's stub
-/// locks), slots are shared. A lost connection is still an error: the writer reconnects.
-async fn claim_slot(client: &Client) -> Result<i32, tokio_postgres::Error> {
-    for slot in 0..SLOTS {
-        match client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&SLOT_LOCK, &slot]).await {
-            Ok(row) if row.try_get::<_, bool>(0)? => return Ok(slot),
-            Ok(_) => {}
-            Err(e) if e.as_db_error().is_some() => {
-                tracing::warn!(error = %describe(&e), "advisory locks refused; writer slots are shared");
-                break;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    let slot = (nanos % SLOTS as u32) as i32;
-    tracing::warn!(slot, "no free aggregate slot; sharing one");
-    Ok(slot)
-}
-
 /// `N` BIGINT columns gathered row by row, passed as `N` array parameters.
 struct Columns<const N: usize>([Vec<i64>; N]);
 
@@ -524,23 +282,12 @@ impl<const N: usize> Columns<N> {
             column.push(value);
         }
     }
-
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        self.0.iter().map(|c| c as &(dyn ToSql + Sync)).collect()
-    }
 }
 
 /// Every parameter of the statements that record the buys, gathered before anything is sent.
 struct Recording<'a> {
     n: i64,
     units: i64,
-    /// Per promotion: totals, then its newest second, minute and hour with their buys and units.
-    totals: Columns<15>,
-    buyers: Columns<2>,
-    rollup: Columns<4>,
-    /// The batch's per-promotion buckets other than each promotion's newest.
-    promotion_rollup: Columns<5>,
-    products: Columns<4>,
     /// Relative number (1..=n), user, promotion, product, quantity.
     ids: Columns<5>,
     prices: Vec<Option<i64>>,
@@ -551,17 +298,11 @@ struct Recording<'a> {
 }
 
 impl<'a> Recording<'a> {
-    fn new(recorded: &[&'a BuyRecord], aggregates: bool) -> Recording<'a> {
-        let mut deltas = Deltas::default();
+    fn new(recorded: &[&'a BuyRecord]) -> Recording<'a> {
         let n = recorded.len();
         let mut r = Recording {
             n: n as i64,
             units: 0,
-            totals: Columns::default(),
-            buyers: Columns::default(),
-            rollup: Columns::default(),
-            promotion_rollup: Columns::default(),
-            products: Columns::default(),
             ids: Columns::default(),
             prices: Vec::with_capacity(n),
             ips: Vec::with_capacity(n),
@@ -571,55 +312,13 @@ impl<'a> Recording<'a> {
         };
         for (i, record) in recorded.iter().enumerate() {
             let b = &record.buy;
-            if aggregates {
-                deltas.add_record(record);
-            } else {
-                deltas.units += b.quantity.get();
-            }
+            r.units += b.quantity.get();
             r.ids.push([i as i64 + 1, b.user_id, b.promotion_id, b.product_id, b.quantity.get()]);
             r.prices.push(b.unit_price_cents);
             r.ips.push(record.ip_address.as_str());
             r.times.push([record.timestamp_us, record.received_at_us]);
             r.sources.push(record.timestamp_source.as_str());
             r.keys.push(record.idempotency_key.as_deref());
-        }
-        r.units = deltas.units;
-        // Each promotion's newest bucket of each granularity (the last in key order), kept in its
-        // totals row; the older ones of the batch go to the rollup.
-        let mut newest: BTreeMap<(i64, i64), (i64, Tally)> = BTreeMap::new();
-        for (&(p, g, bucket), &t) in &deltas.promotion_rollup {
-            if let Some((old_bucket, old)) = newest.insert((p, g), (bucket, t)) {
-                r.promotion_rollup.push([p, g, old_bucket, old.buys, old.units]);
-            }
-        }
-        for (&p, d) in &deltas.promotions {
-            let [(sb, s), (mb, m), (hb, h)] = GRANULARITIES.map(|g| newest[&(p, g)]);
-            r.totals.push([
-                p,
-                d.tally.buys,
-                d.tally.units,
-                d.revenue_cents,
-                d.first_us,
-                d.last_us,
-                sb,
-                s.buys,
-                s.units,
-                mb,
-                m.buys,
-                m.units,
-                hb,
-                h.buys,
-                h.units,
-            ]);
-        }
-        for &(p, user) in &deltas.buyers {
-            r.buyers.push([p, user]);
-        }
-        for (&(g, bucket), t) in &deltas.rollup {
-            r.rollup.push([g, bucket, t.buys, t.units]);
-        }
-        for (&(p, product), t) in &deltas.products {
-            r.products.push([p, product, t.buys, t.units]);
         }
         r
     }
@@ -649,7 +348,6 @@ async fn run_transaction(
     st: &Statements,
     writes: &[Submission],
     now_us: i64,
-    slot: Option<i32>,
 ) -> Result<Vec<Outcome>, Failure> {
     let mut keys = HashMap::new();
     let began = writes.iter().any(|w| w.idempotency.is_some());
@@ -703,7 +401,7 @@ async fn run_transaction(
         pending.push(Pending::Recorded { rel_last: rel, recorded: write.buys.len() });
     }
 
-    let total = number_and_commit(client, st, &recorded, &filled, began, slot).await?;
+    let total = number_and_commit(client, st, &recorded, &filled, began).await?;
     let base = total.map_or(0, |total| total - recorded.len() as i64);
     Ok(pending
         .into_iter()
@@ -793,25 +491,10 @@ async fn number_and_commit(
     recorded: &[&BuyRecord],
     filled: &[(&str, i64)],
     began: bool,
-    slot: Option<i32>,
 ) -> Result<Option<i64>, Failure> {
-    // Without a slot this is a log of facts: no aggregate statements, and no aggregates summed.
-    let r = Recording::new(recorded, slot.is_some());
+    let r = Recording::new(recorded);
     let some = r.n > 0;
-    let aggregates = some && slot.is_some();
-    let slot = slot.unwrap_or_default();
     let (filled_keys, filled_rel): (Vec<&str>, Vec<i64>) = filled.iter().copied().unzip();
-    // Parameters as numbered in the statements (the slot is a parameter of each).
-    let (totals_first, current) = r.totals.0.split_at(6);
-    let mut totals: Vec<&(dyn ToSql + Sync)> = totals_first.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-    totals.extend(r.buyers.params());
-    totals.push(&slot);
-    totals.extend(current.iter().map(|c| c as &(dyn ToSql + Sync)));
-    totals.extend(r.promotion_rollup.params());
-    let [rollup, product_counts] = [r.rollup.params(), r.products.params()].map(|mut params| {
-        params.push(&slot);
-        params
-    });
     let [rel, users, promotions, products, quantities] = &r.ids.0;
     let [stamps, received] = &r.times.0;
     let numbering: [&(dyn ToSql + Sync); 15] = [
@@ -834,11 +517,8 @@ async fn number_and_commit(
 
     // Each future sends its statement when first polled, and `join!` polls them in this order:
     // the statements reach the server in this order, without waiting for each other's answers.
-    let (begin, totals, rollup, products, total, commit) = join!(
+    let (begin, total, commit) = join!(
         async { if began { Ok(()) } else { client.batch_execute("BEGIN").await } },
-        async { if aggregates { client.execute(st.get(&PROMOTION_TOTALS), &totals).await } else { Ok(0) } },
-        async { if aggregates { client.execute(st.get(ROLLUP), &rollup).await } else { Ok(0) } },
-        async { if aggregates { client.execute(st.get(PROMOTION_PRODUCTS), &product_counts).await } else { Ok(0) } },
         async {
             if some || !filled.is_empty() {
                 client.query_one(st.get(NUMBER_BUYS), &numbering).await.map(Some)
@@ -855,7 +535,7 @@ async fn number_and_commit(
         Ok(row) => (row, None),
         Err(e) => (None, Some(e)),
     };
-    let statements = [begin.err(), totals.err(), rollup.err(), products.err(), total_error];
+    let statements = [begin.err(), total_error];
     if let Some(e) = statements.iter().flatten().next() {
         return Err(if e.as_db_error().is_some() {
             // The server refused a statement, so the transaction was aborted and the pipelined

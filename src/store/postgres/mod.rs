@@ -1,13 +1,14 @@
-//! The shared store: PostgreSQL, so that several replicas behind a load balancer act as one
-//! service (`docs/reference.md` §7). Same tables, same transaction and same answers as the SQLite store; only
-//! the concurrency differs, since other processes now write too (see `write.rs` for how sequence
-//! numbers and idempotency keys stay global).
+//! The shared log: PostgreSQL, so that several replicas behind a load balancer act as one
+//! service (`docs/reference.md` §7). The same facts and the same transaction as the SQLite log;
+//! only the concurrency differs, since other processes write too (see `commit.rs` for how
+//! sequence numbers and idempotency keys stay global). Each replica's views follow every
+//! replica's facts by sequence number (`store::views`).
 //!
 //! Connections: the writer thread owns one connection (one transaction at a time, so one is all
 //! it needs; two writer connections per process were measured slower, as they split the
 //! batches), driven through `tokio-postgres` so that a commit's statements are pipelined (see
-//! `write.rs`); reads take one from a small pool of their own, opened on demand, at most
-//! [`MAX_READERS`], with the blocking `postgres` crate, as the [`Store`] trait is blocking: the
+//! `commit.rs`); reads take one from a small pool of their own, opened on demand, at most
+//! [`MAX_READERS`], with the blocking `postgres` crate, as the [`Log`] trait is blocking: the
 //! writer is a dedicated thread and reads run on tokio's blocking pool. Both drive each
 //! connection with a small runtime of its own, which must never run (nor be dropped) on an async
 //! worker; hence the threads in [`PostgresStore::open`] and in `Drop`.
@@ -35,12 +36,9 @@ use commit::{CommitConnection, Failure};
 use read::ReadConn;
 
 use super::pool::Pool;
-use super::{
-    Bucket, Counts, ExportFilter, ExportRow, OpenError, Outcome, PromotionStats, PromotionSummary, Store, StoreError,
-    StoreErrorKind, Submission,
-};
+use super::{ExportFilter, ExportRow, OpenError, Outcome, StoreError, StoreErrorKind, Submission};
 use crate::lock::lock;
-use crate::store::log::{Fact, FactLog, Tail};
+use crate::store::log::{Fact, FactLog, Log, Tail};
 
 /// How long opening a connection may take before the call fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -61,7 +59,7 @@ pub const MAX_READERS: usize = 16;
 /// Attempts at a commit that recorded nothing and failed with a transient error.
 const COMMIT_ATTEMPTS: u32 = 3;
 
-/// PostgreSQL behind the [`Store`] interface.
+/// PostgreSQL as the shared [`Log`] of facts.
 pub struct PostgresStore {
     /// For the writer (`tokio-postgres`).
     config: tokio_postgres::Config,
@@ -72,9 +70,6 @@ pub struct PostgresStore {
     /// The writer's connection; `None` until (re)opened by the next commit.
     writer: Mutex<Option<CommitConnection>>,
     readers: Pool<ReadConn>,
-    /// Whether commits update the aggregates too (the inline design); without, this is only the
-    /// shared log of facts, which every replica's views follow (see `store::views`).
-    aggregates: bool,
 }
 
 /// One line for an error: PostgreSQL's own message when the server sent one.
@@ -160,16 +155,6 @@ impl PostgresStore {
     /// together), and prepare the writer's connection. The error is one line, without the URL
     /// (which may hold a password).
     pub fn open(url: &str) -> Result<PostgresStore, OpenError> {
-        Self::open_as(url, true)
-    }
-
-    /// As [`PostgresStore::open`], as the shared log of facts only: commits write no aggregates
-    /// and claim no writer slot.
-    pub fn open_log(url: &str) -> Result<PostgresStore, OpenError> {
-        Self::open_as(url, false)
-    }
-
-    fn open_as(url: &str, aggregates: bool) -> Result<PostgresStore, OpenError> {
         let what = "PostgreSQL store";
         let (config, session) = configure(url).map_err(|e| OpenError::new(what, e))?;
         let store = PostgresStore {
@@ -178,7 +163,6 @@ impl PostgresStore {
             session,
             writer: Mutex::new(None),
             readers: Pool::new(MAX_READERS, "PostgreSQL"),
-            aggregates,
         };
         // `open` may be called on an async worker, where the blocking client must not run.
         let writer = std::thread::scope(|scope| {
@@ -206,18 +190,6 @@ impl PostgresStore {
         Ok(client)
     }
 
-    /// Make the writer update slot `id`'s rows as a shared slot (tests of that fallback).
-    #[cfg(test)]
-    fn share_writer_slot(&self, id: i32) {
-        self.with_open_writer(|conn| conn.share_slot(id));
-    }
-
-    /// The writer's slot (tests).
-    #[cfg(test)]
-    fn writer_slot(&self) -> i32 {
-        self.with_open_writer(|conn| conn.slot())
-    }
-
     #[cfg(test)]
     fn with_open_writer<T>(&self, f: impl FnOnce(&mut CommitConnection) -> T) -> T {
         let mut held = lock(&self.writer);
@@ -226,7 +198,7 @@ impl PostgresStore {
     }
 
     fn connect_writer(&self) -> Result<CommitConnection, String> {
-        CommitConnection::connect(&self.config, &self.session, self.aggregates)
+        CommitConnection::connect(&self.config, &self.session)
     }
 
     /// Run `f` on the writer's connection, opened if there is none. A connection that `f`
@@ -287,7 +259,7 @@ impl PostgresStore {
     }
 }
 
-impl Store for PostgresStore {
+impl Log for PostgresStore {
     fn commit(&self, writes: &[Submission], now_us: i64) -> Result<Vec<Outcome>, StoreError> {
         let mut held = lock(&self.writer);
         let mut attempt = 1;
@@ -311,28 +283,6 @@ impl Store for PostgresStore {
         }
     }
 
-    fn counts(&self, since_us: i64, promotion_id: Option<i64>) -> Result<Counts, StoreError> {
-        self.read(|conn| read::counts(conn, since_us, promotion_id))
-    }
-
-    fn promotions(&self, since_us: i64, limit: i64, offset: i64) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
-        self.read(|conn| read::promotions(conn, since_us, limit, offset))
-    }
-
-    fn promotion_stats(&self, promotion_id: i64, since_us: i64) -> Result<PromotionStats, StoreError> {
-        self.read(|conn| read::promotion_stats(conn, promotion_id, since_us))
-    }
-
-    fn timeseries(
-        &self,
-        granularity_s: i64,
-        from_s: i64,
-        to_s: i64,
-        promotion_id: Option<i64>,
-    ) -> Result<Vec<Bucket>, StoreError> {
-        self.read(|conn| read::timeseries(conn, granularity_s, from_s, to_s, promotion_id))
-    }
-
     fn export_page(
         &self,
         filter: &ExportFilter,
@@ -349,16 +299,6 @@ impl Store for PostgresStore {
         let mut held = lock(&self.writer);
         self.with_writer(&mut held, |conn| conn.prune(before_us, limit as i64))
             .map_err(|(failure, _)| StoreError::unavailable(failure.message))
-    }
-
-    fn prune_rollups(&self, before_s: i64) -> Result<usize, StoreError> {
-        let mut held = lock(&self.writer);
-        self.with_writer(&mut held, |conn| conn.prune_rollups(before_s))
-            .map_err(|(failure, _)| StoreError::unavailable(failure.message))
-    }
-
-    fn read_connections(&self) -> usize {
-        MAX_READERS
     }
 
     fn ping(&self) -> Result<(), StoreError> {
@@ -416,16 +356,19 @@ impl Drop for PostgresStore {
 }
 
 /// Store-level tests against a real server: they need `BUY_TRACKER_TEST_POSTGRES_URL` (and are
-/// skipped without it). The main one runs the same writes through this store and the SQLite store
-/// and requires identical outcomes and identical answers to every read.
+/// skipped without it). The main one runs the same writes through this log and the SQLite log,
+/// each with views following it, and requires identical outcomes and identical answers to every
+/// read.
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::BuyRecord;
     use crate::request_time::TimestampSource;
-    use crate::store::aggregate::US;
+    use crate::store::logged::LoggedStore;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{IDEMPOTENCY_TTL_US, IdempotencyClaim};
+    use crate::store::views::Views;
+    use crate::store::views::deltas::US;
+    use crate::store::{IDEMPOTENCY_TTL_US, IdempotencyClaim, Store};
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
     use std::time::Instant;
@@ -546,17 +489,23 @@ mod tests {
         (out, clock)
     }
 
-    /// A PostgreSQL store on a fresh database and an empty SQLite store to compare it with (`None`
-    /// when no server is configured: the test is skipped). Keep the database until the end.
-    fn beside_sqlite() -> Option<(TestDatabase, PostgresStore, SqliteStore)> {
+    /// `log` with views (in memory) following it.
+    fn with_views(log: impl Log) -> LoggedStore {
+        LoggedStore::start(Arc::new(log), Views::open(None).unwrap()).unwrap()
+    }
+
+    /// A PostgreSQL log on a fresh database and an empty SQLite log to compare it with, each with
+    /// views following it (`None` when no server is configured: the test is skipped). Keep the
+    /// database until the end.
+    fn beside_sqlite() -> Option<(TestDatabase, LoggedStore, LoggedStore)> {
         let database = TestDatabase::create()?;
-        let pg = PostgresStore::open(&database.url).unwrap();
-        Some((database, pg, SqliteStore::open_memory().unwrap()))
+        let pg = with_views(PostgresStore::open(&database.url).unwrap());
+        Some((database, pg, with_views(SqliteStore::open_memory().unwrap())))
     }
 
     /// Every window, promotion page, promotion's stats and series from `base - 3 h` to `to_us`
     /// answers in `pg` as in `sqlite`.
-    fn assert_same_windows(pg: &PostgresStore, sqlite: &SqliteStore, base: i64, to_us: i64) {
+    fn assert_same_windows(pg: &dyn Store, sqlite: &dyn Store, base: i64, to_us: i64) {
         let span = (to_us - base + 3 * 3600 * US) as u64;
         let cutoffs: Vec<i64> = (0..300u64).map(|i| base - 3 * 3600 * US + (i * 7_919_007_331 % span) as i64).collect();
         let (from, to) = (base / US - 3 * 3600, to_us / US);
@@ -564,9 +513,9 @@ mod tests {
         crate::store::assert_same_answers(pg, sqlite, &cutoffs, &[0, 1, 2, 3], series(60), series(3600));
     }
 
-    /// Late and out-of-order buys, in batches across seconds, minutes and hours: each promotion's
-    /// current buckets (kept in its totals row) are replaced, added to and passed by older buys,
-    /// and every window answers as in SQLite.
+    /// Late and out-of-order buys, in batches across seconds, minutes and hours: every window of
+    /// the views over the PostgreSQL log (whose edges read its timestamp index) answers as over
+    /// the SQLite log.
     #[test]
     fn late_and_out_of_order_buys_answer_as_the_sqlite_store() {
         let Some((_database, pg, sqlite)) = beside_sqlite() else { return };
@@ -582,49 +531,16 @@ mod tests {
         assert_same_windows(&pg, &sqlite, base, last);
     }
 
-    /// A read of one granularity from the view `promotion_buckets` plans only that granularity's
-    /// branch of the current buckets: its conditions reach the branches, which needs the view's
-    /// granularity column to have the rollup's type.
+    /// Two replicas commit at once, late and out-of-order buys into the same promotions: the
+    /// views of the shared log count every buy once, as SQLite does with all their buys.
     #[test]
-    fn the_bucket_view_passes_conditions_to_its_branches() {
-        let Some(database) = TestDatabase::create() else { return };
-        drop(PostgresStore::open(&database.url).unwrap());
-        let mut client = Client::connect(&database.url, NoTls).unwrap();
-        let plan: Vec<String> = client
-            .query(
-                "EXPLAIN SELECT sum(buys) FROM promotion_buckets WHERE promotion_id = 3 AND granularity_s = 60 AND bucket_s >= 0",
-                &[],
-            )
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        let totals_scans = plan.iter().filter(|line| line.contains(" on promotion_totals ")).count();
-        assert_eq!(totals_scans, 1, "{}", plan.join("\n"));
-    }
-
-    /// Each writer claims a slot of its own, so two replicas' commits do not wait for each
-    /// other's aggregate rows.
-    #[test]
-    fn writers_claim_distinct_slots() {
-        let Some(database) = TestDatabase::create() else { return };
-        let stores = [PostgresStore::open(&database.url).unwrap(), PostgresStore::open(&database.url).unwrap()];
-        let [a, b] = stores.each_ref().map(|s| s.writer_slot());
-        assert_ne!(a, b);
-    }
-
-    /// Two writers sharing one slot (as when no slot is free) commit at once into the same
-    /// promotions' current buckets: neither moves a bucket the other has already moved or
-    /// replaced, so every window still answers as SQLite does with all their buys.
-    #[test]
-    fn writers_sharing_a_slot_count_every_buy_once() {
+    fn two_writers_at_once_count_every_buy_once() {
         let Some(database) = TestDatabase::create() else { return };
         let base = 1_750_000_000 * US;
         let stores = [PostgresStore::open(&database.url).unwrap(), PostgresStore::open(&database.url).unwrap()];
         let work: Vec<_> = [1u64, 2].map(|seed| late_and_out_of_order(seed, base, 150)).into();
         std::thread::scope(|scope| {
             for (store, (batches, last)) in stores.iter().zip(&work) {
-                store.share_writer_slot(7);
                 scope.spawn(move || {
                     for writes in batches {
                         store.commit(writes, *last).unwrap();
@@ -632,12 +548,13 @@ mod tests {
                 });
             }
         });
-        let sqlite = SqliteStore::open_memory().unwrap();
+        let sqlite = with_views(SqliteStore::open_memory().unwrap());
         let last = work.iter().map(|(_, last)| *last).max().unwrap();
         for writes in work.iter().flat_map(|(batches, _)| batches) {
             sqlite.commit(writes, last).unwrap();
         }
-        assert_same_windows(&stores[0], &sqlite, base, last);
+        let pg = with_views(PostgresStore::open(&database.url).unwrap());
+        assert_same_windows(&pg, &sqlite, base, last);
     }
 
     /// The writer checks a connection that has been idle before committing on it; that check
@@ -725,16 +642,17 @@ mod tests {
         }
         let store = PostgresStore::open(&database.url).unwrap();
         assert_eq!(store.commit(&[one], 0).unwrap(), vec![Outcome::Recorded { last_seq: 6, recorded: 3 }]);
-        assert_eq!(store.counts(0, None).unwrap().total_buys, 6);
+        assert_eq!(store.last_seq().unwrap(), 6);
         let mut client = Client::connect(&database.url, NoTls).unwrap();
         let versions: i64 = client.query_one("SELECT count(*) FROM schema_version", &[]).unwrap().get(0);
         assert_eq!(versions, schema::MIGRATIONS.len() as i64);
     }
 
-    /// A store written by schema version 1 (aggregates without writer slots) upgrades in place:
-    /// its rows become slot 0 and are summed with the new ones.
+    /// A store written by schema version 1 (aggregates in the write transaction) upgrades to the
+    /// log: its buys stay, the aggregate tables go, and views built from the buys answer for the
+    /// old buys and the new ones alike.
     #[test]
-    fn a_version_1_store_upgrades_and_keeps_its_aggregates() {
+    fn a_version_1_store_upgrades_to_the_log_of_facts() {
         let Some(database) = TestDatabase::create() else { return };
         let at = 1_750_000_000 * US;
         let (second, minute, hour) = (at / US, at / US / 60 * 60, at / US / 3600 * 3600);
@@ -752,7 +670,12 @@ mod tests {
                  INSERT INTO promotion_buyers VALUES (2, 5);"
             ))
             .unwrap();
-        let store = PostgresStore::open(&database.url).unwrap();
+        let store = with_views(PostgresStore::open(&database.url).unwrap());
+        let left: i64 = client
+            .query_one("SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'promotion%' OR table_name = 'rollup'", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "the aggregate tables are gone");
         let write = Submission { buys: vec![record(6, 2, 3, 2, Some(50), at + 1)], idempotency: None };
         assert_eq!(store.commit(&[write], at).unwrap(), vec![Outcome::Recorded { last_seq: 2, recorded: 1 }]);
         let stats = store.promotion_stats(2, at - 10 * US).unwrap();
@@ -764,33 +687,10 @@ mod tests {
         let series = store.timeseries(60, minute, minute, None).unwrap();
         assert_eq!((series.len(), series[0].buys, series[0].units), (1, 2, 6));
         assert_eq!(store.promotions(at - 10 * US, 10, 0).unwrap().1, 1);
-        // The buyer stored before the migrations (which rekey the buyers) is still known: buying
-        // again does not count as a new buyer.
+        // The buyer of the old buy is known to the views: buying again is not a new buyer.
         let again = Submission { buys: vec![record(5, 2, 3, 1, None, at + 2)], idempotency: None };
         store.commit(&[again], at).unwrap();
         assert_eq!(store.promotion_stats(2, at - 10 * US).unwrap().unique_buyers, 2);
-    }
-
-    /// Pruned second and minute rollups change no answer a read can ask for (the unpruned
-    /// SQLite store gives the expected answers), and old rows are really deleted.
-    #[test]
-    fn pruned_rollups_answer_every_readable_window_exactly() {
-        let Some((_database, pg, kept)) = beside_sqlite() else { return };
-        let now = 1_750_000_000 * US;
-        let mut stamps: Vec<i64> = (0..3000).map(|i| now - 10 * 24 * 3600 * US + i * 287_999_917 + i % 997).collect();
-        stamps.push(now - 5 * 365 * 24 * 3600 * US);
-        for (c, chunk) in stamps.chunks(100).enumerate() {
-            let writes: Vec<Submission> = chunk
-                .iter()
-                .enumerate()
-                .map(|(j, &t)| {
-                    let i = (c * 100 + j) as i64;
-                    Submission { buys: vec![record(i, i % 3, i % 5, 1 + i % 3, None, t)], idempotency: None }
-                })
-                .collect();
-            assert_eq!(pg.commit(&writes, now).unwrap(), kept.commit(&writes, now).unwrap());
-        }
-        crate::store::assert_pruning_changes_no_answer(&pg, &kept, now, &[]);
     }
 
     #[test]
@@ -811,8 +711,7 @@ mod tests {
     #[test]
     fn facts_become_visible_in_sequence_order() {
         let Some(db) = TestDatabase::create() else { return };
-        let stores: Vec<Arc<PostgresStore>> =
-            (0..2).map(|_| Arc::new(PostgresStore::open_log(&db.url).unwrap())).collect();
+        let stores: Vec<Arc<PostgresStore>> = (0..2).map(|_| Arc::new(PostgresStore::open(&db.url).unwrap())).collect();
         let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let writers: Vec<_> = stores
             .iter()
@@ -831,7 +730,7 @@ mod tests {
                 })
             })
             .collect();
-        let reader = PostgresStore::open_log(&db.url).unwrap();
+        let reader = PostgresStore::open(&db.url).unwrap();
         let (mut applied, mut reads) = (0, 0);
         while writers.iter().any(|w| !w.is_finished()) || applied < reader.last_seq().unwrap() {
             let facts = reader.facts_after(applied, 500).unwrap();

@@ -1,5 +1,7 @@
-//! The PostgreSQL schema: the SQLite store's tables in portable SQL, applied at start-up, one
-//! transaction per version, with the applied versions recorded in `schema_version`.
+//! The PostgreSQL schema: the SQLite log's tables in portable SQL, applied at start-up, one
+//! transaction per version, with the applied versions recorded in `schema_version`. Versions 1
+//! to 7 also kept aggregates, updated in every write transaction (split by writer slot); version
+//! 8 drops them.
 //!
 //! Replicas that start together must not race on DDL (two concurrent `CREATE TABLE IF NOT EXISTS`
 //! can still fail in PostgreSQL), so the whole migration runs under a session-level advisory lock:
@@ -175,6 +177,17 @@ CREATE TABLE store_identity (
     value TEXT NOT NULL
 );
 INSERT INTO store_identity (id, value) VALUES (1, md5(random()::text || clock_timestamp()::text));
+"#,
+    r#"
+-- The aggregates leave the write transaction: every analytic is a view of the buys, which each
+-- replica keeps itself (store::views) and rebuilds from this shared log. Every replica must run
+-- this build or a later one: an older replica would still write these tables.
+DROP VIEW promotion_buckets;
+DROP TABLE rollup;
+DROP TABLE promotion_rollup;
+DROP TABLE promotion_totals;
+DROP TABLE promotion_products;
+DROP TABLE promotion_buyers;
 "#,
 ];
 

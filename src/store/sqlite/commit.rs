@@ -1,17 +1,12 @@
-//! The write transaction: buys, sequence numbers, idempotency keys and every aggregate, together.
-//!
-//! Aggregates are first summed in memory over the whole group commit, so each bucket, promotion
-//! and product row is upserted once per transaction however many buys touch it.
+//! The write transaction: the facts (buys), their sequence numbers and the idempotency keys,
+//! nothing else. Every analytic is a view of the facts, applied off this path (`store::views`).
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::store::aggregate::Deltas;
 use crate::store::{IDEMPOTENCY_TTL_US, Outcome, Submission};
 
-/// Apply `writes` inside the transaction open on `tx`, in order, and return one outcome per write. With `aggregates`,
-/// every aggregate is updated in the same transaction (the inline design); without, only the
-/// facts, sequence numbers and keys are written (the log design: views follow off the path).
-pub fn apply(tx: &Connection, writes: &[Submission], now_us: i64, aggregates: bool) -> rusqlite::Result<Vec<Outcome>> {
+/// Apply `writes` inside the transaction open on `tx`, in order, and return one outcome per write.
+pub fn apply(tx: &Connection, writes: &[Submission], now_us: i64) -> rusqlite::Result<Vec<Outcome>> {
     // Cached statements: a group commit runs these once each, thousands of times a second, and
     // parsing them again each time cost about as much as the inserts of a small batch.
     let mut seq: i64 = tx.prepare_cached("SELECT total FROM counter WHERE id = 1")?.query_row([], |r| r.get(0))?;
@@ -28,7 +23,6 @@ pub fn apply(tx: &Connection, writes: &[Submission], now_us: i64, aggregates: bo
          ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, last_seq = excluded.last_seq,
              recorded = excluded.recorded, created_at_us = excluded.created_at_us",
     )?;
-    let mut deltas = Deltas::default();
     let mut units = 0;
     let mut outcomes = Vec::with_capacity(writes.len());
     for write in writes {
@@ -65,18 +59,11 @@ pub fn apply(tx: &Connection, writes: &[Submission], now_us: i64, aggregates: bo
                 record.idempotency_key,
             ])?;
             units += buy.quantity.get();
-            if aggregates {
-                deltas.add_record(record);
-            }
         }
         if let Some(claim) = &write.idempotency {
             claim_key.execute(params![claim.key, &claim.fingerprint[..], seq, write.buys.len() as i64, now_us])?;
         }
         outcomes.push(Outcome::Recorded { last_seq: seq, recorded: write.buys.len() });
-    }
-    if aggregates {
-        // The inline design's aggregate tables are the views' tables, in the same file.
-        crate::store::views::flush(&mut deltas, tx)?;
     }
     tx.prepare_cached("UPDATE counter SET total = ?1, total_units = total_units + ?2 WHERE id = 1")?
         .execute([seq, units])?;

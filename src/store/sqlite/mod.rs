@@ -20,12 +20,9 @@ mod schema;
 use schema::migrate;
 
 use super::pool::Pool;
-use super::{
-    Bucket, Counts, ExportFilter, ExportRow, OpenError, Outcome, PromotionStats, PromotionSummary, Store, StoreError,
-    StoreErrorKind, Submission,
-};
+use super::{ExportFilter, ExportRow, OpenError, Outcome, StoreError, StoreErrorKind, Submission};
 use crate::lock::lock;
-use crate::store::log::{Fact, FactLog, Tail};
+use crate::store::log::{Fact, FactLog, Log, Tail};
 
 /// SQLite behind the [`Store`] interface.
 pub struct SqliteStore {
@@ -34,9 +31,6 @@ pub struct SqliteStore {
     readers: Option<ReadPool>,
     /// Set on drop to stop the checkpointer thread.
     stop: Arc<AtomicBool>,
-    /// Whether commits update the aggregates too (the inline design); without, this is only the
-    /// log of facts, and views follow it (see `store::views`).
-    aggregates: bool,
     /// The highest sequence number committed, published after each commit.
     committed: AtomicI64,
 }
@@ -118,15 +112,8 @@ impl SqliteStore {
             writer: Mutex::new(conn),
             readers: Some(ReadPool { path: path.to_path_buf(), connections: Pool::new(MAX_READERS, "SQLite") }),
             stop,
-            aggregates: true,
             committed: AtomicI64::new(committed),
         })
-    }
-
-    /// This store as the log of facts only: commits write no aggregates (views follow the log).
-    pub fn into_log(mut self) -> Self {
-        self.aggregates = false;
-        self
     }
 
     /// An in-memory database: the same schema and code, nothing kept.
@@ -138,7 +125,6 @@ impl SqliteStore {
             writer: Mutex::new(conn),
             readers: None,
             stop: Arc::new(AtomicBool::new(true)),
-            aggregates: true,
             committed: AtomicI64::new(0),
         })
     }
@@ -159,54 +145,14 @@ impl SqliteStore {
     }
 }
 
-impl Store for SqliteStore {
+impl Log for SqliteStore {
     fn commit(&self, writes: &[Submission], now_us: i64) -> Result<Vec<Outcome>, StoreError> {
         let conn = lock(&self.writer);
-        let outcomes = in_write_transaction(&conn, |tx| commit::apply(tx, writes, now_us, self.aggregates))
-            .map_err(unavailable)?;
+        let outcomes = in_write_transaction(&conn, |tx| commit::apply(tx, writes, now_us)).map_err(unavailable)?;
         if let Some(last) = outcomes.iter().filter_map(Outcome::recorded_up_to).max() {
             self.committed.fetch_max(last, Ordering::Release);
         }
         Ok(outcomes)
-    }
-
-    fn counts(&self, since_us: i64, promotion_id: Option<i64>) -> Result<Counts, StoreError> {
-        // One read transaction: the totals and the recent counts come from one snapshot.
-        self.read(|conn| {
-            let tx = conn.unchecked_transaction()?;
-            let counts = read::counts(&tx, since_us, promotion_id)?;
-            tx.finish()?;
-            Ok(counts)
-        })
-    }
-
-    fn promotions(&self, since_us: i64, limit: i64, offset: i64) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
-        // One read transaction: the page and its recent counts come from one snapshot.
-        self.read(|conn| {
-            let tx = conn.unchecked_transaction()?;
-            let page = read::promotions(&tx, since_us, limit, offset)?;
-            tx.finish()?;
-            Ok(page)
-        })
-    }
-
-    fn promotion_stats(&self, promotion_id: i64, since_us: i64) -> Result<PromotionStats, StoreError> {
-        self.read(|conn| {
-            let tx = conn.unchecked_transaction()?;
-            let stats = read::promotion_stats(&tx, promotion_id, since_us)?;
-            tx.finish()?;
-            Ok(stats)
-        })
-    }
-
-    fn timeseries(
-        &self,
-        granularity_s: i64,
-        from_s: i64,
-        to_s: i64,
-        promotion_id: Option<i64>,
-    ) -> Result<Vec<Bucket>, StoreError> {
-        self.read(|conn| read::timeseries(conn, granularity_s, from_s, to_s, promotion_id))
     }
 
     fn export_page(
@@ -224,22 +170,6 @@ impl Store for SqliteStore {
             (SELECT rowid FROM idempotency WHERE created_at_us < ?1 ORDER BY created_at_us LIMIT ?2)";
         let conn = lock(&self.writer);
         conn.prepare_cached(delete).and_then(|mut s| s.execute(params![before_us, limit as i64])).map_err(unavailable)
-    }
-
-    fn prune_rollups(&self, before_s: i64) -> Result<usize, StoreError> {
-        let conn = lock(&self.writer);
-        let mut deleted = 0;
-        for table in ["rollup", "promotion_rollup"] {
-            for granularity in [1, 60] {
-                deleted += prune_buckets(&conn, table, granularity, before_s).map_err(unavailable)?;
-            }
-        }
-        Ok(deleted)
-    }
-
-    fn read_connections(&self) -> usize {
-        // In memory, every read takes the writer's one connection.
-        if self.readers.is_some() { MAX_READERS } else { 1 }
     }
 
     fn ping(&self) -> Result<(), StoreError> {
@@ -300,93 +230,15 @@ impl FactLog for SqliteStore {
     }
 }
 
-/// Buckets deleted per statement: each statement is one transaction on the writer's connection,
-/// so a backlog (a store that never pruned) is worked off a slice at a time between commits.
-const PRUNE_STEP_S: i64 = 600;
-/// Statements per table and granularity per call, so one call stalls the writer briefly.
-const PRUNE_STEPS: usize = 10;
-
-/// Delete `table`'s rows of `granularity` with buckets before `before_s`, oldest first, in at
-/// most [`PRUNE_STEPS`] slices of [`PRUNE_STEP_S`] of buckets. Both tables are keyed by
-/// granularity then bucket, so each step is a range of the primary key.
-fn prune_buckets(conn: &Connection, table: &str, granularity: i64, before_s: i64) -> rusqlite::Result<usize> {
-    let oldest = format!("SELECT min(bucket_s) FROM {table} WHERE granularity_s = ?1");
-    let delete = format!("DELETE FROM {table} WHERE granularity_s = ?1 AND bucket_s < ?2");
-    let mut deleted = 0;
-    for _ in 0..PRUNE_STEPS {
-        // Read the oldest bucket each time rather than stepping from it: a stray old timestamp
-        // must not make the steps crawl through empty years.
-        let Some(oldest) = conn.prepare_cached(&oldest)?.query_row([granularity], |r| r.get::<_, Option<i64>>(0))?
-        else {
-            break;
-        };
-        if oldest >= before_s {
-            break;
-        }
-        let upto = before_s.min(oldest.saturating_add(granularity * PRUNE_STEP_S));
-        deleted += conn.prepare_cached(&delete)?.execute([granularity, upto])?;
-    }
-    Ok(deleted)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::BuyRecord;
     use crate::store::IDEMPOTENCY_TTL_US;
-    use crate::store::aggregate::US;
+    use crate::store::views::deltas::US;
 
     fn record(timestamp_us: i64, quantity: i64) -> BuyRecord {
         BuyRecord::test(1, 2, 3, quantity, None, timestamp_us)
-    }
-
-    /// Recent counts from rollups equal a brute-force count at every cutoff, including cutoffs
-    /// inside a second, on a minute or hour edge, and after every buy.
-    #[test]
-    fn recent_counts_are_exact_at_every_cutoff() {
-        let store = SqliteStore::open_memory().unwrap();
-        let base = 1_750_000_000 * US;
-        let stamps: Vec<i64> = (0..400).map(|i| base + i * 37_123_457 % (5 * 3600 * US) + i).collect();
-        let writes: Vec<Submission> =
-            stamps.iter().map(|&t| Submission { buys: vec![record(t, 2)], idempotency: None }).collect();
-        store.commit(&writes, base).unwrap();
-        let mut cutoffs: Vec<i64> = stamps.iter().flat_map(|&t| [t - 1, t, t + 1]).collect();
-        cutoffs.extend([base - 1, base + 3600 * US, base + 60 * US, base + 10 * 3600 * US]);
-        for cutoff in cutoffs {
-            let expected = stamps.iter().filter(|&&t| t >= cutoff).count() as i64;
-            let counts = store.counts(cutoff, None).unwrap();
-            assert_eq!(counts.recent_buys, expected, "cutoff {cutoff}");
-            assert_eq!(counts.total_buys, 400);
-        }
-    }
-
-    /// Pruning second and minute rollups older than ROLLUP_KEEP_S changes no answer a read can
-    /// ask for: every window of at most 168 hours, overall and per promotion, and minute series.
-    #[test]
-    fn pruned_rollups_answer_every_readable_window_exactly() {
-        let (pruned, kept) = (SqliteStore::open_memory().unwrap(), SqliteStore::open_memory().unwrap());
-        let now = 1_750_000_000 * US;
-        // Ten days of buys, several per minute at irregular instants, over three promotions,
-        // plus a stray one from years before.
-        let mut stamps: Vec<i64> = (0..6000).map(|i| now - 10 * 24 * 3600 * US + i * 143_999_917 + i % 997).collect();
-        stamps.push(now - 5 * 365 * 24 * 3600 * US);
-        let buy = |i: usize, t: i64| {
-            let mut r = record(t, 1 + (i % 3) as i64);
-            r.buy.promotion_id = (i % 3) as i64;
-            r
-        };
-        for (i, chunk) in stamps.chunks(100).enumerate() {
-            let writes: Vec<Submission> = chunk
-                .iter()
-                .enumerate()
-                .map(|(j, &t)| Submission { buys: vec![buy(i * 100 + j, t)], idempotency: None })
-                .collect();
-            pruned.commit(&writes, now).unwrap();
-            kept.commit(&writes, now).unwrap();
-        }
-        let recent: Vec<i64> = stamps.iter().filter(|&&t| t >= now - 168 * 3600 * US).step_by(97).copied().collect();
-        let cutoffs: Vec<i64> = recent.iter().flat_map(|&t| [t, t + 1]).chain([now - 90 * US - 3]).collect();
-        crate::store::assert_pruning_changes_no_answer(&pruned, &kept, now, &cutoffs);
     }
 
     /// Expired keys are deleted a bounded slice per call, so a backlog (after a long outage)
@@ -409,31 +261,6 @@ mod tests {
         assert_eq!(left, 1, "the unexpired key stays");
     }
 
-    /// Totals and recent counts come from one snapshot: with every buy recent, `recent_buys`
-    /// equals `total_buys` in every read taken while commits go on. (Read in two snapshots, a
-    /// commit between them made the recent count exceed the total.)
-    #[test]
-    fn counts_are_read_in_one_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open_file(&dir.path().join("store.db")).unwrap());
-        let now = 1_750_000_000 * US;
-        let writing = Arc::new(AtomicBool::new(true));
-        let writer = {
-            let (store, writing) = (store.clone(), writing.clone());
-            std::thread::spawn(move || {
-                while writing.load(Ordering::Relaxed) {
-                    store.commit(&[Submission { buys: vec![record(now, 1)], idempotency: None }], now).unwrap();
-                }
-            })
-        };
-        for _ in 0..3_000 {
-            let counts = store.counts(now - US, None).unwrap();
-            assert_eq!(counts.recent_buys, counts.total_buys, "{counts:?}");
-        }
-        writing.store(false, Ordering::Relaxed);
-        writer.join().unwrap();
-    }
-
     #[test]
     fn sequence_numbers_continue_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -447,6 +274,6 @@ mod tests {
         let store = SqliteStore::open_file(&path).unwrap();
         let outcomes = store.commit(&[one], 0).unwrap();
         assert_eq!(outcomes, vec![Outcome::Recorded { last_seq: 6, recorded: 3 }]);
-        assert_eq!(store.counts(0, None).unwrap().total_buys, 6);
+        assert_eq!(store.last_seq().unwrap(), 6);
     }
 }

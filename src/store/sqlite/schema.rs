@@ -1,8 +1,9 @@
 //! The SQLite schema, applied once per version (tracked in `PRAGMA user_version`).
 //!
-//! Besides the buys themselves, every table here is an aggregate maintained in the same
-//! transaction as the inserts, so that analytics read a bounded number of rows however many buys
-//! are stored.
+//! The store is a log of facts: the buys, the sequence counter, the idempotency keys and the
+//! store's identity. Versions 1 to 3 also kept aggregates, upserted in every write transaction;
+//! version 4 drops them, since every analytic is now a view of the buys (`store::views`, in a file
+//! of its own) and is rebuilt from them.
 
 use rusqlite::Connection;
 
@@ -112,6 +113,14 @@ CREATE TABLE store_identity (
 );
 INSERT INTO store_identity (id, value) VALUES (1, lower(hex(randomblob(16))));
 "#,
+    // 4: the aggregates leave the write transaction (they are views of the buys, kept apart).
+    r#"
+DROP TABLE rollup;
+DROP TABLE promotion_rollup;
+DROP TABLE promotion_totals;
+DROP TABLE promotion_products;
+DROP TABLE promotion_buyers;
+"#,
 ];
 
 /// Bring the schema up to date, one transaction per version.
@@ -148,23 +157,33 @@ mod tests {
         assert!(error.contains("newer than this build"), "{error}");
     }
 
-    /// A store created before migration 2 keeps its buyers, and they still count as known.
+    /// A store of version 1 (aggregates in the write transaction) upgrades to the log: its buys,
+    /// counter and keys stay, the aggregate tables go.
     #[test]
-    fn rekeying_promotion_buyers_keeps_every_pair() {
+    fn a_version_1_store_upgrades_to_the_log_of_facts() {
         let mut conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(MIGRATIONS[0]).unwrap();
         conn.pragma_update(None, "user_version", 1).unwrap();
-        conn.execute_batch("INSERT INTO promotion_buyers (promotion_id, user_id) VALUES (1, 10), (1, 11), (2, 10);")
-            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO buys VALUES (1, 10, 1, 5, 2, NULL, '127.0.0.1', 7, 7, 'server', NULL);
+             UPDATE counter SET total = 1, total_units = 2;
+             INSERT INTO promotion_buyers (promotion_id, user_id) VALUES (1, 10);",
+        )
+        .unwrap();
         migrate(&mut conn).unwrap();
         let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(version, MIGRATIONS.len());
-        let mut stmt = conn.prepare("SELECT user_id, promotion_id FROM promotion_buyers").unwrap();
-        let pairs: Vec<(i64, i64)> =
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
-        assert_eq!(pairs, vec![(10, 1), (10, 2), (11, 1)]);
-        let insert = "INSERT INTO promotion_buyers (user_id, promotion_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
-        assert_eq!(conn.execute(insert, [11, 1]).unwrap(), 0, "a known buyer is not new");
-        assert_eq!(conn.execute(insert, [11, 2]).unwrap(), 1);
+        let kept: (i64, i64) = conn
+            .query_row("SELECT (SELECT count(*) FROM buys), total FROM counter", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert_eq!(kept, (1, 1));
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(tables, ["buys", "counter", "idempotency", "store_identity"]);
     }
 }

@@ -4,10 +4,10 @@
 //! product row is written once per batch however many buys touch it; only the buyer pairs are one
 //! row per buy.
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Transaction, params};
 
-use crate::store::aggregate::Deltas;
 use crate::store::log::Fact;
+use crate::store::views::deltas::Deltas;
 
 /// Apply `facts` (numbered consecutively after the applied sequence number) inside `tx`;
 /// returns the new applied sequence number.
@@ -32,10 +32,8 @@ pub fn apply(tx: &Transaction, facts: &[Fact]) -> rusqlite::Result<i64> {
     Ok(last)
 }
 
-/// Write one batch's aggregate changes, counting which buyers are new to their promotion. The
-/// inline design writes the same tables inside its write transaction (`store::sqlite::commit`).
-/// `tx` is a connection inside a transaction the caller opened.
-pub fn flush(deltas: &mut Deltas, tx: &Connection) -> rusqlite::Result<()> {
+/// Write one batch's aggregate changes, counting which buyers are new to their promotion.
+fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
     let mut new_buyer = tx.prepare_cached(
         "INSERT INTO promotion_buyers (user_id, promotion_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
     )?;

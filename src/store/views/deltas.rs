@@ -1,10 +1,9 @@
-//! What every store maintains beside the buys, computed in memory: the aggregate changes of one
-//! group commit, and how a recent-window count splits into rollup buckets. Each store writes and
-//! reads them with its own SQL; the arithmetic lives here once.
+//! The views' arithmetic, in memory: the aggregate changes of one batch of facts, and how a
+//! recent-window count splits into rollup buckets.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::domain::{Buy, BuyRecord};
+use crate::domain::Buy;
 
 /// Microseconds per second (timestamps are stored in microseconds).
 pub const US: i64 = 1_000_000;
@@ -52,8 +51,8 @@ pub struct PromotionDelta {
     pub last_us: i64,
 }
 
-/// All aggregate changes of one transaction. Every map is ordered, so stores that lock rows
-/// (PostgreSQL) take them in key order and concurrent writers cannot deadlock.
+/// All aggregate changes of one batch, each row's change summed so it is written once. The maps
+/// are ordered, so rows are written in key order (neighbouring pages together).
 #[derive(Debug, Default)]
 pub struct Deltas {
     /// (granularity, bucket) → tally, for all buys.
@@ -71,11 +70,6 @@ pub struct Deltas {
 }
 
 impl Deltas {
-    /// Account for one recorded buy.
-    pub fn add_record(&mut self, record: &BuyRecord) {
-        self.add(&record.buy, record.timestamp_us);
-    }
-
     /// Account for `buy`, stamped `timestamp_us`.
     pub fn add(&mut self, buy: &Buy, timestamp_us: i64) {
         let units = buy.quantity.get();

@@ -16,6 +16,7 @@
 //! (WAL lets them run beside the stage); in memory there is one connection, shared under a lock.
 
 mod apply;
+pub(crate) mod deltas;
 mod read;
 mod schema;
 
@@ -31,7 +32,6 @@ use super::log::FactLog;
 use super::pool::Pool;
 use super::{Bucket, Counts, OpenError, PromotionStats, PromotionSummary, ROLLUP_KEEP_S, StoreError, StoreErrorKind};
 use crate::lock::lock;
-pub(crate) use apply::flush;
 use read::Edge;
 
 /// The longest a read waits for the views to reach the facts acknowledged before it.

@@ -4,8 +4,8 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::store::aggregate::{US, window_edges};
 use crate::store::log::FactLog;
+use crate::store::views::deltas::{US, window_edges};
 use crate::store::{Bucket, Counts, ProductCount, PromotionStats, PromotionSummary, StoreError};
 
 const RECENT_ALL: &str = "

@@ -18,14 +18,10 @@ pub mod postgres_db;
 /// Which store a test body runs on.
 #[derive(Debug, Clone, Copy)]
 pub enum StoreKind {
+    /// A SQLite file (the log of facts) with its views beside it.
     Sqlite,
-    Memory,
-    /// SQLite as a log of facts, with views following it (`--design log`).
-    SqliteLog,
     /// The same in memory.
-    MemoryLog,
-    /// PostgreSQL as the shared log, with the replica's views following it.
-    PostgresLog,
+    Memory,
     /// A fresh database on the server named by `BUY_TRACKER_TEST_POSTGRES_URL` (see
     /// [`postgres_db`]), dropped when the test ends.
     Postgres,
@@ -65,14 +61,11 @@ impl TestApp {
     ) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = match kind {
-            StoreKind::Sqlite | StoreKind::SqliteLog => StoreUrl::Sqlite(dir.path().join("data/buys.db")),
-            StoreKind::Memory | StoreKind::MemoryLog => StoreUrl::Memory,
-            StoreKind::Postgres | StoreKind::PostgresLog => StoreUrl::Postgres(postgres_db::fresh_database_url()),
+            StoreKind::Sqlite => StoreUrl::Sqlite(dir.path().join("data/buys.db")),
+            StoreKind::Memory => StoreUrl::Memory,
+            StoreKind::Postgres => StoreUrl::Postgres(postgres_db::fresh_database_url()),
         };
         let mut config = Config::for_tests(url);
-        if matches!(kind, StoreKind::SqliteLog | StoreKind::MemoryLog | StoreKind::PostgresLog) {
-            config.design = buy_tracker::store::Design::Log;
-        }
         adjust(&mut config);
         let app = Application::build_with_clock(&config, clock).await.expect("app builds");
         let addr = app.local_addr();
@@ -152,22 +145,6 @@ macro_rules! on_every_store {
         mod memory {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name($crate::common::StoreKind::Memory).await })*
-        }
-        mod sqlite_log {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name($crate::common::StoreKind::SqliteLog).await })*
-        }
-        mod memory_log {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name($crate::common::StoreKind::MemoryLog).await })*
-        }
-        mod postgres_log {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                if $crate::common::postgres_db::server_or_skip().is_some() {
-                    $crate::common::postgres_db::scope(super::$name($crate::common::StoreKind::PostgresLog)).await
-                }
-            })*
         }
         /// Skipped (with a SKIP line) unless `BUY_TRACKER_TEST_POSTGRES_URL` names a server.
         mod postgres {
