@@ -100,7 +100,7 @@ pub struct Cli {
     pub shutdown_timeout: std::time::Duration,
 
     /// Where the views (every analytic, kept from the log of buys) live [default: beside a
-    /// SQLite store, as NAME.views.db; in memory for memory: and PostgreSQL, built from the log at
+    /// SQLite store, as NAME.views.db; a temporary file for memory: and PostgreSQL, built from the log at
     /// every start]. Give each PostgreSQL replica one of its own to restart without replaying the
     /// whole log.
     #[arg(long, env = "BUY_TRACKER_VIEWS_PATH", global = true)]

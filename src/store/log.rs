@@ -46,6 +46,10 @@ pub trait FactLog: Send + Sync + 'static {
     /// Up to `limit` facts numbered after `after`, in sequence order.
     fn facts_after(&self, after: i64, limit: usize) -> Result<Vec<Fact>, StoreError>;
 
+    /// The facts numbered in `after + 1 ..= up_to`, over all buys or one promotion, in sequence
+    /// order (the tail a read adds to views applied up to `after`).
+    fn facts_in(&self, after: i64, up_to: i64, promotion_id: Option<i64>) -> Result<Vec<Fact>, StoreError>;
+
     /// Buys and units of the facts numbered up to `up_to` with a timestamp in `from_us..to_us`
     /// (at most a second: the partial second at a window's edge), over all buys or one promotion.
     fn between(

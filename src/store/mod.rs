@@ -349,7 +349,7 @@ fn open_log(url: &StoreUrl) -> Result<std::sync::Arc<dyn log::Log>, OpenError> {
 }
 
 /// Where the views of the store at `url` live with `--views-path` `given`: there if given,
-/// else beside a SQLite file, else (memory, PostgreSQL) in memory.
+/// else beside a SQLite file, else (memory, PostgreSQL) in a temporary file.
 fn views_at(url: &StoreUrl, given: Option<&std::path::Path>) -> Option<PathBuf> {
     match (given, url) {
         (Some(path), _) => Some(path.to_path_buf()),
@@ -365,7 +365,7 @@ pub fn rebuild_views(url: &StoreUrl, given: Option<&std::path::Path>) -> Result<
     let Some(views) = views_at(url, given) else {
         return Err(OpenError::new(
             "views",
-            "these views live in memory and are rebuilt at every start: give --views-path to keep them in a file",
+            "these views live in a temporary file and are rebuilt at every start: give --views-path to keep them",
         ));
     };
     let lock = views::lock_views(&views)?;
@@ -399,7 +399,7 @@ pub fn rebuild_views(url: &StoreUrl, given: Option<&std::path::Path>) -> Result<
 
 /// Open the store a URL names: its log of facts, and the views that follow it (at
 /// `--views-path` `views` if given, else beside a SQLite file; a PostgreSQL replica without one
-/// keeps them in memory and builds them from the shared log at start).
+/// keeps them in a temporary file and builds them from the shared log at start).
 pub fn open(url: &StoreUrl, views: Option<&std::path::Path>) -> Result<std::sync::Arc<dyn Store>, OpenError> {
     let log = open_log(url)?;
     let views = views::Views::open(views_at(url, views).as_deref())?;

@@ -320,6 +320,10 @@ impl FactLog for PostgresStore {
         self.read(read::last_seq)
     }
 
+    fn facts_in(&self, after: i64, up_to: i64, promotion_id: Option<i64>) -> Result<Vec<Fact>, StoreError> {
+        self.read(|conn| read::facts_in(conn, after, up_to, promotion_id))
+    }
+
     fn facts_after(&self, after: i64, limit: usize) -> Result<Vec<Fact>, StoreError> {
         self.read(|conn| read::facts_after(conn, after, limit))
     }
@@ -489,7 +493,7 @@ mod tests {
         (out, clock)
     }
 
-    /// `log` with views (in memory) following it.
+    /// `log` with views (in a temporary file) following it.
     fn with_views(log: impl Log) -> LoggedStore {
         LoggedStore::start(Arc::new(log), Views::open(None).unwrap()).unwrap()
     }

@@ -91,6 +91,11 @@ const FACTS_AFTER: &str = "
     SELECT buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents, timestamp_us
     FROM buys WHERE buy_count > $1 ORDER BY buy_count LIMIT $2";
 
+const FACTS_IN: &str = "
+    SELECT buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents, timestamp_us
+    FROM buys WHERE buy_count > $1 AND buy_count <= $2 AND (CAST($3 AS BIGINT) IS NULL OR promotion_id = $3)
+    ORDER BY buy_count";
+
 const BETWEEN: &str = "
     SELECT count(*), CAST(coalesce(sum(product_quantity), 0) AS BIGINT) FROM buys
     WHERE timestamp_us >= $1 AND timestamp_us < $2 AND buy_count <= $3
@@ -108,23 +113,36 @@ pub fn last_seq(conn: &mut ReadConn) -> Result<i64, postgres::Error> {
 pub fn facts_after(conn: &mut ReadConn, after: i64, limit: usize) -> Result<Vec<Fact>, postgres::Error> {
     let statement = conn.statement(FACTS_AFTER)?;
     let rows = conn.client.query(&statement, &[&after, &(limit as i64)])?;
-    rows.iter()
-        .map(|r| {
-            let quantity: i64 = r.try_get(4)?;
-            Ok(Fact {
-                seq: r.try_get(0)?,
-                buy: Buy {
-                    user_id: r.try_get(1)?,
-                    promotion_id: r.try_get(2)?,
-                    product_id: r.try_get(3)?,
-                    // Stored by a commit that took it from a valid `Quantity`.
-                    quantity: Quantity::new(quantity).unwrap_or(Quantity::ONE),
-                    unit_price_cents: r.try_get(5)?,
-                },
-                timestamp_us: r.try_get(6)?,
-            })
-        })
-        .collect()
+    rows.iter().map(fact).collect()
+}
+
+/// See [`crate::store::log::FactLog::facts_in`].
+pub fn facts_in(
+    conn: &mut ReadConn,
+    after: i64,
+    up_to: i64,
+    promotion_id: Option<i64>,
+) -> Result<Vec<Fact>, postgres::Error> {
+    let statement = conn.statement(FACTS_IN)?;
+    let rows = conn.client.query(&statement, &[&after, &up_to, &promotion_id])?;
+    rows.iter().map(fact).collect()
+}
+
+/// A row selected as in [`FACTS_AFTER`], as a fact.
+fn fact(r: &postgres::Row) -> Result<Fact, postgres::Error> {
+    let quantity: i64 = r.try_get(4)?;
+    Ok(Fact {
+        seq: r.try_get(0)?,
+        buy: Buy {
+            user_id: r.try_get(1)?,
+            promotion_id: r.try_get(2)?,
+            product_id: r.try_get(3)?,
+            // Stored by a commit that took it from a valid `Quantity`.
+            quantity: Quantity::new(quantity).unwrap_or(Quantity::ONE),
+            unit_price_cents: r.try_get(5)?,
+        },
+        timestamp_us: r.try_get(6)?,
+    })
 }
 
 /// See [`crate::store::log::FactLog::between`]: through the timestamp index.

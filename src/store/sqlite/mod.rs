@@ -211,6 +211,10 @@ impl FactLog for SqliteStore {
         Ok(self.committed.load(Ordering::Acquire))
     }
 
+    fn facts_in(&self, after: i64, up_to: i64, promotion_id: Option<i64>) -> Result<Vec<Fact>, StoreError> {
+        self.read(|conn| read::facts_in(conn, after, up_to, promotion_id))
+    }
+
     fn facts_after(&self, after: i64, limit: usize) -> Result<Vec<Fact>, StoreError> {
         self.read(|conn| read::facts_after(conn, after, limit))
     }

@@ -48,21 +48,33 @@ pub fn facts_after(conn: &Connection, after: i64, limit: usize) -> rusqlite::Res
         "SELECT buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents, timestamp_us
          FROM buys WHERE buy_count > ?1 ORDER BY buy_count LIMIT ?2",
     )?;
-    stmt.query_map(params![after, limit as i64], |r| {
-        let quantity: i64 = r.get(4)?;
-        Ok(Fact {
-            seq: r.get(0)?,
-            buy: Buy {
-                user_id: r.get(1)?,
-                promotion_id: r.get(2)?,
-                product_id: r.get(3)?,
-                quantity: Quantity::new(quantity).ok_or(rusqlite::Error::IntegralValueOutOfRange(4, quantity))?,
-                unit_price_cents: r.get(5)?,
-            },
-            timestamp_us: r.get(6)?,
-        })
-    })?
-    .collect()
+    stmt.query_map(params![after, limit as i64], fact)?.collect()
+}
+
+/// See [`crate::store::log::FactLog::facts_in`]: a range of the primary key.
+pub fn facts_in(conn: &Connection, after: i64, up_to: i64, promotion_id: Option<i64>) -> rusqlite::Result<Vec<Fact>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents, timestamp_us
+         FROM buys WHERE buy_count > ?1 AND buy_count <= ?2 AND (?3 IS NULL OR promotion_id = ?3)
+         ORDER BY buy_count",
+    )?;
+    stmt.query_map(params![after, up_to, promotion_id], fact)?.collect()
+}
+
+/// A row of `buys` selected as in [`facts_after`], as a fact.
+fn fact(r: &rusqlite::Row) -> rusqlite::Result<Fact> {
+    let quantity: i64 = r.get(4)?;
+    Ok(Fact {
+        seq: r.get(0)?,
+        buy: Buy {
+            user_id: r.get(1)?,
+            promotion_id: r.get(2)?,
+            product_id: r.get(3)?,
+            quantity: Quantity::new(quantity).ok_or(rusqlite::Error::IntegralValueOutOfRange(4, quantity))?,
+            unit_price_cents: r.get(5)?,
+        },
+        timestamp_us: r.get(6)?,
+    })
 }
 
 /// See [`crate::store::log::FactLog::between`]: through the timestamp index.

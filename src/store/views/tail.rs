@@ -1,0 +1,103 @@
+//! The log's tail added to a read of the views: the facts committed after the views' snapshot
+//! (a few milliseconds of them under load), so that a read includes every acknowledged fact
+//! without waiting for the view stage to apply them.
+//!
+//! Each function takes the snapshot's connection, so what it looks up in the views (is this buyer
+//! known? how many units has this product?) is as of the same applied prefix as the answer it
+//! adds to.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::store::log::Fact;
+use crate::store::views::deltas::US;
+use crate::store::{Bucket, ProductCount, PromotionStats, StoreError};
+
+/// How many top products a promotion's stats list.
+const TOP_PRODUCTS: usize = 10;
+
+/// Add `tail` (facts of `promotion_id` after the views' snapshot, which `stats` was read from)
+/// to `stats`, with the window starting at `since_us`.
+pub fn add_to_promotion_stats(
+    conn: &Connection,
+    stats: &mut PromotionStats,
+    promotion_id: i64,
+    since_us: i64,
+    tail: &[Fact],
+) -> Result<(), StoreError> {
+    let mut users = BTreeSet::new();
+    let mut products: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    for fact in tail {
+        let units = fact.buy.quantity.get();
+        let counts = &mut stats.counts;
+        counts.total_buys += 1;
+        counts.total_units += units;
+        if fact.timestamp_us >= since_us {
+            counts.recent_buys += 1;
+            counts.recent_units += units;
+        }
+        // Saturating, as the views are: a hostile price cannot wrap the revenue around.
+        let revenue = fact.buy.unit_price_cents.map_or(0, |p| p.saturating_mul(units));
+        stats.revenue_cents = stats.revenue_cents.saturating_add(revenue);
+        stats.first_buy_us = Some(stats.first_buy_us.map_or(fact.timestamp_us, |t| t.min(fact.timestamp_us)));
+        stats.last_buy_us = Some(stats.last_buy_us.map_or(fact.timestamp_us, |t| t.max(fact.timestamp_us)));
+        users.insert(fact.buy.user_id);
+        let product = products.entry(fact.buy.product_id).or_default();
+        product.0 += 1;
+        product.1 += units;
+    }
+    // A buyer of the tail is new unless the views already know them in this promotion.
+    let mut known = conn.prepare_cached("SELECT 1 FROM promotion_buyers WHERE user_id = ?1 AND promotion_id = ?2")?;
+    for user in users {
+        if !known.exists(params![user, promotion_id])? {
+            stats.unique_buyers += 1;
+        }
+    }
+    // The new top products are among the views' top ones and the tail's: a product in neither
+    // ranked after every one of the views' top, and those only gained.
+    let mut candidates: BTreeMap<i64, (i64, i64)> =
+        stats.top_products.iter().map(|p| (p.product_id, (p.buys, p.units))).collect();
+    let mut counted =
+        conn.prepare_cached("SELECT buys, units FROM promotion_products WHERE promotion_id = ?1 AND product_id = ?2")?;
+    for (product, (buys, units)) in products {
+        let (before_buys, before_units) = match candidates.get(&product) {
+            Some(&counts) => counts,
+            None => counted
+                .query_row(params![promotion_id, product], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .unwrap_or((0, 0)),
+        };
+        candidates.insert(product, (before_buys + buys, before_units + units));
+    }
+    let mut top: Vec<ProductCount> =
+        candidates.into_iter().map(|(product_id, (buys, units))| ProductCount { product_id, buys, units }).collect();
+    top.sort_by(|a, b| b.units.cmp(&a.units).then(a.product_id.cmp(&b.product_id)));
+    top.truncate(TOP_PRODUCTS);
+    stats.top_products = top;
+    Ok(())
+}
+
+/// Add `tail` to `buckets` (of `granularity_s` seconds, starting in `from_s..=to_s`, oldest
+/// first, as the views answered), keeping them sorted and non-empty.
+pub fn add_to_timeseries(buckets: &mut Vec<Bucket>, granularity_s: i64, from_s: i64, to_s: i64, tail: &[Fact]) {
+    let mut added: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    for fact in tail {
+        let second = fact.timestamp_us.div_euclid(US);
+        let start = second - second.rem_euclid(granularity_s);
+        if (from_s..=to_s).contains(&start) {
+            let bucket = added.entry(start).or_default();
+            bucket.0 += 1;
+            bucket.1 += fact.buy.quantity.get();
+        }
+    }
+    if added.is_empty() {
+        return;
+    }
+    for bucket in buckets.iter() {
+        let entry = added.entry(bucket.start_s).or_default();
+        entry.0 += bucket.buys;
+        entry.1 += bucket.units;
+    }
+    *buckets = added.into_iter().map(|(start_s, (buys, units))| Bucket { start_s, buys, units }).collect();
+}
