@@ -7,10 +7,10 @@
 //! start-up only the facts after it are replayed, and a views file that is missing or of another
 //! layout is rebuilt from the whole log (`buy-tracker rebuild-views`).
 //!
-//! Reads stay exact. Counts, promotion stats and timeseries read one snapshot of the views and
-//! add the log's tail after it, up to the highest sequence number acknowledged when they arrived
-//! (`tail`). The promotions page instead waits at a barrier until the views have applied that
-//! number ([`Views::wait_for`]); past [`BARRIER_TIMEOUT`] it fails (503) rather than answer stale.
+//! Reads stay exact: each reads one snapshot of the views and adds the log's tail after it, up to
+//! the highest sequence number acknowledged when it arrived (`tail`), so no read waits for the
+//! stage. A tail too long to read (the views catching up at start-up) is waited for instead
+//! ([`Views::wait_for`]); past [`BARRIER_TIMEOUT`] the read fails (503) rather than answer stale.
 //!
 //! Concurrency: only the stage writes the views; reads use their own connections (WAL lets them
 //! run beside the stage). Views opened without a path (`memory:`, and PostgreSQL replicas without
@@ -353,15 +353,22 @@ impl Views {
         self.read(log, |conn, edge| Ok((read::counts(conn, edge, since_us, promotion_id)?, edge.applied)))
     }
 
-    /// See [`super::Store::promotions`].
+    /// See [`super::Store::promotions`]: the views' snapshot, plus the facts after it up to
+    /// `up_to`.
     pub fn promotions(
         &self,
         log: &dyn FactLog,
         since_us: i64,
-        limit: i64,
-        offset: i64,
+        (limit, offset): (i64, i64),
+        up_to: i64,
     ) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
-        self.read(log, |conn, edge| read::promotions(conn, edge, since_us, limit, offset))
+        self.read(log, |conn, edge| {
+            let tail = log.facts_in(edge.applied, up_to, None)?;
+            if tail.is_empty() {
+                return read::promotions(conn, edge, since_us, limit, offset);
+            }
+            tail::promotions_page(conn, edge, since_us, (limit, offset), &tail)
+        })
     }
 
     /// See [`super::Store::promotion_stats`]: the views' snapshot, plus the promotion's facts

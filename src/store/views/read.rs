@@ -74,6 +74,9 @@ pub fn counts(conn: &Connection, edge: &Edge, since_us: i64, promotion_id: Optio
     Ok(Counts { total_buys, total_units, recent_buys, recent_units })
 }
 
+/// One promotion's totals in the ranking: (promotion, buys, units, revenue).
+pub type Ranked = (i64, i64, i64, i64);
+
 /// See [`crate::store::Store::promotions`].
 pub fn promotions(
     conn: &Connection,
@@ -82,6 +85,13 @@ pub fn promotions(
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
+    let (page, total) = ranked(conn, limit, offset)?;
+    Ok((with_recent(conn, edge, since_us, page, &Default::default())?, total))
+}
+
+/// One page of promotions ranked by buys (ties by id), without their recent counts, and the
+/// number of promotions.
+pub fn ranked(conn: &Connection, limit: i64, offset: i64) -> Result<(Vec<Ranked>, i64), StoreError> {
     let total: i64 = conn.prepare_cached("SELECT count(*) FROM promotion_totals")?.query_row([], |r| r.get(0))?;
     let mut stmt = conn.prepare_cached(
         "SELECT promotion_id, total_buys, total_units, revenue_cents FROM promotion_totals
@@ -89,7 +99,29 @@ pub fn promotions(
     )?;
     let page = stmt
         .query_map([limit, offset], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<rusqlite::Result<Vec<(i64, i64, i64, i64)>>>()?;
+        .collect::<rusqlite::Result<Vec<Ranked>>>()?;
+    Ok((page, total))
+}
+
+/// The totals of `promotion_id` in the views, if it has any buys there.
+pub fn ranked_one(conn: &Connection, promotion_id: i64) -> Result<Option<Ranked>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT promotion_id, total_buys, total_units, revenue_cents FROM promotion_totals WHERE promotion_id = ?1",
+        )?
+        .query_row([promotion_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?)
+}
+
+/// `page` with each promotion's buys since `since_us`: the views' plus `tail_recent`'s (buys of
+/// the log's tail in the window, by promotion).
+pub fn with_recent(
+    conn: &Connection,
+    edge: &Edge,
+    since_us: i64,
+    page: Vec<Ranked>,
+    tail_recent: &std::collections::HashMap<i64, i64>,
+) -> Result<Vec<PromotionSummary>, StoreError> {
     // The partial second at the window's edge is the same for every promotion: one log query.
     let (second, minute, hour) = window_edges(since_us);
     let edges: std::collections::HashMap<i64, i64> = edge
@@ -102,10 +134,12 @@ pub fn promotions(
     let mut promotions = Vec::with_capacity(page.len());
     for (promotion_id, total_buys, total_units, revenue_cents) in page {
         let whole: i64 = rollups.query_row(params![second, minute, hour, promotion_id], |r| r.get(0))?;
-        let recent_buys = whole + edges.get(&promotion_id).copied().unwrap_or(0);
+        let recent_buys = whole
+            + edges.get(&promotion_id).copied().unwrap_or(0)
+            + tail_recent.get(&promotion_id).copied().unwrap_or(0);
         promotions.push(PromotionSummary { promotion_id, total_buys, total_units, recent_buys, revenue_cents });
     }
-    Ok((promotions, total))
+    Ok(promotions)
 }
 
 /// See [`crate::store::Store::promotion_stats`].

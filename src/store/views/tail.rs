@@ -12,7 +12,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::log::Fact;
 use crate::store::views::deltas::US;
-use crate::store::{Bucket, ProductCount, PromotionStats, StoreError};
+use crate::store::views::read::{self, Edge, Ranked};
+use crate::store::{Bucket, ProductCount, PromotionStats, PromotionSummary, StoreError};
 
 /// How many top products a promotion's stats list.
 const TOP_PRODUCTS: usize = 10;
@@ -100,4 +101,56 @@ pub fn add_to_timeseries(buckets: &mut Vec<Bucket>, granularity_s: i64, from_s: 
         entry.1 += bucket.units;
     }
     *buckets = added.into_iter().map(|(start_s, (buys, units))| Bucket { start_s, buys, units }).collect();
+}
+
+/// One page of the promotions ranking (`limit` from `offset`) over the views' snapshot plus
+/// `tail`, and the number of promotions.
+///
+/// The tail's promotions only gain buys, so every other promotion can only move down the
+/// ranking: one on the page was among the views' first `offset + limit`. The page is found among
+/// those and the tail's own promotions.
+pub fn promotions_page(
+    conn: &Connection,
+    edge: &Edge,
+    since_us: i64,
+    (limit, offset): (i64, i64),
+    tail: &[Fact],
+) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
+    // Per promotion of the tail: buys, units, revenue, buys in the window.
+    let mut gained: BTreeMap<i64, (i64, i64, i64, i64)> = BTreeMap::new();
+    for fact in tail {
+        let units = fact.buy.quantity.get();
+        let g = gained.entry(fact.buy.promotion_id).or_default();
+        g.0 += 1;
+        g.1 += units;
+        g.2 = g.2.saturating_add(fact.buy.unit_price_cents.map_or(0, |p| p.saturating_mul(units)));
+        g.3 += i64::from(fact.timestamp_us >= since_us);
+    }
+    let (mut candidates, mut total) = read::ranked(conn, offset.saturating_add(limit), 0)?;
+    for &promotion in gained.keys() {
+        if !candidates.iter().any(|c| c.0 == promotion) {
+            match read::ranked_one(conn, promotion)? {
+                Some(row) => candidates.push(row),
+                None => {
+                    total += 1;
+                    candidates.push((promotion, 0, 0, 0));
+                }
+            }
+        }
+    }
+    for row in &mut candidates {
+        if let Some(&(buys, units, revenue, _)) = gained.get(&row.0) {
+            row.1 += buys;
+            row.2 += units;
+            row.3 = row.3.saturating_add(revenue);
+        }
+    }
+    candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let page: Vec<Ranked> = candidates
+        .into_iter()
+        .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+        .take(usize::try_from(limit).unwrap_or(0))
+        .collect();
+    let recent = gained.iter().map(|(&p, g)| (p, g.3)).collect();
+    Ok((read::with_recent(conn, edge, since_us, page, &recent)?, total))
 }
