@@ -2,8 +2,9 @@
 # Growth benchmark: how reads, start-up, memory and export behave as the store grows.
 #
 # For each size (default 1000 1000000 10000000 buys) it fills a fresh SQLite store with the bulk
-# loader (bench/load.rs, which commits through the service's own Store::commit in transactions of
-# 8192 buys), starts the real binary on it and measures:
+# loader (bench/load.rs, which commits through the service's own log in transactions of 8192 buys,
+# then builds the views as `buy-tracker rebuild-views` does), starts the real binary on it and
+# measures:
 #   - start-up: exec -> "listening on" log line, and exec -> first 200 from /health (median of
 #     STARTS starts; the last server stays up);
 #   - read latency with wrk (-t1 -c$CONNS -d${SECONDS_PER_RUN}s) of /stats,
@@ -159,7 +160,9 @@ for size in sizes:
     growth = mib(ex["hwm_after_kib"]) - mib(ex["rss_before_kib"])
     summary[size] = dict(health=health, rss=mib(rss["rss_kib"]), hwm=mib(rss["hwm_kib"]), rows=rows, growth=growth)
     print(f"### {title(size)}\n")
-    print(f"- load: {float(load['buys_per_s']):,.0f} buys/s ({load['seconds']} s); store on disk {load['db_mib']} MiB")
+    rebuild = f"; views rebuilt in {load['rebuild_seconds']} s" if "rebuild_seconds" in load else ""
+    print(f"- load: {float(load['buys_per_s']):,.0f} buys/s ({load['seconds']} s){rebuild}; store and views on disk "
+          f"{load['db_mib']} MiB")
     print(f"- start-up, median of {len(st)}: exec -> `listening on` {med(int(f['listen_ms']) for f in st):.0f} ms, "
           f"exec -> first 200 from /health {health:.0f} ms (each start: "
           f"{', '.join(f['listen_ms'] + '/' + f['health_ms'] for f in st)} ms)")

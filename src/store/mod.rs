@@ -339,8 +339,8 @@ pub fn views_path(facts: &std::path::Path) -> PathBuf {
     facts.with_file_name(format!("{stem}.views.db"))
 }
 
-/// The log of facts of the store at `url`.
-fn open_log(url: &StoreUrl) -> Result<std::sync::Arc<dyn log::Log>, OpenError> {
+/// The log of facts of the store at `url`, without views (the bulk loader writes through it).
+pub fn open_log(url: &StoreUrl) -> Result<std::sync::Arc<dyn log::Log>, OpenError> {
     Ok(match url {
         StoreUrl::Sqlite(path) => std::sync::Arc::new(sqlite::SqliteStore::open_file(path)?),
         StoreUrl::Memory => std::sync::Arc::new(sqlite::SqliteStore::open_memory()?),
