@@ -8,7 +8,7 @@
 use rusqlite::Connection;
 
 /// The version of this schema. A views file of another version is dropped and rebuilt.
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
 
 pub const SCHEMA: &str = r#"
 -- The last fact applied, the totals over every fact up to it, and the store they come from.
@@ -30,7 +30,7 @@ CREATE TABLE rollup (
 ) WITHOUT ROWID;
 -- Keyed by bucket first, so the rows a batch updates (the current buckets of every promotion)
 -- sit on a few pages, and old buckets are pruned as a range; reads of one promotion use the
--- index, whose entries never change once a bucket exists.
+-- index below.
 CREATE TABLE promotion_rollup (
     granularity_s INTEGER NOT NULL,
     bucket_s      INTEGER NOT NULL,
@@ -39,7 +39,10 @@ CREATE TABLE promotion_rollup (
     units         INTEGER NOT NULL,
     PRIMARY KEY (granularity_s, bucket_s, promotion_id)
 ) WITHOUT ROWID;
-CREATE INDEX promotion_rollup_by_promotion ON promotion_rollup (promotion_id, granularity_s, bucket_s);
+-- Covering (it holds the counts): a promotion's window reads only the index. Without the counts,
+-- each bucket was a lookup into the table, and at 10 M buys promotion stats took p99 1.68 ms
+-- against 0.81 ms at 1 k. The stage moves an entry when a bucket's counts change.
+CREATE INDEX promotion_rollup_by_promotion ON promotion_rollup (promotion_id, granularity_s, bucket_s, buys, units);
 CREATE TABLE promotion_totals (
     promotion_id  INTEGER PRIMARY KEY,
     total_buys    INTEGER NOT NULL,
