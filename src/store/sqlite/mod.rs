@@ -20,7 +20,7 @@ mod schema;
 use schema::migrate;
 
 use super::pool::Pool;
-use super::{ExportFilter, ExportRow, OpenError, Outcome, StoreError, StoreErrorKind, Submission};
+use super::{ExportFilter, ExportRow, OpenError, Outcome, StoreError, Submission};
 use crate::lock::lock;
 use crate::store::log::{Fact, FactLog, Log, Tail};
 
@@ -75,13 +75,9 @@ struct ReadPool {
 /// only add page caches (each grows to 2 MiB) and contend for the same cores.
 const MAX_READERS: usize = 8;
 
-/// A SQLite failure as a store error: a full disk is told apart, everything else is "unavailable".
+/// A SQLite failure as a store error (see `StoreError`'s `From<rusqlite::Error>`).
 fn unavailable(e: rusqlite::Error) -> StoreError {
-    let kind = match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DiskFull) => StoreErrorKind::DiskFull,
-        _ => StoreErrorKind::Unavailable,
-    };
-    StoreError::new(kind, e)
+    e.into()
 }
 
 impl SqliteStore {

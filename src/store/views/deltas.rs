@@ -69,13 +69,24 @@ pub struct Deltas {
     pub units: i64,
 }
 
+/// The start, in seconds, of the bucket of `granularity_s` seconds that `timestamp_us` falls in.
+pub fn bucket_start(timestamp_us: i64, granularity_s: i64) -> i64 {
+    let second = timestamp_us.div_euclid(US);
+    second - second.rem_euclid(granularity_s)
+}
+
+/// What `buy` adds to its promotion's revenue: quantity × unit price, saturating, so a hostile
+/// price cannot wrap the revenue around (0 without a price).
+pub fn revenue_cents(buy: &Buy) -> i64 {
+    buy.unit_price_cents.map_or(0, |p| p.saturating_mul(buy.quantity.get()))
+}
+
 impl Deltas {
     /// Account for `buy`, stamped `timestamp_us`.
     pub fn add(&mut self, buy: &Buy, timestamp_us: i64) {
         let units = buy.quantity.get();
-        let second = timestamp_us.div_euclid(US);
         for g in GRANULARITIES {
-            let bucket = second - second.rem_euclid(g);
+            let bucket = bucket_start(timestamp_us, g);
             self.rollup.entry((g, bucket)).or_default().add(units);
             self.promotion_rollup.entry((buy.promotion_id, g, bucket)).or_default().add(units);
         }
@@ -87,9 +98,7 @@ impl Deltas {
             last_us: timestamp_us,
         });
         promotion.tally.add(units);
-        // Saturating: a hostile price cannot wrap the revenue around.
-        let revenue = buy.unit_price_cents.map_or(0, |p| p.saturating_mul(units));
-        promotion.revenue_cents = promotion.revenue_cents.saturating_add(revenue);
+        promotion.revenue_cents = promotion.revenue_cents.saturating_add(revenue_cents(buy));
         promotion.first_us = promotion.first_us.min(timestamp_us);
         promotion.last_us = promotion.last_us.max(timestamp_us);
         self.products.entry((buy.promotion_id, buy.product_id)).or_default().add(units);

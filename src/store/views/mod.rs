@@ -364,9 +364,6 @@ impl Views {
     ) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
         self.read(log, |conn, edge| {
             let tail = log.facts_in(edge.applied, up_to, None)?;
-            if tail.is_empty() {
-                return read::promotions(conn, edge, since_us, limit, offset);
-            }
             tail::promotions_page(conn, edge, since_us, (limit, offset), &tail)
         })
     }

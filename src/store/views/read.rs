@@ -77,28 +77,16 @@ pub fn counts(conn: &Connection, edge: &Edge, since_us: i64, promotion_id: Optio
 /// One promotion's totals in the ranking: (promotion, buys, units, revenue).
 pub type Ranked = (i64, i64, i64, i64);
 
-/// See [`crate::store::Store::promotions`].
-pub fn promotions(
-    conn: &Connection,
-    edge: &Edge,
-    since_us: i64,
-    limit: i64,
-    offset: i64,
-) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
-    let (page, total) = ranked(conn, limit, offset)?;
-    Ok((with_recent(conn, edge, since_us, page, &Default::default())?, total))
-}
-
-/// One page of promotions ranked by buys (ties by id), without their recent counts, and the
+/// The first `n` promotions ranked by buys (ties by id), without their recent counts, and the
 /// number of promotions.
-pub fn ranked(conn: &Connection, limit: i64, offset: i64) -> Result<(Vec<Ranked>, i64), StoreError> {
+pub fn ranked(conn: &Connection, n: i64) -> Result<(Vec<Ranked>, i64), StoreError> {
     let total: i64 = conn.prepare_cached("SELECT count(*) FROM promotion_totals")?.query_row([], |r| r.get(0))?;
     let mut stmt = conn.prepare_cached(
         "SELECT promotion_id, total_buys, total_units, revenue_cents FROM promotion_totals
-         ORDER BY total_buys DESC, promotion_id LIMIT ?1 OFFSET ?2",
+         ORDER BY total_buys DESC, promotion_id LIMIT ?1",
     )?;
     let page = stmt
-        .query_map([limit, offset], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .query_map([n], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<rusqlite::Result<Vec<Ranked>>>()?;
     Ok((page, total))
 }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::log::Fact;
-use crate::store::views::deltas::US;
+use crate::store::views::deltas::{bucket_start, revenue_cents};
 use crate::store::views::read::{self, Edge, Ranked};
 use crate::store::{Bucket, ProductCount, PromotionStats, PromotionSummary, StoreError};
 
@@ -38,9 +38,7 @@ pub fn add_to_promotion_stats(
             counts.recent_buys += 1;
             counts.recent_units += units;
         }
-        // Saturating, as the views are: a hostile price cannot wrap the revenue around.
-        let revenue = fact.buy.unit_price_cents.map_or(0, |p| p.saturating_mul(units));
-        stats.revenue_cents = stats.revenue_cents.saturating_add(revenue);
+        stats.revenue_cents = stats.revenue_cents.saturating_add(revenue_cents(&fact.buy));
         stats.first_buy_us = Some(stats.first_buy_us.map_or(fact.timestamp_us, |t| t.min(fact.timestamp_us)));
         stats.last_buy_us = Some(stats.last_buy_us.map_or(fact.timestamp_us, |t| t.max(fact.timestamp_us)));
         users.insert(fact.buy.user_id);
@@ -84,8 +82,7 @@ pub fn add_to_promotion_stats(
 pub fn add_to_timeseries(buckets: &mut Vec<Bucket>, granularity_s: i64, from_s: i64, to_s: i64, tail: &[Fact]) {
     let mut added: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
     for fact in tail {
-        let second = fact.timestamp_us.div_euclid(US);
-        let start = second - second.rem_euclid(granularity_s);
+        let start = bucket_start(fact.timestamp_us, granularity_s);
         if (from_s..=to_s).contains(&start) {
             let bucket = added.entry(start).or_default();
             bucket.0 += 1;
@@ -123,10 +120,10 @@ pub fn promotions_page(
         let g = gained.entry(fact.buy.promotion_id).or_default();
         g.0 += 1;
         g.1 += units;
-        g.2 = g.2.saturating_add(fact.buy.unit_price_cents.map_or(0, |p| p.saturating_mul(units)));
+        g.2 = g.2.saturating_add(revenue_cents(&fact.buy));
         g.3 += i64::from(fact.timestamp_us >= since_us);
     }
-    let (mut candidates, mut total) = read::ranked(conn, offset.saturating_add(limit), 0)?;
+    let (mut candidates, mut total) = read::ranked(conn, offset.saturating_add(limit))?;
     for &promotion in gained.keys() {
         if !candidates.iter().any(|c| c.0 == promotion) {
             match read::ranked_one(conn, promotion)? {
