@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use buy_tracker::domain::{Buy, BuyRecord, Quantity};
 use buy_tracker::request_time::{TIME_HEADERS, TimestampSource};
-use buy_tracker::store::{self, StoreUrl, Submission};
+use buy_tracker::store::{self, Facts, StoreUrl, Submission};
 
 /// Buys per transaction.
 const BATCH: usize = 8192;
@@ -208,7 +208,10 @@ fn main() -> Result<(), String> {
         let size = buys.len() as u64;
         let t = Instant::now();
         store
-            .commit(&[Submission { buys, idempotency: None }], chrono::Utc::now().timestamp_micros())
+            .commit(
+                &[Submission { facts: Facts::Buys(buys), idempotency: None }],
+                chrono::Utc::now().timestamp_micros(),
+            )
             .map_err(|e| format!("commit failed after {loaded} buys: {e}"))?;
         commit_s += t.elapsed().as_secs_f64();
         loaded += size;

@@ -23,7 +23,8 @@ use crate::http::forgery::AllowedOrigins;
 use crate::http::rate_limit::{self, RateLimiter};
 use crate::http::reads::ReadSlots;
 use crate::http::state::{AppState, Shared};
-use crate::http::{buy, events, export, health, metrics, middleware, pages, promotions, root, stats};
+use crate::http::view::{VIEW_BODY_LIMIT, VIEWS_BODY_LIMIT};
+use crate::http::{buy, events, export, health, metrics, middleware, pages, promotions, root, stats, view};
 use crate::server::Timeouts;
 use crate::writer::{Limits, Writer};
 
@@ -123,7 +124,9 @@ impl Application {
 pub fn router(state: AppState, access: Access, limiter: Option<RateLimiter>, cors: Option<CorsLayer>) -> Router {
     let mut writes = Router::new()
         .route("/buy", post(buy::record_buy).layer(DefaultBodyLimit::max(BUY_BODY_LIMIT)))
-        .route("/buys", post(buy::record_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)));
+        .route("/buys", post(buy::record_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)))
+        .route("/view", post(view::record_view).layer(DefaultBodyLimit::max(VIEW_BODY_LIMIT)))
+        .route("/views", post(view::record_views).layer(DefaultBodyLimit::max(VIEWS_BODY_LIMIT)));
     let mut reads = Router::new()
         .route("/stats", get(stats::stats))
         .route("/stats/timeseries", get(stats::timeseries))

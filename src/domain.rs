@@ -184,13 +184,13 @@ pub fn parse_batch(value: &Value) -> Result<Vec<Buy>, Vec<FieldError>> {
 }
 
 /// `loc` extended by one field name.
-fn at(loc: &[Value], name: &str) -> Vec<Value> {
+pub(crate) fn at(loc: &[Value], name: &str) -> Vec<Value> {
     let mut loc = loc.to_vec();
     loc.push(Value::from(name));
     loc
 }
 
-fn required_int(
+pub(crate) fn required_int(
     object: &Map<String, Value>,
     name: &str,
     min: i64,
@@ -206,7 +206,7 @@ fn required_int(
 
 /// A strict JSON integer within signed 64 bits and the given bounds. Strings and floats such as
 /// `"5"` or `5.0` are refused (a deliberate difference from the original, `docs/reference.md` §8).
-fn int_in_range(v: &Value, min: i64, max: Option<i64>, loc: &[Value]) -> Result<i64, FieldError> {
+pub(crate) fn int_in_range(v: &Value, min: i64, max: Option<i64>, loc: &[Value]) -> Result<i64, FieldError> {
     let n = match v {
         Value::Number(n) if n.is_i64() => n.as_i64().unwrap_or_default(),
         Value::Number(n) if n.is_u64() => return Err(FieldError::int_too_large(loc, v)),

@@ -15,6 +15,7 @@ use crate::domain::Buy;
 use crate::field_error::FieldError;
 use crate::http::error::ApiError;
 use crate::lock::lock;
+use crate::page_view::PageView;
 use crate::store::IdempotencyClaim;
 
 /// The header's name.
@@ -51,6 +52,22 @@ pub fn claim(key: String, endpoint: &str, buys: &[Buy]) -> IdempotencyClaim {
             hasher.update(n.to_le_bytes());
         }
         match buy.unit_price_cents {
+            Some(p) => hasher.update([&[1u8][..], &p.to_le_bytes()].concat()),
+            None => hasher.update([0u8]),
+        }
+    }
+    IdempotencyClaim { key, fingerprint: hasher.finalize().into() }
+}
+
+/// The claim for `key` on a request to `endpoint` carrying `views` (as [`claim`] for buys).
+pub fn claim_views(key: String, endpoint: &str, views: &[PageView]) -> IdempotencyClaim {
+    let mut hasher = Sha256::new();
+    hasher.update(endpoint.as_bytes());
+    for view in views {
+        for n in [view.user_id, view.promotion_id] {
+            hasher.update(n.to_le_bytes());
+        }
+        match view.product_id {
             Some(p) => hasher.update([&[1u8][..], &p.to_le_bytes()].concat()),
             None => hasher.update([0u8]),
         }

@@ -32,6 +32,7 @@ pub mod http;
 pub(crate) mod idempotency;
 pub(crate) mod lock;
 pub(crate) mod metrics;
+pub mod page_view;
 pub mod request_time;
 pub(crate) mod server;
 pub mod store;

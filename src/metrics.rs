@@ -18,6 +18,8 @@ pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
 /// Buys committed.
 pub const BUYS_RECORDED: &str = "buy_tracker_buys_recorded_total";
+/// Views recorded (`docs/reference.md` §9).
+pub const VIEWS_RECORDED: &str = "buy_tracker_views_recorded_total";
 /// Time of one group commit.
 pub const COMMIT_DURATION: &str = "buy_tracker_commit_duration_seconds";
 /// Buys per group commit.
@@ -75,6 +77,7 @@ fn describe() {
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by method, route pattern and status");
     metrics::describe_histogram!(HTTP_DURATION, metrics::Unit::Seconds, "HTTP request latency by route pattern");
     metrics::describe_counter!(BUYS_RECORDED, "Buys committed to the store");
+    metrics::describe_counter!(VIEWS_RECORDED, "Page views committed to the store");
     metrics::describe_histogram!(COMMIT_DURATION, metrics::Unit::Seconds, "Duration of one group commit");
     metrics::describe_histogram!(COMMIT_BATCH, "Buys per group commit");
     metrics::describe_gauge!(QUEUE_DEPTH, "Writes waiting for the writer");
@@ -87,6 +90,7 @@ struct WriterMetrics {
     commit_duration: Histogram,
     commit_batch: Histogram,
     buys_recorded: Counter,
+    views_recorded: Counter,
     commit_failures: Counter,
     writes_abandoned: Counter,
     queue_depth: Gauge,
@@ -99,6 +103,7 @@ fn writer_metrics() -> &'static WriterMetrics {
             commit_duration: metrics::histogram!(COMMIT_DURATION),
             commit_batch: metrics::histogram!(COMMIT_BATCH),
             buys_recorded: metrics::counter!(BUYS_RECORDED),
+            views_recorded: metrics::counter!(VIEWS_RECORDED),
             commit_failures: metrics::counter!(COMMIT_FAILURES),
             writes_abandoned: metrics::counter!(WRITES_ABANDONED),
             queue_depth: metrics::gauge!(QUEUE_DEPTH),
@@ -107,13 +112,14 @@ fn writer_metrics() -> &'static WriterMetrics {
     &METRICS
 }
 
-/// Record one finished commit.
-pub fn commit(elapsed: Duration, buys: usize, ok: bool) {
+/// Record one finished commit of `buys` buys and `views` views.
+pub fn commit(elapsed: Duration, (buys, views): (usize, usize), ok: bool) {
     let m = writer_metrics();
     m.commit_duration.record(elapsed.as_secs_f64());
-    m.commit_batch.record(buys as f64);
+    m.commit_batch.record((buys + views) as f64);
     if ok {
         m.buys_recorded.increment(buys as u64);
+        m.views_recorded.increment(views as u64);
     } else {
         m.commit_failures.increment(1);
     }

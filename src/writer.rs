@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::clock::Clock;
-use crate::store::{IDEMPOTENCY_TTL_US, Outcome, Store, StoreError, Submission};
+use crate::store::{Facts, IDEMPOTENCY_TTL_US, Outcome, Store, StoreError, Submission};
 
 /// Upper bound on the buys in one transaction, so a commit's latency stays bounded.
 pub const MAX_BATCH_BUYS: usize = 8_192;
@@ -112,7 +112,7 @@ impl WriterHandle {
         // One deadline for both waits: a request never waits longer than submit_deadline in all.
         let deadline = now + self.limits.submit_deadline;
         // A write holds at most 1,000 buys (the batch limit), far below the queue's room.
-        let buys = u32::try_from(write.buys.len().max(1)).unwrap_or(u32::MAX);
+        let buys = u32::try_from(write.facts.len().max(1)).unwrap_or(u32::MAX);
         let room = self.room.clone().acquire_many_owned(buys);
         let room = tokio::time::timeout_at(deadline.min(now + self.limits.enqueue_timeout), room)
             .await
@@ -212,7 +212,7 @@ fn run(mut rx: mpsc::UnboundedReceiver<Message>, store: &dyn Store, clock: &dyn 
                     if job.reply.is_closed() || Instant::now() >= job.deadline {
                         crate::metrics::write_abandoned();
                     } else {
-                        buys += job.write.buys.len();
+                        buys += job.write.facts.len();
                         jobs.push(job);
                     }
                 }
@@ -240,9 +240,10 @@ fn run(mut rx: mpsc::UnboundedReceiver<Message>, store: &dyn Store, clock: &dyn 
 fn commit_batch(store: &dyn Store, clock: &dyn Clock, jobs: Vec<Job>, buys: usize, batch: u64) {
     let (writes, replies): (Vec<Submission>, Vec<_>) =
         jobs.into_iter().map(|job| (job.write, (job.reply, job.room))).unzip();
+    let views: usize = writes.iter().map(|w| if let Facts::Views(v) = &w.facts { v.len() } else { 0 }).sum();
     let started = Instant::now();
     let result = store.commit(&writes, clock.now_us());
-    crate::metrics::commit(started.elapsed(), buys, result.is_ok());
+    crate::metrics::commit(started.elapsed(), (buys - views, views), result.is_ok());
     match result {
         Ok(outcomes) => {
             for ((reply, _room), outcome) in replies.into_iter().zip(outcomes) {
@@ -329,7 +330,7 @@ mod tests {
 
     fn buys(n: usize) -> Submission {
         Submission {
-            buys: (0..n).map(|i| BuyRecord::example(i as i64, 1_750_000_000_000_000)).collect(),
+            facts: Facts::Buys((0..n).map(|i| BuyRecord::example(i as i64, 1_750_000_000_000_000)).collect()),
             idempotency: None,
         }
     }

@@ -19,7 +19,7 @@ use crate::domain::{Buy, BuyRecord, parse_batch_json};
 use crate::http::error::ApiError;
 use crate::idempotency;
 use crate::request_time;
-use crate::store::{Outcome, Submission};
+use crate::store::{Facts, Outcome, Submission};
 
 /// Largest `POST /buy` body (`docs/reference.md` §6).
 pub const BUY_BODY_LIMIT: usize = 16 * 1024;
@@ -125,7 +125,7 @@ pub async fn record_batch(
     Ok(with_replay_header(Json(response).into_response(), answer.replayed))
 }
 
-fn with_replay_header(mut response: Response, replayed: bool) -> Response {
+pub(super) fn with_replay_header(mut response: Response, replayed: bool) -> Response {
     if replayed {
         response.headers_mut().insert(idempotency::REPLAYED_HEADER, HeaderValue::from_static("true"));
     }
@@ -137,13 +137,27 @@ fn with_replay_header(mut response: Response, replayed: bool) -> Response {
 const IP_TEXT_CAPACITY: usize = 45;
 
 /// What a recorded (or replayed) write is answered with.
-struct Recorded {
-    /// The sequence number of its last buy.
-    last_seq: i64,
-    /// How many buys it holds.
-    recorded: usize,
+pub(super) struct Recorded {
+    /// The sequence number of its last fact.
+    pub last_seq: i64,
+    /// How many facts it holds.
+    pub recorded: usize,
     /// Whether this is the replay of an earlier request with the same Idempotency-Key.
-    replayed: bool,
+    pub replayed: bool,
+}
+
+/// Where and when a write came from: what each of its facts is stamped with.
+pub(super) struct Stamp {
+    /// Client IP as text.
+    pub ip_address: String,
+    /// Request generation time, microseconds.
+    pub timestamp_us: i64,
+    /// Server receive time, microseconds.
+    pub received_at_us: i64,
+    /// Where the generation time came from.
+    pub timestamp_source: crate::request_time::TimestampSource,
+    /// The request's Idempotency-Key.
+    pub key: Option<String>,
 }
 
 /// Stamp `buys` with the request's time, client IP and key, and commit them as one write.
@@ -156,6 +170,35 @@ async fn record(
     endpoint: &str,
     buys: Vec<Buy>,
 ) -> Result<Recorded, ApiError> {
+    let claim = |key: String, buys: &Vec<Buy>| idempotency::claim(key, endpoint, buys);
+    let facts = |buys: Vec<Buy>, stamp: Stamp| {
+        // `repeat_n` moves the IP into the last record instead of cloning it (one buy: no copy).
+        let records = std::iter::repeat_n(stamp.ip_address, buys.len())
+            .zip(buys)
+            .map(|(ip_address, buy)| BuyRecord {
+                buy,
+                ip_address,
+                timestamp_us: stamp.timestamp_us,
+                received_at_us: stamp.received_at_us,
+                timestamp_source: stamp.timestamp_source,
+                idempotency_key: stamp.key.clone(),
+            })
+            .collect();
+        Facts::Buys(records)
+    };
+    record_stamped(state, peer, headers, buys, claim, facts).await
+}
+
+/// Commit one write of `parsed`: read its key (`claim` fingerprints the request), stamp it with
+/// the request's time and client IP, make its facts with `facts`, and wait for the commit.
+pub(super) async fn record_stamped<T>(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    parsed: T,
+    claim: impl FnOnce(String, &T) -> crate::store::IdempotencyClaim,
+    facts: impl FnOnce(T, Stamp) -> Facts,
+) -> Result<Recorded, ApiError> {
     let key = idempotency::key_from(&headers)?;
     // Held until the answer is sent, so a concurrent retry with the same key gets 409.
     let _in_flight = key.as_deref().map(|k| state.in_flight.enter(k)).transpose()?;
@@ -164,21 +207,16 @@ async fn record(
     let mut ip = String::with_capacity(IP_TEXT_CAPACITY);
     let _ = write!(ip, "{}", client_ip(peer.ip(), &headers, &state.trusted_proxies));
     drop(headers);
-    let claim = key.clone().map(|k| idempotency::claim(k, endpoint, &buys));
-    // `repeat_n` moves `ip` into the last record instead of cloning it (one buy: no copy).
-    let records = std::iter::repeat_n(ip, buys.len())
-        .zip(buys)
-        .map(|(ip_address, buy)| BuyRecord {
-            buy,
-            ip_address,
-            timestamp_us: time.at.timestamp_micros(),
-            received_at_us: now.timestamp_micros(),
-            timestamp_source: time.source,
-            idempotency_key: key.clone(),
-        })
-        .collect();
+    let claim = key.clone().map(|key| claim(key, &parsed));
+    let stamp = Stamp {
+        ip_address: ip,
+        timestamp_us: time.at.timestamp_micros(),
+        received_at_us: now.timestamp_micros(),
+        timestamp_source: time.source,
+        key,
+    };
     // Every submit error means "not acknowledged": nothing, or nothing known, was committed.
-    match state.writer.submit(Submission { buys: records, idempotency: claim }).await? {
+    match state.writer.submit(Submission { facts: facts(parsed, stamp), idempotency: claim }).await? {
         Outcome::Recorded { last_seq, recorded } => Ok(Recorded { last_seq, recorded, replayed: false }),
         Outcome::Replayed { last_seq, recorded } => Ok(Recorded { last_seq, recorded, replayed: true }),
         Outcome::KeyMismatch => Err(ApiError::IdempotencyMismatch),

@@ -22,3 +22,4 @@ pub(crate) mod reads;
 pub(crate) mod root;
 pub(crate) mod state;
 pub(crate) mod stats;
+pub(crate) mod view;

@@ -60,6 +60,16 @@ pub struct PromotionStatsResponse {
     timeframe_hours: f64,
     /// Top 10 products by units, ties by product_id.
     top_products: Vec<TopProduct>,
+    /// Every view of the promotion.
+    views: i64,
+    /// Distinct users among its viewers (exact).
+    unique_viewers: i64,
+    /// Distinct users who both viewed and bought in it, in either order (exact).
+    converted_viewers: i64,
+    /// converted_viewers / unique_viewers; null with no viewers.
+    conversion_rate: Option<f64>,
+    /// Views within the window (the same edge as n_recent_buys).
+    recent_views: i64,
 }
 
 /// Promotions ranked by buys.
@@ -139,5 +149,10 @@ pub async fn stats(
             .into_iter()
             .map(|p| TopProduct { product_id: p.product_id, buys: p.buys, units: p.units })
             .collect(),
+        views: s.views,
+        unique_viewers: s.unique_viewers,
+        converted_viewers: s.converted_viewers,
+        conversion_rate: (s.unique_viewers > 0).then(|| s.converted_viewers as f64 / s.unique_viewers as f64),
+        recent_views: s.recent_views,
     }))
 }

@@ -10,6 +10,8 @@ use serde_json::{Map, Value, json};
 pub const ENDPOINTS: &[(&str, &str)] = &[
     ("POST /buy", "Record one buy (durable before the answer)"),
     ("POST /buys", "Record 1 to 1000 buys atomically"),
+    ("POST /view", "Record one page view (JSON or text/plain, for navigator.sendBeacon)"),
+    ("POST /views", "Record 1 to 1000 page views atomically"),
     ("GET /stats", "Total buys and buys in the last timeframe_hours (0.1 to 168, default 1); optional promotion_id"),
     ("GET /stats/timeseries", "Buys and units per minute or hour over timeframe_hours"),
     ("GET /promotions", "Promotions ranked by buys (limit, offset, timeframe_hours)"),

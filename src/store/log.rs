@@ -1,11 +1,12 @@
 //! The log of facts: what the acknowledgement path writes, and what every view is computed from.
 //!
-//! A store's log commits facts (buys), their sequence numbers and idempotency keys, and nothing
+//! A store's log commits facts (buys, page views), their sequence numbers and idempotency keys, and nothing
 //! else, so a 200 waits only for that. Views read the log in sequence order ([`FactLog::facts_after`])
 //! and apply it off the acknowledgement path. Sequence numbers have no gaps and facts become
 //! visible in sequence order, so "every fact up to n" is a complete, well-defined prefix.
 
 use crate::domain::Buy;
+use crate::page_view::PageView;
 use crate::store::{ExportFilter, ExportRow, Outcome, StoreError, Submission};
 
 /// A recorded buy as the views see it: its sequence number and what analytics read of it.
@@ -17,6 +18,34 @@ pub struct Fact {
     pub buy: Buy,
     /// Request generation time, microseconds since the Unix epoch.
     pub timestamp_us: i64,
+}
+
+/// A recorded page view as the views see it: its number among views and what analytics read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewFact {
+    /// The view's sequence number (among views).
+    pub seq: i64,
+    /// The view.
+    pub view: PageView,
+    /// Request generation time, microseconds since the Unix epoch.
+    pub timestamp_us: i64,
+}
+
+/// A place in the log: the last number of each kind of fact (each kind is numbered on its own,
+/// so "every fact up to here" is one prefix of each).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    /// The last buy number.
+    pub buys: i64,
+    /// The last view number.
+    pub views: i64,
+}
+
+impl Position {
+    /// Whether every fact up to `other` is included here.
+    pub fn covers(&self, other: Position) -> bool {
+        self.buys >= other.buys && self.views >= other.views
+    }
 }
 
 /// What [`FactLog::tail`] counts.
@@ -65,6 +94,25 @@ pub trait FactLog: Send + Sync + 'static {
     /// to views applied up to `after`, this counts every committed fact without waiting for the
     /// views. One snapshot: the last number is read with the facts.
     fn tail(&self, after: i64, since_us: i64, promotion_id: Option<i64>) -> Result<Tail, StoreError>;
+
+    /// The highest view number committed.
+    fn last_view_seq(&self) -> Result<i64, StoreError>;
+
+    /// The last number committed of each kind of fact.
+    fn position(&self) -> Result<Position, StoreError> {
+        Ok(Position { buys: self.last_seq()?, views: self.last_view_seq()? })
+    }
+
+    /// Up to `limit` page views numbered after `after`, in sequence order.
+    fn views_after(&self, after: i64, limit: usize) -> Result<Vec<ViewFact>, StoreError>;
+
+    /// The page views numbered in `after + 1 ..= up_to`, over all or one promotion, in order.
+    fn views_in(&self, after: i64, up_to: i64, promotion_id: Option<i64>) -> Result<Vec<ViewFact>, StoreError>;
+
+    /// Views numbered up to `up_to` with a timestamp in `from_us..to_us` (at most a second: the
+    /// partial second at a window's edge), over all or one promotion.
+    fn views_between(&self, from_us: i64, to_us: i64, promotion_id: Option<i64>, up_to: i64)
+    -> Result<i64, StoreError>;
 
     /// As [`FactLog::between`], for every promotion at once: `(promotion, buys, units)` of the
     /// promotions with buys in the range.

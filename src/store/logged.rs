@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::log::{FactLog, Log};
+use super::log::{FactLog, Log, Position};
 use super::views::{BARRIER_TIMEOUT, Views};
 use super::{
     Bucket, Counts, ExportFilter, ExportRow, Outcome, PromotionStats, PromotionSummary, Store, StoreError, Submission,
@@ -34,7 +34,7 @@ impl LoggedStore {
         let what = |e: StoreError| super::OpenError::new("the views", e);
         // On a thread of its own: this may be called on an async worker, where a blocking store
         // (PostgreSQL's client drives a runtime of its own) must not run.
-        let adopted = std::thread::scope(|scope| scope.spawn(|| views.adopt(&log.store_id()?, log.last_seq()?)).join());
+        let adopted = std::thread::scope(|scope| scope.spawn(|| views.adopt(&log.store_id()?, log.position()?)).join());
         let foreign = adopted.map_err(|_| super::OpenError::new("the views", "the checking thread panicked"))?;
         if foreign.map_err(what)? {
             tracing::warn!("the views were built from another store, or are ahead of its log: they are rebuilt");
@@ -48,9 +48,10 @@ impl LoggedStore {
     /// The last fact committed when this was called: a read adds the facts after the views'
     /// snapshot up to it. A long tail (the views catching up at start-up) is not read from the
     /// log: this waits for the views instead.
-    fn tail_end(&self) -> Result<i64, StoreError> {
-        let target = self.log.last_seq()?;
-        if target - self.views.applied() > TAIL_MAX {
+    fn tail_end(&self) -> Result<Position, StoreError> {
+        let target = self.log.position()?;
+        let applied = self.views.applied();
+        if target.buys - applied.buys > TAIL_MAX || target.views - applied.views > TAIL_MAX {
             self.views.wait_for(target, BARRIER_TIMEOUT)?;
         }
         Ok(target)
@@ -59,8 +60,8 @@ impl LoggedStore {
     /// Wait until the views include every fact committed when this was called (tests: reads
     /// need not, they add the tail).
     #[cfg(test)]
-    fn barrier(&self) -> Result<(), StoreError> {
-        self.views.wait_for(self.log.last_seq()?, BARRIER_TIMEOUT)
+    pub(crate) fn barrier(&self) -> Result<(), StoreError> {
+        self.views.wait_for(self.log.position()?, BARRIER_TIMEOUT)
     }
 }
 
@@ -143,6 +144,8 @@ mod tests {
 
     use super::*;
     use crate::domain::BuyRecord;
+    use crate::page_view::PageViewRecord;
+    use crate::store::Facts;
     use crate::store::sqlite::SqliteStore;
     use crate::store::views::deltas::US;
 
@@ -156,7 +159,7 @@ mod tests {
     }
 
     fn one(i: i64) -> Submission {
-        Submission { buys: vec![BuyRecord::example(i, 1_750_000_000_000_000 + i)], idempotency: None }
+        Submission { facts: Facts::Buys(vec![BuyRecord::example(i, 1_750_000_000_000_000 + i)]), idempotency: None }
     }
 
     /// A read right after a commit includes it: the barrier waits for the view stage. (Without
@@ -189,7 +192,7 @@ mod tests {
             stage.join().unwrap();
         }
         store.commit(&(11..=15).map(one).collect::<Vec<_>>(), 0).unwrap();
-        assert!(store.views.applied() <= 10, "the stage is stopped");
+        assert!(store.views.applied().buys <= 10, "the stage is stopped");
         let counts = store.counts(0, None).unwrap();
         assert_eq!((counts.total_buys, counts.recent_buys), (15, 15));
         assert_eq!(store.counts(0, Some(4)).unwrap().total_buys, 2, "buys 4 and 11 of promotion 4");
@@ -252,7 +255,7 @@ mod tests {
         let base = 1_750_000_000 * US;
         let stamps: Vec<i64> = (0..400).map(|i| base + i * 37_123_457 % (5 * 3600 * US) + i).collect();
         let writes: Vec<Submission> =
-            stamps.iter().map(|&t| Submission { buys: vec![record(t, 2)], idempotency: None }).collect();
+            stamps.iter().map(|&t| Submission { facts: Facts::Buys(vec![record(t, 2)]), idempotency: None }).collect();
         store.commit(&writes, base).unwrap();
         let mut cutoffs: Vec<i64> = stamps.iter().flat_map(|&t| [t - 1, t, t + 1]).collect();
         cutoffs.extend([base - 1, base + 3600 * US, base + 60 * US, base + 10 * 3600 * US]);
@@ -283,7 +286,7 @@ mod tests {
             let writes: Vec<Submission> = chunk
                 .iter()
                 .enumerate()
-                .map(|(j, &t)| Submission { buys: vec![buy(i * 100 + j, t)], idempotency: None })
+                .map(|(j, &t)| Submission { facts: Facts::Buys(vec![buy(i * 100 + j, t)]), idempotency: None })
                 .collect();
             pruned.commit(&writes, now).unwrap();
             kept.commit(&writes, now).unwrap();
@@ -316,7 +319,9 @@ mod tests {
             let (store, writing) = (store.clone(), writing.clone());
             std::thread::spawn(move || {
                 while writing.load(Ordering::Relaxed) {
-                    store.commit(&[Submission { buys: vec![record(now, 1)], idempotency: None }], now).unwrap();
+                    store
+                        .commit(&[Submission { facts: Facts::Buys(vec![record(now, 1)]), idempotency: None }], now)
+                        .unwrap();
                 }
             })
         };
@@ -326,6 +331,14 @@ mod tests {
         }
         writing.store(false, Ordering::Relaxed);
         writer.join().unwrap();
+    }
+
+    /// Views, unique and converted viewers and recent views equal a recount from the facts.
+    #[test]
+    fn the_funnel_matches_a_recount() {
+        let store = memory();
+        let settle = || store.barrier().unwrap();
+        crate::store::assert_funnel_matches_a_recount(&[&store], &settle, 1_750_000_000 * US);
     }
 
     /// Promotion stats, timeseries and the promotions page add the facts the views have not
@@ -341,24 +354,34 @@ mod tests {
         let buy = |i: i64, product: i64, at: i64| {
             let mut record = BuyRecord::test(i % 23, i % 3, product, 1 + i % 4, (i % 5 != 0).then_some(100 + i), at);
             record.buy.user_id = i % 23;
-            Submission { buys: vec![record], idempotency: None }
+            Submission { facts: Facts::Buys(vec![record]), idempotency: None }
         };
-        let applied: Vec<Submission> = (0..400).map(|i| buy(i, i % 15, base + i * 7_000_000)).collect();
+        let view = |i: i64, promotion: i64, at: i64| Submission {
+            facts: Facts::Views(vec![PageViewRecord::test(i % 29, promotion, at)]),
+            idempotency: None,
+        };
+        // Views are committed in the same transactions as buys, interleaved.
+        let applied: Vec<Submission> = (0..400)
+            .flat_map(|i| [buy(i, i % 15, base + i * 7_000_000), view(i * 5, i % 3, base + i * 6_000_000)])
+            .collect();
         // The tail: products 20 to 22 are new to promotion 0 and 21 enters its top ten; some buys
         // are late.
         let tail: Vec<Submission> = (400..520)
-            .map(|i| {
+            .flat_map(|i| {
                 let mut write = buy(i * 3, if i % 2 == 0 { 14 } else { 20 + i % 3 }, base + (i % 7) * 900_000_000 + i);
                 // Promotion 3 is new; promotion 2 gains enough to pass promotion 1.
-                write.buys[0].buy.promotion_id = [0, 0, 3, 2, 2, 2][i as usize % 6];
-                write
+                write.buys_mut()[0].buy.promotion_id = [0, 0, 3, 2, 2, 2][i as usize % 6];
+                // Viewers who bought before, viewers who buy in the tail, and promotion 4, which
+                // has views only.
+                let promotion = [0, 1, 2, 3, 4, 4][i as usize % 6];
+                [write, view(i * 7, promotion, base + (i % 5) * 800_000_000 + i)]
             })
             .collect();
         let windows = [0, base, base + 1_000 * US, base + 2_800 * US + 1];
         let series = (base / US - 7200, base / US + 7200);
         let answers = |store: &LoggedStore| {
             let mut all = Vec::new();
-            for p in 0..4 {
+            for p in 0..5 {
                 for &since in &windows {
                     all.push(format!("{:?}", store.promotion_stats(p, since).unwrap()));
                 }
@@ -385,17 +408,19 @@ mod tests {
                 stage.join().unwrap();
             }
             store.commit(&tail, base).unwrap();
-            assert_eq!(store.views.applied(), 400, "the stage is stopped: 120 facts are the tail");
+            assert_eq!(store.views.applied(), Position { buys: 400, views: 400 }, "the stage is stopped");
             answers(&store)
         };
         let store =
             LoggedStore::start(Arc::new(SqliteStore::open_file(&path).unwrap()), Views::open(None).unwrap()).unwrap();
         store.barrier().unwrap();
-        assert_eq!(store.views.applied(), 520);
+        assert_eq!(store.views.applied(), Position { buys: 520, views: 520 });
         assert_eq!(with_tail, answers(&store));
+        let funnel = store.promotion_stats(4, 0).unwrap();
+        assert_eq!((funnel.views, funnel.counts.total_buys), (40, 0), "promotion 4 has views only");
         let top = store.promotion_stats(0, 0).unwrap().top_products;
         assert!(top.iter().any(|p| p.product_id == 21), "new product 21 entered the top ten: {top:?}");
         let ranking: Vec<i64> = store.promotions(0, 10, 0).unwrap().0.iter().map(|p| p.promotion_id).collect();
-        assert_eq!(ranking, [2, 0, 1, 3], "promotion 2 passed the others, and 3 is new");
+        assert_eq!(ranking, [2, 0, 1, 3, 4], "promotion 2 passed the others, 3 is new, 4 has views only");
     }
 }

@@ -14,6 +14,7 @@ pub(crate) mod views;
 use std::path::PathBuf;
 
 use crate::domain::BuyRecord;
+use crate::page_view::PageViewRecord;
 
 /// Where the data lives, parsed from `--database-url` (`docs/reference.md` §1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,19 +141,54 @@ pub struct IdempotencyClaim {
     pub fingerprint: [u8; 32],
 }
 
-/// One request's worth of buys, to be recorded atomically (all or none).
+/// The facts of one write, all of one kind: each kind has its own sequence numbers.
+#[derive(Debug, Clone)]
+pub enum Facts {
+    /// Buys, in request order (numbered among buys).
+    Buys(Vec<BuyRecord>),
+    /// Page views, in request order (numbered among views).
+    Views(Vec<PageViewRecord>),
+}
+
+impl Facts {
+    /// How many facts.
+    pub fn len(&self) -> usize {
+        match self {
+            Facts::Buys(buys) => buys.len(),
+            Facts::Views(views) => views.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One request's worth of facts, to be recorded atomically (all or none).
 #[derive(Debug, Clone)]
 pub struct Submission {
-    /// The buys, in request order.
-    pub buys: Vec<BuyRecord>,
+    /// The facts, in request order.
+    pub facts: Facts,
     /// The key this write claims, if the request carried one.
     pub idempotency: Option<IdempotencyClaim>,
+}
+
+#[cfg(test)]
+impl Submission {
+    /// The buys of a write of buys (tests).
+    pub(crate) fn buys_mut(&mut self) -> &mut Vec<BuyRecord> {
+        match &mut self.facts {
+            Facts::Buys(buys) => buys,
+            Facts::Views(_) => panic!("a write of views, not buys"),
+        }
+    }
 }
 
 /// What happened to one [`Submission`] inside a committed transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Recorded; `last_seq` is the sequence number of its last buy.
+    /// Recorded; `last_seq` is the sequence number of its last fact (among facts of its kind).
     Recorded { last_seq: i64, recorded: usize },
     /// The key was already used with the same request within 24 hours: nothing recorded, here
     /// is what the first request was answered.
@@ -225,6 +261,14 @@ pub struct PromotionStats {
     pub last_buy_us: Option<i64>,
     /// Top 10 products by units (ties by product id).
     pub top_products: Vec<ProductCount>,
+    /// Page views of the promotion.
+    pub views: i64,
+    /// Distinct users among them (exact).
+    pub unique_viewers: i64,
+    /// Distinct users who both viewed and bought in the promotion, in either order (exact).
+    pub converted_viewers: i64,
+    /// Views whose timestamp is at or after the cutoff asked for.
+    pub recent_views: i64,
 }
 
 /// Buys and units in one time bucket.
@@ -387,7 +431,7 @@ pub fn rebuild_views(url: &StoreUrl, given: Option<&std::path::Path>) -> Result<
     let built = std::thread::scope(|scope| {
         scope
             .spawn(|| -> Result<usize, StoreError> {
-                fresh.adopt(&log.store_id()?, log.last_seq()?)?;
+                fresh.adopt(&log.store_id()?, log.position()?)?;
                 let applied = fresh.catch_up(&*log)?;
                 fresh.finish_rebuild()?;
                 Ok(applied)
@@ -457,6 +501,92 @@ pub(crate) fn assert_pruning_changes_no_answer(
     let since: Vec<i64> = (0..=168).map(|h| now_us - hours(h)).chain(edges).chain(cutoffs.iter().copied()).collect();
     let (from, to) = ((now_us - hours(168)) / US / 60 * 60, now_us / US / 60 * 60);
     assert_same_answers(pruned, kept, &since, &[0, 1, 2], (from, to), (0, to));
+}
+
+/// Commit a generated history of buys and views through `stores` in turn (replicas of one log,
+/// or one store), with late and out-of-order timestamps and views before and after buys, and
+/// after every few commits require each store's funnel fields of every promotion to equal a
+/// recount from the facts committed so far. Every other check first calls `settle`, which should
+/// let the views apply everything (so both the views and the log's tail are checked).
+#[cfg(test)]
+pub(crate) fn assert_funnel_matches_a_recount(stores: &[&dyn Store], settle: &dyn Fn(), now_us: i64) {
+    use std::collections::BTreeSet;
+
+    use crate::page_view::PageViewRecord;
+    use views::deltas::US;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self, n: u64) -> i64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n) as i64
+        }
+        /// Most facts within the last two hours, some late (up to a day old).
+        fn at(&mut self, now_us: i64) -> i64 {
+            let late = if self.next(5) == 0 { self.next(86_400) * 1_000_000 } else { 0 };
+            now_us - self.next(7_200) * 1_000_000 - self.next(1_000_000) - late
+        }
+    }
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    // (user, promotion, timestamp) of every fact committed.
+    let mut buys: Vec<(i64, i64, i64)> = Vec::new();
+    let mut views: Vec<(i64, i64, i64)> = Vec::new();
+    for round in 0..40 {
+        let mut writes = Vec::new();
+        for _ in 0..1 + rng.next(6) {
+            let n = 1 + rng.next(4);
+            let (user, promotion) = (rng.next(30), rng.next(4));
+            if rng.next(2) == 0 {
+                let records: Vec<_> = (0..n)
+                    .map(|k| {
+                        let t = rng.at(now_us);
+                        buys.push((user + k, promotion, t));
+                        BuyRecord::test(user + k, promotion, 1, 1, None, t)
+                    })
+                    .collect();
+                writes.push(Submission { facts: Facts::Buys(records), idempotency: None });
+            } else {
+                let records: Vec<_> = (0..n)
+                    .map(|k| {
+                        let t = rng.at(now_us);
+                        views.push((user + k, promotion, t));
+                        PageViewRecord::test(user + k, promotion, t)
+                    })
+                    .collect();
+                writes.push(Submission { facts: Facts::Views(records), idempotency: None });
+            }
+        }
+        stores[round % stores.len()].commit(&writes, now_us).unwrap();
+        if round % 5 != 4 {
+            continue;
+        }
+        if round % 10 == 9 {
+            settle();
+        }
+        for p in 0..5 {
+            let users = |facts: &[(i64, i64, i64)]| -> BTreeSet<i64> {
+                facts.iter().filter(|f| f.1 == p).map(|f| f.0).collect()
+            };
+            let (buyers, viewers) = (users(&buys), users(&views));
+            for since in [0, now_us - 3_600 * US, now_us - 1_800 * US + 1] {
+                let expected = (
+                    views.iter().filter(|v| v.1 == p).count() as i64,
+                    viewers.len() as i64,
+                    viewers.intersection(&buyers).count() as i64,
+                    views.iter().filter(|v| v.1 == p && v.2 >= since).count() as i64,
+                    buyers.len() as i64,
+                );
+                for store in stores {
+                    let s = store.promotion_stats(p, since).unwrap();
+                    let got = (s.views, s.unique_viewers, s.converted_viewers, s.recent_views, s.unique_buyers);
+                    assert_eq!(got, expected, "round {round}, promotion {p}, since {since}");
+                }
+            }
+        }
+    }
+    assert!(views.len() > 100 && buys.len() > 100, "{} views, {} buys", views.len(), buys.len());
 }
 
 #[cfg(test)]

@@ -86,7 +86,8 @@ async fn promotion_stats_on_known_data(kind: StoreKind) {
         empty,
         json!({"promotion_id": 12345, "total_buys": 0, "total_units": 0, "revenue_cents": 0, "unique_buyers": 0,
                "n_recent_buys": 0, "recent_units": 0, "first_buy_at": null, "last_buy_at": null,
-               "timeframe_hours": 1.0, "top_products": []})
+               "timeframe_hours": 1.0, "top_products": [], "views": 0, "unique_viewers": 0,
+               "converted_viewers": 0, "conversion_rate": null, "recent_views": 0})
     );
     assert_eq!(app.get("/promotions/abc/stats").await.status(), 422);
     assert_eq!(app.get("/promotions/7/stats?timeframe_hours=200").await.status(), 422);

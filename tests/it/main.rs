@@ -19,3 +19,4 @@ mod properties;
 mod proxy;
 mod replicas;
 mod schemathesis;
+mod views;

@@ -64,7 +64,8 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{describe, is_broken, is_retryable};
 use crate::domain::BuyRecord;
-use crate::store::{IDEMPOTENCY_TTL_US, Outcome, Submission};
+use crate::page_view::PageViewRecord;
+use crate::store::{Facts, IDEMPOTENCY_TTL_US, Outcome, Submission};
 
 /// Longest a commit may wait for PostgreSQL's answers before it is abandoned as unknown. This
 /// also covers a server that accepts data but never answers (a frozen process), which neither
@@ -114,13 +115,34 @@ const NUMBER_BUYS: &str = "
         WHERE idempotency.key = f.key)
     SELECT total FROM taken";
 
+/// As [`NUMBER_BUYS`], for page views and their own counter: view number `r` (1-based in the
+/// batch of $1) gets `total - $1 + r`; a key ($11) whose write's last view is `rel_last` ($12)
+/// gets `total - $1 + rel_last`. In a batch with both, the buys' counter is always taken first,
+/// so replicas take the two rows in one order and never deadlock.
+const NUMBER_VIEWS: &str = "
+    WITH taken AS (UPDATE view_counter SET total = total + $1 WHERE id = 1 RETURNING total),
+    inserted AS (
+        INSERT INTO views (view_count, user_id, promotion_id, product_id, ip_address, timestamp_us,
+                           received_at_us, timestamp_source, idempotency_key)
+        SELECT t.total - $1 + v.r, v.user_id, v.promotion_id, v.product_id, v.ip, v.stamp, v.received, v.source, v.key
+        FROM taken AS t,
+             UNNEST(CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]), CAST($5 AS BIGINT[]),
+                    CAST($6 AS TEXT[]), CAST($7 AS BIGINT[]), CAST($8 AS BIGINT[]), CAST($9 AS TEXT[]),
+                    CAST($10 AS TEXT[]))
+                 AS v (r, user_id, promotion_id, product_id, ip, stamp, received, source, key)),
+    filled AS (
+        UPDATE idempotency SET last_seq = t.total - $1 + f.rel_last
+        FROM taken AS t, UNNEST(CAST($11 AS TEXT[]), CAST($12 AS BIGINT[])) AS f (key, rel_last)
+        WHERE idempotency.key = f.key)
+    SELECT total FROM taken";
+
 /// Deletes one chunk of expired keys.
 const PRUNE_KEYS: &str = "
     DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency WHERE created_at_us < $1 LIMIT $2)";
 
 /// Every statement of the write path, prepared once per connection.
-fn write_statements() -> [&'static str; 5] {
-    [DELETE_EXPIRED_KEYS, CLAIM_KEYS, FIND_KEYS, NUMBER_BUYS, PRUNE_KEYS]
+fn write_statements() -> [&'static str; 6] {
+    [DELETE_EXPIRED_KEYS, CLAIM_KEYS, FIND_KEYS, NUMBER_BUYS, NUMBER_VIEWS, PRUNE_KEYS]
 }
 
 /// Why a commit (or a prune) did not succeed, and what may follow.
@@ -331,13 +353,20 @@ enum KeyState<'a> {
     /// Claimed by this transaction, for the first write of the batch carrying it.
     Claimed,
     /// Recorded by an earlier write of this batch.
-    Used { fingerprint: &'a [u8; 32], rel_last: i64, recorded: usize },
+    Used { fingerprint: &'a [u8; 32], kind: Kind, rel_last: i64, recorded: usize },
 }
 
-/// An outcome whose sequence numbers are relative to the block not yet taken.
+/// Which counter numbers a write's facts.
+#[derive(Clone, Copy)]
+enum Kind {
+    Buys = 0,
+    Views = 1,
+}
+
+/// An outcome whose sequence numbers are relative to the block (of its kind) not yet taken.
 enum Pending {
-    Recorded { rel_last: i64, recorded: usize },
-    Replayed { rel_last: i64, recorded: usize },
+    Recorded { kind: Kind, rel_last: i64, recorded: usize },
+    Replayed { kind: Kind, rel_last: i64, recorded: usize },
     Final(Outcome),
 }
 
@@ -355,12 +384,18 @@ async fn run_transaction(
         keys = claim_keys(client, st, writes, now_us).await?;
     }
 
-    // Decide every outcome, numbering recorded buys 1, 2, … within the batch.
-    let mut rel = 0i64;
+    // Decide every outcome, numbering recorded buys (and views) 1, 2, … within the batch.
+    let mut rel = [0i64; 2];
     let mut pending = Vec::with_capacity(writes.len());
     let mut recorded = Vec::new();
-    let mut filled: Vec<(&str, i64)> = Vec::new();
+    let mut recorded_views = Vec::new();
+    let mut filled: [Vec<(&str, i64)>; 2] = [Vec::new(), Vec::new()];
     for write in writes {
+        let kind = match write.facts {
+            Facts::Buys(_) => Kind::Buys,
+            Facts::Views(_) => Kind::Views,
+        };
+        let n = write.facts.len();
         if let Some(claim) = &write.idempotency {
             match keys.get_mut(claim.key.as_str()) {
                 Some(KeyState::Stored { fingerprint, last_seq, recorded }) => {
@@ -371,18 +406,18 @@ async fn run_transaction(
                     }));
                     continue;
                 }
-                Some(KeyState::Used { fingerprint, rel_last, recorded }) => {
+                Some(KeyState::Used { fingerprint, kind, rel_last, recorded }) => {
                     pending.push(if **fingerprint == claim.fingerprint {
-                        Pending::Replayed { rel_last: *rel_last, recorded: *recorded }
+                        Pending::Replayed { kind: *kind, rel_last: *rel_last, recorded: *recorded }
                     } else {
                         Pending::Final(Outcome::KeyMismatch)
                     });
                     continue;
                 }
                 Some(state @ KeyState::Claimed) => {
-                    let rel_last = rel + write.buys.len() as i64;
-                    *state = KeyState::Used { fingerprint: &claim.fingerprint, rel_last, recorded: write.buys.len() };
-                    filled.push((claim.key.as_str(), rel_last));
+                    let rel_last = rel[kind as usize] + n as i64;
+                    *state = KeyState::Used { fingerprint: &claim.fingerprint, kind, rel_last, recorded: n };
+                    filled[kind as usize].push((claim.key.as_str(), rel_last));
                 }
                 // claim_keys gives every key of the batch a state.
                 None => {
@@ -396,18 +431,28 @@ async fn run_transaction(
                 }
             }
         }
-        rel += write.buys.len() as i64;
-        recorded.extend(&write.buys);
-        pending.push(Pending::Recorded { rel_last: rel, recorded: write.buys.len() });
+        rel[kind as usize] += n as i64;
+        match &write.facts {
+            Facts::Buys(buys) => recorded.extend(buys),
+            Facts::Views(views) => recorded_views.extend(views),
+        }
+        pending.push(Pending::Recorded { kind, rel_last: rel[kind as usize], recorded: n });
     }
 
-    let total = number_and_commit(client, st, &recorded, &filled, began).await?;
-    let base = total.map_or(0, |total| total - recorded.len() as i64);
+    let [buys_total, views_total] = number_and_commit(client, st, (&recorded, &recorded_views), &filled, began).await?;
+    let base = [
+        buys_total.map_or(0, |total| total - recorded.len() as i64),
+        views_total.map_or(0, |total| total - recorded_views.len() as i64),
+    ];
     Ok(pending
         .into_iter()
         .map(|p| match p {
-            Pending::Recorded { rel_last, recorded } => Outcome::Recorded { last_seq: base + rel_last, recorded },
-            Pending::Replayed { rel_last, recorded } => Outcome::Replayed { last_seq: base + rel_last, recorded },
+            Pending::Recorded { kind, rel_last, recorded } => {
+                Outcome::Recorded { last_seq: base[kind as usize] + rel_last, recorded }
+            }
+            Pending::Replayed { kind, rel_last, recorded } => {
+                Outcome::Replayed { last_seq: base[kind as usize] + rel_last, recorded }
+            }
             Pending::Final(outcome) => outcome,
         })
         .collect())
@@ -431,7 +476,7 @@ async fn claim_keys<'a>(
     let keys: Vec<&str> = first.keys().copied().collect();
     let fingerprints: Vec<&[u8]> =
         first.values().filter_map(|w| w.idempotency.as_ref()).map(|c| &c.fingerprint[..]).collect();
-    let counts: Vec<i64> = first.values().map(|w| w.buys.len() as i64).collect();
+    let counts: Vec<i64> = first.values().map(|w| w.facts.len() as i64).collect();
     let expired_before = now_us - IDEMPOTENCY_TTL_US;
     let delete_params: [&(dyn ToSql + Sync); 2] = [&keys, &expired_before];
     let claim_params: [&(dyn ToSql + Sync); 4] = [&keys, &fingerprints, &counts, &now_us];
@@ -482,19 +527,37 @@ async fn claim_keys<'a>(
     }
 }
 
-/// Record the buys (if any), fill in the claimed keys and COMMIT, in one pipelined round trip
-/// (beginning the transaction too unless `began`). Returns the counter's new total when buys
-/// were recorded or keys filled.
+/// Record the buys and views (if any), fill in the claimed keys and COMMIT, in one pipelined
+/// round trip (beginning the transaction too unless `began`). Returns each counter's new total
+/// when facts of its kind were recorded or keys filled.
 async fn number_and_commit(
     client: &Client,
     st: &Statements,
-    recorded: &[&BuyRecord],
-    filled: &[(&str, i64)],
+    (recorded, recorded_views): (&[&BuyRecord], &[&PageViewRecord]),
+    [filled, filled_views]: &[Vec<(&str, i64)>; 2],
     began: bool,
-) -> Result<Option<i64>, Failure> {
+) -> Result<[Option<i64>; 2], Failure> {
     let r = Recording::new(recorded);
     let some = r.n > 0;
     let (filled_keys, filled_rel): (Vec<&str>, Vec<i64>) = filled.iter().copied().unzip();
+    let v = ViewRecording::new(recorded_views);
+    let some_views = v.n > 0;
+    let (view_keys, view_rel): (Vec<&str>, Vec<i64>) = filled_views.iter().copied().unzip();
+    let [v_rel, v_users, v_promotions, v_stamps, v_received] = &v.ids.0;
+    let view_numbering: [&(dyn ToSql + Sync); 12] = [
+        &v.n,
+        v_rel,
+        v_users,
+        v_promotions,
+        &v.products,
+        &v.ips,
+        v_stamps,
+        v_received,
+        &v.sources,
+        &v.keys,
+        &view_keys,
+        &view_rel,
+    ];
     let [rel, users, promotions, products, quantities] = &r.ids.0;
     let [stamps, received] = &r.times.0;
     let numbering: [&(dyn ToSql + Sync); 15] = [
@@ -517,11 +580,18 @@ async fn number_and_commit(
 
     // Each future sends its statement when first polled, and `join!` polls them in this order:
     // the statements reach the server in this order, without waiting for each other's answers.
-    let (begin, total, commit) = join!(
+    let (begin, total, views_total, commit) = join!(
         async { if began { Ok(()) } else { client.batch_execute("BEGIN").await } },
         async {
             if some || !filled.is_empty() {
                 client.query_one(st.get(NUMBER_BUYS), &numbering).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        },
+        async {
+            if some_views || !filled_views.is_empty() {
+                client.query_one(st.get(NUMBER_VIEWS), &view_numbering).await.map(Some)
             } else {
                 Ok(None)
             }
@@ -535,7 +605,11 @@ async fn number_and_commit(
         Ok(row) => (row, None),
         Err(e) => (None, Some(e)),
     };
-    let statements = [begin.err(), total_error];
+    let (views_total, views_error) = match views_total {
+        Ok(row) => (row, None),
+        Err(e) => (None, Some(e)),
+    };
+    let statements = [begin.err(), total_error, views_error];
     if let Some(e) = statements.iter().flatten().next() {
         return Err(if e.as_db_error().is_some() {
             // The server refused a statement, so the transaction was aborted and the pipelined
@@ -557,7 +631,7 @@ async fn number_and_commit(
             Failure { message, unknown: true, retryable: false, broken: true }
         });
     }
-    match total {
+    let read = |row: Option<tokio_postgres::Row>| match row {
         Some(row) => row.try_get(0).map(Some).map_err(|e| Failure {
             // Committed, but the answer cannot be read: the numbers handed out are unknown.
             message: format!("the commit succeeded but its sequence number could not be read: {}", describe(&e)),
@@ -566,5 +640,40 @@ async fn number_and_commit(
             broken: false,
         }),
         None => Ok(None),
+    };
+    Ok([read(total)?, read(views_total)?])
+}
+
+/// Every parameter of the statement that records the views, gathered before anything is sent.
+struct ViewRecording<'a> {
+    n: i64,
+    /// Relative number (1..=n), user, promotion, timestamp, receive time.
+    ids: Columns<5>,
+    products: Vec<Option<i64>>,
+    ips: Vec<&'a str>,
+    sources: Vec<&'a str>,
+    keys: Vec<Option<&'a str>>,
+}
+
+impl<'a> ViewRecording<'a> {
+    fn new(recorded: &[&'a PageViewRecord]) -> ViewRecording<'a> {
+        let n = recorded.len();
+        let mut r = ViewRecording {
+            n: n as i64,
+            ids: Columns::default(),
+            products: Vec::with_capacity(n),
+            ips: Vec::with_capacity(n),
+            sources: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+        };
+        for (i, record) in recorded.iter().enumerate() {
+            let v = &record.view;
+            r.ids.push([i as i64 + 1, v.user_id, v.promotion_id, record.timestamp_us, record.received_at_us]);
+            r.products.push(v.product_id);
+            r.ips.push(record.ip_address.as_str());
+            r.sources.push(record.timestamp_source.as_str());
+            r.keys.push(record.idempotency_key.as_deref());
+        }
+        r
     }
 }

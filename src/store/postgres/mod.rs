@@ -38,7 +38,7 @@ use read::ReadConn;
 use super::pool::Pool;
 use super::{ExportFilter, ExportRow, OpenError, Outcome, StoreError, StoreErrorKind, Submission};
 use crate::lock::lock;
-use crate::store::log::{Fact, FactLog, Log, Tail};
+use crate::store::log::{Fact, FactLog, Log, Position, Tail, ViewFact};
 
 /// How long opening a connection may take before the call fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -341,6 +341,33 @@ impl FactLog for PostgresStore {
     fn between_by_promotion(&self, from_us: i64, to_us: i64, up_to: i64) -> Result<Vec<(i64, i64, i64)>, StoreError> {
         self.read(|conn| read::between_by_promotion(conn, from_us, to_us, up_to))
     }
+
+    fn last_view_seq(&self) -> Result<i64, StoreError> {
+        Ok(self.position()?.views)
+    }
+
+    /// Both shared counters, in one round trip.
+    fn position(&self) -> Result<Position, StoreError> {
+        self.read(read::position)
+    }
+
+    fn views_after(&self, after: i64, limit: usize) -> Result<Vec<ViewFact>, StoreError> {
+        self.read(|conn| read::views_after(conn, after, limit))
+    }
+
+    fn views_in(&self, after: i64, up_to: i64, promotion_id: Option<i64>) -> Result<Vec<ViewFact>, StoreError> {
+        self.read(|conn| read::views_in(conn, after, up_to, promotion_id))
+    }
+
+    fn views_between(
+        &self,
+        from_us: i64,
+        to_us: i64,
+        promotion_id: Option<i64>,
+        up_to: i64,
+    ) -> Result<i64, StoreError> {
+        self.read(|conn| read::views_between(conn, from_us, to_us, promotion_id, up_to))
+    }
 }
 
 impl Drop for PostgresStore {
@@ -368,6 +395,7 @@ mod tests {
     use super::*;
     use crate::domain::BuyRecord;
     use crate::request_time::TimestampSource;
+    use crate::store::Facts;
     use crate::store::logged::LoggedStore;
     use crate::store::sqlite::SqliteStore;
     use crate::store::views::Views;
@@ -428,7 +456,7 @@ mod tests {
             buy.idempotency_key = Some(key.to_string());
         }
         Submission {
-            buys,
+            facts: Facts::Buys(buys),
             idempotency: Some(IdempotencyClaim { key: key.to_string(), fingerprint: [fingerprint; 32] }),
         }
     }
@@ -453,7 +481,7 @@ mod tests {
                     1 => keyed(buys, &format!("k{batch}-{}", w - 1), 1), // same key, same body: replay
                     2 => keyed(buys, &format!("k{batch}-{}", w - 2), 2), // same key, other body: refused
                     3 if batch > 0 => keyed(buys, &format!("k{}-0", batch - 1), 1), // earlier batch
-                    _ => Submission { buys, idempotency: None },
+                    _ => Submission { facts: Facts::Buys(buys), idempotency: None },
                 });
             }
             out.push((writes, base + batch * US));
@@ -485,7 +513,7 @@ mod tests {
                         let (user, promotion, product) = (next(100) as i64, next(4) as i64, next(5) as i64);
                         let price = (user % 3 != 0).then_some(user * 10);
                         let buys = vec![record(user, promotion, product, 1 + next(3) as i64, price, at)];
-                        Submission { buys, idempotency: None }
+                        Submission { facts: Facts::Buys(buys), idempotency: None }
                     })
                     .collect()
             })
@@ -525,7 +553,14 @@ mod tests {
         let Some((_database, pg, sqlite)) = beside_sqlite() else { return };
         let base = 1_750_000_000 * US;
         let (batches, last) = late_and_out_of_order(12_345, base, 150);
-        let stamps: Vec<i64> = batches.iter().flatten().map(|w| w.buys[0].timestamp_us).collect();
+        let stamps: Vec<i64> = batches
+            .iter()
+            .flatten()
+            .map(|w| match &w.facts {
+                Facts::Buys(b) => b[0].timestamp_us,
+                Facts::Views(_) => unreachable!(),
+            })
+            .collect();
         let out_of_order = stamps.windows(2).filter(|pair| pair[1] < pair[0]).count();
         assert!(out_of_order > 200, "{out_of_order} buys out of order");
         assert!(last - base > 10 * 3600 * US, "the buys span more than ten hours");
@@ -533,6 +568,21 @@ mod tests {
             assert_eq!(pg.commit(writes, last).unwrap(), sqlite.commit(writes, last).unwrap());
         }
         assert_same_windows(&pg, &sqlite, base, last);
+    }
+
+    /// Two replicas of one database take turns committing buys and views (in mixed
+    /// transactions): each one's funnel (views, unique and converted viewers, recent views) equals
+    /// a recount from every replica's facts.
+    #[test]
+    fn the_funnel_of_two_replicas_matches_a_recount() {
+        let Some(database) = TestDatabase::create() else { return };
+        let one = with_views(PostgresStore::open(&database.url).unwrap());
+        let two = with_views(PostgresStore::open(&database.url).unwrap());
+        let settle = || {
+            one.barrier().unwrap();
+            two.barrier().unwrap();
+        };
+        crate::store::assert_funnel_matches_a_recount(&[&one, &two], &settle, 1_750_000_000 * US);
     }
 
     /// Two replicas commit at once, late and out-of-order buys into the same promotions: the
@@ -567,7 +617,8 @@ mod tests {
     fn commits_after_the_writer_connection_was_idle() {
         let Some(database) = TestDatabase::create() else { return };
         let pg = PostgresStore::open(&database.url).unwrap();
-        let write = || Submission { buys: vec![record(1, 2, 3, 1, None, 1_750_000_000 * US)], idempotency: None };
+        let write =
+            || Submission { facts: Facts::Buys(vec![record(1, 2, 3, 1, None, 1_750_000_000 * US)]), idempotency: None };
         assert_eq!(pg.commit(&[write()], 0).unwrap(), vec![Outcome::Recorded { last_seq: 1, recorded: 1 }]);
         std::thread::sleep(commit::CHECK_AFTER_IDLE + Duration::from_millis(200));
         assert_eq!(pg.commit(&[write()], 0).unwrap(), vec![Outcome::Recorded { last_seq: 2, recorded: 1 }]);
@@ -638,7 +689,8 @@ mod tests {
     #[test]
     fn sequence_numbers_continue_across_reopen_and_migrations_run_once() {
         let Some(database) = TestDatabase::create() else { return };
-        let one = Submission { buys: vec![record(1, 2, 3, 1, None, 1_750_000_000 * US); 3], idempotency: None };
+        let one =
+            Submission { facts: Facts::Buys(vec![record(1, 2, 3, 1, None, 1_750_000_000 * US); 3]), idempotency: None };
         {
             let store = PostgresStore::open(&database.url).unwrap();
             let outcomes = store.commit(std::slice::from_ref(&one), 0).unwrap();
@@ -680,7 +732,7 @@ mod tests {
             .unwrap()
             .get(0);
         assert_eq!(left, 0, "the aggregate tables are gone");
-        let write = Submission { buys: vec![record(6, 2, 3, 2, Some(50), at + 1)], idempotency: None };
+        let write = Submission { facts: Facts::Buys(vec![record(6, 2, 3, 2, Some(50), at + 1)]), idempotency: None };
         assert_eq!(store.commit(&[write], at).unwrap(), vec![Outcome::Recorded { last_seq: 2, recorded: 1 }]);
         let stats = store.promotion_stats(2, at - 10 * US).unwrap();
         assert_eq!((stats.counts.total_buys, stats.counts.total_units), (2, 6));
@@ -692,7 +744,7 @@ mod tests {
         assert_eq!((series.len(), series[0].buys, series[0].units), (1, 2, 6));
         assert_eq!(store.promotions(at - 10 * US, 10, 0).unwrap().1, 1);
         // The buyer of the old buy is known to the views: buying again is not a new buyer.
-        let again = Submission { buys: vec![record(5, 2, 3, 1, None, at + 2)], idempotency: None };
+        let again = Submission { facts: Facts::Buys(vec![record(5, 2, 3, 1, None, at + 2)]), idempotency: None };
         store.commit(&[again], at).unwrap();
         assert_eq!(store.promotion_stats(2, at - 10 * US).unwrap().unique_buyers, 2);
     }
@@ -728,7 +780,7 @@ mod tests {
                         let buys = (0..1 + i % 4)
                             .map(|j| record(w as i64 * 10_000 + i + j, 1, 1, 1, None, 1_750_000_000 * US))
                             .collect();
-                        store.commit(&[Submission { buys, idempotency: None }], 0).unwrap();
+                        store.commit(&[Submission { facts: Facts::Buys(buys), idempotency: None }], 0).unwrap();
                         i += 1;
                     }
                 })

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use postgres::{Client, Statement};
 
 use crate::domain::{Buy, Quantity};
-use crate::store::log::{Fact, Tail};
+use crate::page_view::PageView;
+use crate::store::log::{Fact, Position, Tail, ViewFact};
 use crate::store::{ExportFilter, ExportRow};
 
 /// A read connection with the statements it has prepared so far.
@@ -208,4 +209,67 @@ pub fn tail(
         recent_buys: row.try_get(3)?,
         recent_units: row.try_get(4)?,
     })
+}
+
+const POSITION: &str = "SELECT (SELECT total FROM counter WHERE id = 1), (SELECT total FROM view_counter WHERE id = 1)";
+
+/// See [`crate::store::log::FactLog::position`]: both counters in one round trip.
+pub fn position(conn: &mut ReadConn) -> Result<Position, postgres::Error> {
+    let statement = conn.statement(POSITION)?;
+    let row = conn.client.query_one(&statement, &[])?;
+    Ok(Position { buys: row.try_get(0)?, views: row.try_get(1)? })
+}
+
+const VIEWS_AFTER: &str = "
+    SELECT view_count, user_id, promotion_id, product_id, timestamp_us
+    FROM views WHERE view_count > $1 ORDER BY view_count LIMIT $2";
+
+const VIEWS_IN: &str = "
+    SELECT view_count, user_id, promotion_id, product_id, timestamp_us
+    FROM views WHERE view_count > $1 AND view_count <= $2 AND (CAST($3 AS BIGINT) IS NULL OR promotion_id = $3)
+    ORDER BY view_count";
+
+const VIEWS_BETWEEN: &str = "
+    SELECT count(*) FROM views
+    WHERE timestamp_us >= $1 AND timestamp_us < $2 AND view_count <= $3
+      AND (CAST($4 AS BIGINT) IS NULL OR promotion_id = $4)";
+
+/// See [`crate::store::log::FactLog::views_after`] (one snapshot, as [`facts_after`]).
+pub fn views_after(conn: &mut ReadConn, after: i64, limit: usize) -> Result<Vec<ViewFact>, postgres::Error> {
+    let statement = conn.statement(VIEWS_AFTER)?;
+    let rows = conn.client.query(&statement, &[&after, &(limit as i64)])?;
+    rows.iter().map(view_fact).collect()
+}
+
+/// See [`crate::store::log::FactLog::views_in`].
+pub fn views_in(
+    conn: &mut ReadConn,
+    after: i64,
+    up_to: i64,
+    promotion_id: Option<i64>,
+) -> Result<Vec<ViewFact>, postgres::Error> {
+    let statement = conn.statement(VIEWS_IN)?;
+    let rows = conn.client.query(&statement, &[&after, &up_to, &promotion_id])?;
+    rows.iter().map(view_fact).collect()
+}
+
+/// A row selected as in [`VIEWS_AFTER`], as a fact.
+fn view_fact(r: &postgres::Row) -> Result<ViewFact, postgres::Error> {
+    Ok(ViewFact {
+        seq: r.try_get(0)?,
+        view: PageView { user_id: r.try_get(1)?, promotion_id: r.try_get(2)?, product_id: r.try_get(3)? },
+        timestamp_us: r.try_get(4)?,
+    })
+}
+
+/// See [`crate::store::log::FactLog::views_between`]: through the timestamp index.
+pub fn views_between(
+    conn: &mut ReadConn,
+    from_us: i64,
+    to_us: i64,
+    promotion_id: Option<i64>,
+    up_to: i64,
+) -> Result<i64, postgres::Error> {
+    let statement = conn.statement(VIEWS_BETWEEN)?;
+    conn.client.query_one(&statement, &[&from_us, &to_us, &up_to, &promotion_id])?.try_get(0)
 }

@@ -1,7 +1,7 @@
 //! The PostgreSQL schema: the SQLite log's tables in portable SQL, applied at start-up, one
 //! transaction per version, with the applied versions recorded in `schema_version`. Versions 1
 //! to 7 also kept aggregates, updated in every write transaction (split by writer slot); version
-//! 8 drops them.
+//! 8 drops them; version 9 adds page views.
 //!
 //! Replicas that start together must not race on DDL (two concurrent `CREATE TABLE IF NOT EXISTS`
 //! can still fail in PostgreSQL), so the whole migration runs under a session-level advisory lock:
@@ -188,6 +188,27 @@ DROP TABLE promotion_rollup;
 DROP TABLE promotion_totals;
 DROP TABLE promotion_products;
 DROP TABLE promotion_buyers;
+"#,
+    r#"
+-- Page views: a second kind of fact, numbered by a counter of its own (taken, like the buys'
+-- counter, last in the transaction, so views become visible in their order too).
+CREATE TABLE views (
+    view_count       BIGINT PRIMARY KEY,
+    user_id          BIGINT NOT NULL,
+    promotion_id     BIGINT NOT NULL,
+    product_id       BIGINT,
+    ip_address       TEXT   NOT NULL,
+    timestamp_us     BIGINT NOT NULL,
+    received_at_us   BIGINT NOT NULL,
+    timestamp_source TEXT   NOT NULL,
+    idempotency_key  TEXT
+);
+CREATE INDEX views_timestamp ON views (timestamp_us);
+CREATE TABLE view_counter (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    total BIGINT NOT NULL
+);
+INSERT INTO view_counter (id, total) VALUES (1, 0);
 "#,
 ];
 

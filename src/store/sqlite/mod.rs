@@ -22,7 +22,7 @@ use schema::migrate;
 use super::pool::Pool;
 use super::{ExportFilter, ExportRow, OpenError, Outcome, StoreError, Submission};
 use crate::lock::lock;
-use crate::store::log::{Fact, FactLog, Log, Tail};
+use crate::store::log::{Fact, FactLog, Log, Tail, ViewFact};
 
 /// SQLite behind the [`Store`] interface.
 pub struct SqliteStore {
@@ -31,8 +31,9 @@ pub struct SqliteStore {
     readers: Option<ReadPool>,
     /// Set on drop to stop the checkpointer thread.
     stop: Arc<AtomicBool>,
-    /// The highest sequence number committed, published after each commit.
+    /// The highest buy and view numbers committed, published after each commit.
     committed: AtomicI64,
+    committed_views: AtomicI64,
 }
 
 /// How often the checkpointer copies the WAL back into the database file.
@@ -101,7 +102,7 @@ impl SqliteStore {
         .map_err(|e| describe(&e))?;
         let mut conn = conn;
         migrate(&mut conn).map_err(|e| describe(&e))?;
-        let committed = last_committed(&conn).map_err(|e| describe(&e))?;
+        let (committed, committed_views) = last_committed(&conn).map_err(|e| describe(&e))?;
         let stop = Arc::new(AtomicBool::new(false));
         start_checkpointer(path.to_path_buf(), stop.clone()).map_err(|e| describe(&e))?;
         Ok(SqliteStore {
@@ -109,6 +110,7 @@ impl SqliteStore {
             readers: Some(ReadPool { path: path.to_path_buf(), connections: Pool::new(MAX_READERS, "SQLite") }),
             stop,
             committed: AtomicI64::new(committed),
+            committed_views: AtomicI64::new(committed_views),
         })
     }
 
@@ -122,6 +124,7 @@ impl SqliteStore {
             readers: None,
             stop: Arc::new(AtomicBool::new(true)),
             committed: AtomicI64::new(0),
+            committed_views: AtomicI64::new(0),
         })
     }
 
@@ -144,10 +147,10 @@ impl SqliteStore {
 impl Log for SqliteStore {
     fn commit(&self, writes: &[Submission], now_us: i64) -> Result<Vec<Outcome>, StoreError> {
         let conn = lock(&self.writer);
-        let outcomes = in_write_transaction(&conn, |tx| commit::apply(tx, writes, now_us)).map_err(unavailable)?;
-        if let Some(last) = outcomes.iter().filter_map(Outcome::recorded_up_to).max() {
-            self.committed.fetch_max(last, Ordering::Release);
-        }
+        let (outcomes, last) =
+            in_write_transaction(&conn, |tx| commit::apply(tx, writes, now_us)).map_err(unavailable)?;
+        self.committed.fetch_max(last.buys, Ordering::Release);
+        self.committed_views.fetch_max(last.views, Ordering::Release);
         Ok(outcomes)
     }
 
@@ -189,9 +192,13 @@ fn in_write_transaction<T>(
     result
 }
 
-/// The counter's total: the highest sequence number committed.
-fn last_committed(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("SELECT total FROM counter WHERE id = 1", [], |r| r.get(0))
+/// The counters' totals: the highest buy and view numbers committed.
+fn last_committed(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row(
+        "SELECT (SELECT total FROM counter WHERE id = 1), (SELECT total FROM view_counter WHERE id = 1)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
 }
 
 impl FactLog for SqliteStore {
@@ -228,12 +235,35 @@ impl FactLog for SqliteStore {
     fn between_by_promotion(&self, from_us: i64, to_us: i64, up_to: i64) -> Result<Vec<(i64, i64, i64)>, StoreError> {
         self.read(|conn| read::between_by_promotion(conn, from_us, to_us, up_to))
     }
+
+    fn last_view_seq(&self) -> Result<i64, StoreError> {
+        Ok(self.committed_views.load(Ordering::Acquire))
+    }
+
+    fn views_after(&self, after: i64, limit: usize) -> Result<Vec<ViewFact>, StoreError> {
+        self.read(|conn| read::views_after(conn, after, limit))
+    }
+
+    fn views_in(&self, after: i64, up_to: i64, promotion_id: Option<i64>) -> Result<Vec<ViewFact>, StoreError> {
+        self.read(|conn| read::views_in(conn, after, up_to, promotion_id))
+    }
+
+    fn views_between(
+        &self,
+        from_us: i64,
+        to_us: i64,
+        promotion_id: Option<i64>,
+        up_to: i64,
+    ) -> Result<i64, StoreError> {
+        self.read(|conn| read::views_between(conn, from_us, to_us, promotion_id, up_to))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::BuyRecord;
+    use crate::store::Facts;
     use crate::store::IDEMPOTENCY_TTL_US;
     use crate::store::views::deltas::US;
 
@@ -248,7 +278,7 @@ mod tests {
         let store = SqliteStore::open_memory().unwrap();
         let now = 1_750_000_000 * US;
         let keyed = |i: usize, at: i64| Submission {
-            buys: vec![record(at, 1)],
+            facts: Facts::Buys(vec![record(at, 1)]),
             idempotency: Some(crate::store::IdempotencyClaim { key: format!("k{i}"), fingerprint: [0; 32] }),
         };
         let old: Vec<Submission> = (0..2_500).map(|i| keyed(i, now)).collect();
@@ -265,7 +295,7 @@ mod tests {
     fn sequence_numbers_continue_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/store.db");
-        let one = Submission { buys: vec![record(US * 1_750_000_000, 1); 3], idempotency: None };
+        let one = Submission { facts: Facts::Buys(vec![record(US * 1_750_000_000, 1); 3]), idempotency: None };
         {
             let store = SqliteStore::open_file(&path).unwrap();
             let outcomes = store.commit(std::slice::from_ref(&one), 0).unwrap();

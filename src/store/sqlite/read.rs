@@ -4,7 +4,8 @@
 use rusqlite::{Connection, params};
 
 use crate::domain::{Buy, Quantity};
-use crate::store::log::{Fact, Tail};
+use crate::page_view::PageView;
+use crate::store::log::{Fact, Tail, ViewFact};
 use crate::store::{ExportFilter, ExportRow};
 
 /// See [`crate::store::Store::export_page`].
@@ -125,4 +126,52 @@ pub fn tail(conn: &Connection, after: i64, since_us: i64, promotion_id: Option<i
             recent_units: r.get(4)?,
         })
     })
+}
+
+/// See [`crate::store::log::FactLog::views_after`]: a range of the views' primary key.
+pub fn views_after(conn: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<ViewFact>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT view_count, user_id, promotion_id, product_id, timestamp_us
+         FROM views WHERE view_count > ?1 ORDER BY view_count LIMIT ?2",
+    )?;
+    stmt.query_map(params![after, limit as i64], view_fact)?.collect()
+}
+
+/// See [`crate::store::log::FactLog::views_in`]: a range of the primary key.
+pub fn views_in(
+    conn: &Connection,
+    after: i64,
+    up_to: i64,
+    promotion_id: Option<i64>,
+) -> rusqlite::Result<Vec<ViewFact>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT view_count, user_id, promotion_id, product_id, timestamp_us
+         FROM views WHERE view_count > ?1 AND view_count <= ?2 AND (?3 IS NULL OR promotion_id = ?3)
+         ORDER BY view_count",
+    )?;
+    stmt.query_map(params![after, up_to, promotion_id], view_fact)?.collect()
+}
+
+/// A row of `views` selected as in [`views_after`], as a fact.
+fn view_fact(r: &rusqlite::Row) -> rusqlite::Result<ViewFact> {
+    Ok(ViewFact {
+        seq: r.get(0)?,
+        view: PageView { user_id: r.get(1)?, promotion_id: r.get(2)?, product_id: r.get(3)? },
+        timestamp_us: r.get(4)?,
+    })
+}
+
+/// See [`crate::store::log::FactLog::views_between`]: through the timestamp index.
+pub fn views_between(
+    conn: &Connection,
+    from_us: i64,
+    to_us: i64,
+    promotion_id: Option<i64>,
+    up_to: i64,
+) -> rusqlite::Result<i64> {
+    conn.prepare_cached(
+        "SELECT count(*) FROM views
+         WHERE timestamp_us >= ?1 AND timestamp_us < ?2 AND view_count <= ?3 AND (?4 IS NULL OR promotion_id = ?4)",
+    )?
+    .query_row(params![from_us, to_us, up_to, promotion_id], |r| r.get(0))
 }

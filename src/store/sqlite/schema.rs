@@ -121,6 +121,28 @@ DROP TABLE promotion_totals;
 DROP TABLE promotion_products;
 DROP TABLE promotion_buyers;
 "#,
+    // 5: page views, a second kind of fact with sequence numbers of its own.
+    r#"
+CREATE TABLE views (
+    view_count       INTEGER PRIMARY KEY,
+    user_id          INTEGER NOT NULL,
+    promotion_id     INTEGER NOT NULL,
+    product_id       INTEGER,
+    ip_address       TEXT    NOT NULL,
+    timestamp_us     INTEGER NOT NULL,
+    received_at_us   INTEGER NOT NULL,
+    timestamp_source TEXT    NOT NULL,
+    idempotency_key  TEXT
+);
+-- The partial second at the edge of a window, and /export ranges.
+CREATE INDEX views_timestamp ON views (timestamp_us);
+-- The last view number handed out.
+CREATE TABLE view_counter (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    total INTEGER NOT NULL
+);
+INSERT INTO view_counter (id, total) VALUES (1, 0);
+"#,
 ];
 
 /// Bring the schema up to date, one transaction per version.
@@ -184,6 +206,6 @@ mod tests {
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        assert_eq!(tables, ["buys", "counter", "idempotency", "store_identity"]);
+        assert_eq!(tables, ["buys", "counter", "idempotency", "store_identity", "view_counter", "views"]);
     }
 }

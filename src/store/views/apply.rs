@@ -6,8 +6,8 @@
 
 use rusqlite::{Transaction, params};
 
-use crate::store::log::Fact;
-use crate::store::views::deltas::Deltas;
+use crate::store::log::{Fact, ViewFact};
+use crate::store::views::deltas::{Deltas, ViewDeltas};
 
 /// Apply `facts` (numbered consecutively after the applied sequence number) inside `tx`;
 /// returns the new applied sequence number.
@@ -37,6 +37,7 @@ fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
     let mut new_buyer = tx.prepare_cached(
         "INSERT INTO promotion_buyers (user_id, promotion_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
     )?;
+    let mut viewed = tx.prepare_cached("SELECT 1 FROM promotion_viewers WHERE user_id = ?1 AND promotion_id = ?2")?;
     // In the table's key order (user first), so consecutive inserts land on the same pages.
     let mut buyers: Vec<(i64, i64)> = deltas.buyers.iter().map(|&(promotion, user)| (user, promotion)).collect();
     buyers.sort_unstable();
@@ -45,6 +46,11 @@ fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
             && let Some(p) = deltas.promotions.get_mut(&promotion_id)
         {
             p.new_buyers += 1;
+            // A viewer who buys for the first time converts (a buyer who views later is
+            // counted when the view is applied).
+            if viewed.exists(params![user_id, promotion_id])? {
+                p.converted += 1;
+            }
         }
     }
     let mut rollup = tx.prepare_cached(
@@ -66,16 +72,18 @@ fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
     }
     let mut totals = tx.prepare_cached(
         "INSERT INTO promotion_totals
-                 (promotion_id, total_buys, total_units, revenue_cents, unique_buyers, first_buy_us, last_buy_us)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 (promotion_id, total_buys, total_units, revenue_cents, unique_buyers, first_buy_us, last_buy_us,
+                  converted_viewers)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (promotion_id) DO UPDATE SET
                  total_buys = total_buys + excluded.total_buys,
                  total_units = total_units + excluded.total_units,
                  revenue_cents = CASE WHEN revenue_cents > 9223372036854775807 - excluded.revenue_cents
                      THEN 9223372036854775807 ELSE revenue_cents + excluded.revenue_cents END,
                  unique_buyers = unique_buyers + excluded.unique_buyers,
-                 first_buy_us = min(first_buy_us, excluded.first_buy_us),
-                 last_buy_us = max(last_buy_us, excluded.last_buy_us)",
+                 first_buy_us = min(coalesce(first_buy_us, excluded.first_buy_us), excluded.first_buy_us),
+                 last_buy_us = max(coalesce(last_buy_us, excluded.last_buy_us), excluded.last_buy_us),
+                 converted_viewers = converted_viewers + excluded.converted_viewers",
     )?;
     for (promotion_id, p) in &deltas.promotions {
         totals.execute(params![
@@ -85,7 +93,8 @@ fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
             p.revenue_cents,
             p.new_buyers,
             p.first_us,
-            p.last_us
+            p.last_us,
+            p.converted
         ])?;
     }
     let mut products = tx.prepare_cached(
@@ -99,6 +108,58 @@ fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Apply `views` (numbered consecutively after the applied view number) inside `tx`, after
+/// the batch's buys; returns the new applied view number.
+pub fn apply_views(tx: &Transaction, views: &[ViewFact]) -> rusqlite::Result<i64> {
+    let applied: i64 = tx.query_row("SELECT views_seq FROM applied WHERE id = 1", [], |r| r.get(0))?;
+    let mut deltas = ViewDeltas::default();
+    let mut last = applied;
+    for fact in views {
+        if fact.seq != last + 1 {
+            return Err(rusqlite::Error::InvalidParameterName(format!(
+                "view {} follows {last}: the log must be applied in sequence order",
+                fact.seq
+            )));
+        }
+        last = fact.seq;
+        deltas.add(&fact.view, fact.timestamp_us);
+    }
+    let mut new_viewer = tx.prepare_cached(
+        "INSERT INTO promotion_viewers (user_id, promotion_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+    )?;
+    let mut bought = tx.prepare_cached("SELECT 1 FROM promotion_buyers WHERE user_id = ?1 AND promotion_id = ?2")?;
+    let viewers: Vec<(i64, i64)> = deltas.viewers.iter().copied().collect();
+    for (user_id, promotion_id) in viewers {
+        if new_viewer.execute(params![user_id, promotion_id])? == 1
+            && let Some(p) = deltas.promotions.get_mut(&promotion_id)
+        {
+            p.new_viewers += 1;
+            if bought.exists(params![user_id, promotion_id])? {
+                p.converted += 1;
+            }
+        }
+    }
+    let mut rollup = tx.prepare_cached(
+        "INSERT INTO promotion_view_rollup (promotion_id, granularity_s, bucket_s, views) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (granularity_s, bucket_s, promotion_id) DO UPDATE SET views = views + excluded.views",
+    )?;
+    for ((promotion_id, g, bucket), views) in &deltas.rollup {
+        rollup.execute(params![promotion_id, g, bucket, views])?;
+    }
+    let mut totals = tx.prepare_cached(
+        "INSERT INTO promotion_totals (promotion_id, views, unique_viewers, converted_viewers) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (promotion_id) DO UPDATE SET
+                 views = views + excluded.views,
+                 unique_viewers = unique_viewers + excluded.unique_viewers,
+                 converted_viewers = converted_viewers + excluded.converted_viewers",
+    )?;
+    for (promotion_id, p) in &deltas.promotions {
+        totals.execute(params![promotion_id, p.views, p.new_viewers, p.converted])?;
+    }
+    tx.execute("UPDATE applied SET views_seq = ?1 WHERE id = 1", [last])?;
+    Ok(last)
+}
+
 /// Buckets deleted per statement, and statements per table and granularity per call, so that
 /// a backlog (views rebuilt from an old log) is worked off a slice at a time between batches.
 const PRUNE_STEP_S: i64 = 600;
@@ -108,7 +169,7 @@ const PRUNE_STEPS: usize = 10;
 /// can reach any more (see `ROLLUP_KEEP_S`), a bounded slice per call; returns the rows deleted.
 pub fn prune(tx: &Transaction, before_s: i64) -> rusqlite::Result<usize> {
     let mut deleted = 0;
-    for table in ["rollup", "promotion_rollup"] {
+    for table in ["rollup", "promotion_rollup", "promotion_view_rollup"] {
         for granularity in [1i64, 60] {
             deleted += prune_buckets(tx, table, granularity, before_s)?;
         }

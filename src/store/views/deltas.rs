@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::domain::Buy;
+use crate::page_view::PageView;
 
 /// Microseconds per second (timestamps are stored in microseconds).
 pub const US: i64 = 1_000_000;
@@ -45,6 +46,8 @@ pub struct PromotionDelta {
     pub revenue_cents: i64,
     /// Buyers new to the promotion (filled in by the store, which knows who bought before).
     pub new_buyers: i64,
+    /// Of those, how many had viewed it (filled in by the store).
+    pub converted: i64,
     /// Earliest and latest timestamp among its buys.
     pub first_us: i64,
     /// See `first_us`.
@@ -94,6 +97,7 @@ impl Deltas {
             tally: Tally::default(),
             revenue_cents: 0,
             new_buyers: 0,
+            converted: 0,
             first_us: timestamp_us,
             last_us: timestamp_us,
         });
@@ -104,6 +108,39 @@ impl Deltas {
         self.products.entry((buy.promotion_id, buy.product_id)).or_default().add(units);
         self.buyers.insert((buy.promotion_id, buy.user_id));
         self.units += units;
+    }
+}
+
+/// What one promotion gains from one batch of views.
+#[derive(Debug, Default)]
+pub struct PromotionViews {
+    /// Its views.
+    pub views: i64,
+    /// Viewers new to it (filled in by the store).
+    pub new_viewers: i64,
+    /// Of those, how many had bought in it (filled in by the store).
+    pub converted: i64,
+}
+
+/// The aggregate changes of one batch of page views.
+#[derive(Debug, Default)]
+pub struct ViewDeltas {
+    /// (promotion, granularity, bucket) → views.
+    pub rollup: BTreeMap<(i64, i64, i64), i64>,
+    /// promotion → what it gains.
+    pub promotions: BTreeMap<i64, PromotionViews>,
+    /// (user, promotion) pairs seen, in the viewers table's key order.
+    pub viewers: BTreeSet<(i64, i64)>,
+}
+
+impl ViewDeltas {
+    /// Account for `view`, stamped `timestamp_us`.
+    pub fn add(&mut self, view: &PageView, timestamp_us: i64) {
+        for g in GRANULARITIES {
+            *self.rollup.entry((view.promotion_id, g, bucket_start(timestamp_us, g))).or_default() += 1;
+        }
+        self.promotions.entry(view.promotion_id).or_default().views += 1;
+        self.viewers.insert((view.user_id, view.promotion_id));
     }
 }
 

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use super::log::FactLog;
+use super::log::{FactLog, Position};
 use super::pool::Pool;
 use super::{Bucket, Counts, OpenError, PromotionStats, PromotionSummary, ROLLUP_KEEP_S, StoreError, StoreErrorKind};
 use crate::lock::lock;
@@ -88,8 +88,8 @@ pub struct Views {
     writer: Mutex<Connection>,
     /// Read connections to the views file.
     readers: (PathBuf, Pool<Connection>),
-    /// The last sequence number applied, and a signal when it moves.
-    applied: Mutex<i64>,
+    /// The last buy and view applied, and a signal when they move.
+    applied: Mutex<Position>,
     advanced: Condvar,
     /// Set by a read waiting for facts not yet applied, to wake the stage at once.
     demand: Mutex<bool>,
@@ -137,7 +137,11 @@ impl Views {
         if schema::prepare(&mut conn).map_err(fail)? {
             tracing::info!("{what}: created; they are built from the log");
         }
-        let applied = conn.query_row("SELECT seq FROM applied WHERE id = 1", [], |r| r.get(0)).map_err(fail)?;
+        let applied = conn
+            .query_row("SELECT seq, views_seq FROM applied WHERE id = 1", [], |r| {
+                Ok(Position { buys: r.get(0)?, views: r.get(1)? })
+            })
+            .map_err(fail)?;
         Ok(Views {
             _lock: lock,
             writer: Mutex::new(conn),
@@ -172,24 +176,26 @@ impl Views {
         Ok(())
     }
 
-    /// Take these views for the store `store_id`, whose log is committed up to `last_seq`. Views
+    /// Take these views for the store `store_id`, whose log is committed up to `last`. Views
     /// recorded for another store, or ahead of the log (a store restored from an older copy), are
     /// emptied, to be rebuilt from the log; returns whether they were.
-    pub fn adopt(&self, store_id: &str, last_seq: i64) -> Result<bool, StoreError> {
+    pub fn adopt(&self, store_id: &str, last: Position) -> Result<bool, StoreError> {
         let mut conn = lock(&self.writer);
-        let (store, applied): (Option<String>, i64) =
-            conn.query_row("SELECT store, seq FROM applied WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        let foreign = store.is_some_and(|s| s != store_id) || applied > last_seq;
+        let (store, applied): (Option<String>, Position) =
+            conn.query_row("SELECT store, seq, views_seq FROM applied WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, Position { buys: r.get(1)?, views: r.get(2)? }))
+            })?;
+        let foreign = store.is_some_and(|s| s != store_id) || !last.covers(applied);
         if foreign {
             schema::reset(&mut conn)?;
-            *lock(&self.applied) = 0;
+            *lock(&self.applied) = Position::default();
         }
         conn.execute("UPDATE applied SET store = ?1 WHERE id = 1", [store_id])?;
         Ok(foreign)
     }
 
-    /// The last sequence number the views have applied.
-    pub fn applied(&self) -> i64 {
+    /// The last buy and view the views have applied.
+    pub fn applied(&self) -> Position {
         *lock(&self.applied)
     }
 
@@ -217,13 +223,13 @@ impl Views {
     }
 
     /// Wait until the views have applied `target`, at most `timeout`.
-    pub fn wait_for(&self, target: i64, timeout: Duration) -> Result<(), StoreError> {
+    pub fn wait_for(&self, target: Position, timeout: Duration) -> Result<(), StoreError> {
         let deadline = Instant::now() + timeout;
         let mut applied = lock(&self.applied);
-        while *applied < target {
+        while !applied.covers(target) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                let behind = target - *applied;
+                let behind = (target.buys - applied.buys).max(0) + (target.views - applied.views).max(0);
                 return Err(StoreError::new(
                     StoreErrorKind::Behind,
                     format!("views are {behind} facts behind the log"),
@@ -234,7 +240,7 @@ impl Views {
             applied = lock(&self.applied);
             // Checked again under the lock: the stage may have moved on since the check above,
             // and its notification would be lost to a wait begun after it.
-            if *applied >= target {
+            if applied.covers(target) {
                 break;
             }
             applied = self.advanced.wait_timeout(applied, left).unwrap_or_else(|p| p.into_inner()).0;
@@ -255,21 +261,27 @@ impl Views {
         }
     }
 
-    /// Apply one batch of at most `limit` facts after the applied number; returns how many.
+    /// Apply one batch of at most `limit` buys and `limit` views after the applied ones;
+    /// returns how many of the kind with more (a full batch means more may be waiting).
     fn apply_batch(&self, log: &dyn FactLog, limit: usize) -> Result<usize, StoreError> {
         let after = self.applied();
-        let facts = log.facts_after(after, limit)?;
-        if facts.is_empty() {
+        let facts = log.facts_after(after.buys, limit)?;
+        let views = log.views_after(after.views, limit)?;
+        if facts.is_empty() && views.is_empty() {
             return Ok(0);
         }
         let mut conn = lock(&self.writer);
         let tx = conn.transaction().map_err(unavailable)?;
-        let last = apply::apply(&tx, &facts).map_err(unavailable)?;
+        // Buys first, then views: a user who is new as a buyer and as a viewer in the same batch
+        // is counted as converted once, by the views.
+        let buys = if facts.is_empty() { after.buys } else { apply::apply(&tx, &facts).map_err(unavailable)? };
+        let views_last =
+            if views.is_empty() { after.views } else { apply::apply_views(&tx, &views).map_err(unavailable)? };
         tx.commit().map_err(unavailable)?;
         drop(conn);
-        *lock(&self.applied) = last;
+        *lock(&self.applied) = Position { buys, views: views_last };
         self.advanced.notify_all();
-        Ok(facts.len())
+        Ok(facts.len().max(views.len()))
     }
 
     /// The stage: apply batches as facts arrive; prune now and then.
@@ -327,7 +339,8 @@ impl Views {
     ) -> Result<T, StoreError> {
         let snapshot = |conn: &Connection| -> Result<T, StoreError> {
             let tx = conn.unchecked_transaction()?;
-            let edge = Edge { log, applied: read::applied(&tx)? };
+            let applied = read::applied(&tx)?;
+            let edge = Edge { log, applied: applied.buys, views_applied: applied.views };
             let value = f(&tx, &edge)?;
             tx.finish()?;
             Ok(value)
@@ -360,11 +373,12 @@ impl Views {
         log: &dyn FactLog,
         since_us: i64,
         (limit, offset): (i64, i64),
-        up_to: i64,
+        up_to: Position,
     ) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
         self.read(log, |conn, edge| {
-            let tail = log.facts_in(edge.applied, up_to, None)?;
-            tail::promotions_page(conn, edge, since_us, (limit, offset), &tail)
+            let tail = log.facts_in(edge.applied, up_to.buys, None)?;
+            let views = log.views_in(edge.views_applied, up_to.views, None)?;
+            tail::promotions_page(conn, edge, since_us, (limit, offset), (&tail, &views))
         })
     }
 
@@ -375,12 +389,13 @@ impl Views {
         log: &dyn FactLog,
         promotion_id: i64,
         since_us: i64,
-        up_to: i64,
+        up_to: Position,
     ) -> Result<PromotionStats, StoreError> {
         self.read(log, |conn, edge| {
             let mut stats = read::promotion_stats(conn, edge, promotion_id, since_us)?;
-            let tail = log.facts_in(edge.applied, up_to, Some(promotion_id))?;
-            tail::add_to_promotion_stats(conn, &mut stats, promotion_id, since_us, &tail)?;
+            let tail = log.facts_in(edge.applied, up_to.buys, Some(promotion_id))?;
+            let views = log.views_in(edge.views_applied, up_to.views, Some(promotion_id))?;
+            tail::add_to_promotion_stats(conn, &mut stats, promotion_id, since_us, (&tail, &views))?;
             Ok(stats)
         })
     }
@@ -393,11 +408,11 @@ impl Views {
         granularity_s: i64,
         (from_s, to_s): (i64, i64),
         promotion_id: Option<i64>,
-        up_to: i64,
+        up_to: Position,
     ) -> Result<Vec<Bucket>, StoreError> {
         self.read(log, |conn, edge| {
             let mut buckets = read::timeseries(conn, granularity_s, from_s, to_s, promotion_id)?;
-            let tail = log.facts_in(edge.applied, up_to, promotion_id)?;
+            let tail = log.facts_in(edge.applied, up_to.buys, promotion_id)?;
             tail::add_to_timeseries(&mut buckets, granularity_s, from_s, to_s, &tail);
             Ok(buckets)
         })

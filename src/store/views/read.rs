@@ -4,7 +4,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::store::log::FactLog;
+use crate::store::log::{FactLog, Position};
 use crate::store::views::deltas::{US, window_edges};
 use crate::store::{Bucket, Counts, ProductCount, PromotionStats, PromotionSummary, StoreError};
 
@@ -36,8 +36,10 @@ const RECENT_PROMOTION: &str = "
 pub struct Edge<'a> {
     /// The log.
     pub log: &'a dyn FactLog,
-    /// The last fact of the views' snapshot.
+    /// The last buy of the views' snapshot.
     pub applied: i64,
+    /// The last view of the views' snapshot.
+    pub views_applied: i64,
 }
 
 /// Buys and units with `timestamp >= since_us`, over all buys or one promotion: the partial
@@ -53,9 +55,30 @@ fn recent(conn: &Connection, edge: &Edge, since_us: i64, promotion_id: Option<i6
     Ok((buys + edge_buys, units + edge_units))
 }
 
-/// The last fact applied in this snapshot.
-pub fn applied(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.prepare_cached("SELECT seq FROM applied WHERE id = 1")?.query_row([], |r| r.get(0))?)
+/// The last buy and view applied in this snapshot.
+pub fn applied(conn: &Connection) -> Result<Position, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT seq, views_seq FROM applied WHERE id = 1")?
+        .query_row([], |r| Ok(Position { buys: r.get(0)?, views: r.get(1)? }))?)
+}
+
+const RECENT_VIEWS: &str = "
+    WITH parts (views) AS (
+        SELECT coalesce(sum(views), 0) FROM promotion_view_rollup INDEXED BY promotion_view_rollup_by_promotion
+            WHERE promotion_id = ?4 AND granularity_s = 1 AND bucket_s >= ?1 AND bucket_s < ?2
+        UNION ALL SELECT coalesce(sum(views), 0) FROM promotion_view_rollup INDEXED BY promotion_view_rollup_by_promotion
+            WHERE promotion_id = ?4 AND granularity_s = 60 AND bucket_s >= ?2 AND bucket_s < ?3
+        UNION ALL SELECT coalesce(sum(views), 0) FROM promotion_view_rollup INDEXED BY promotion_view_rollup_by_promotion
+            WHERE promotion_id = ?4 AND granularity_s = 3600 AND bucket_s >= ?3)
+    SELECT sum(views) FROM parts";
+
+/// A promotion's views with `timestamp >= since_us`: the partial second from the log, the rest
+/// from the view rollups (as [`recent`] for buys).
+fn recent_views(conn: &Connection, edge: &Edge, since_us: i64, promotion_id: i64) -> Result<i64, StoreError> {
+    let (second, minute, hour) = window_edges(since_us);
+    let whole: i64 =
+        conn.prepare_cached(RECENT_VIEWS)?.query_row(params![second, minute, hour, promotion_id], |r| r.get(0))?;
+    Ok(whole + edge.log.views_between(since_us, second * US, Some(promotion_id), edge.views_applied)?)
 }
 
 /// See [`crate::store::Store::counts`].
@@ -139,12 +162,14 @@ pub fn promotion_stats(
 ) -> Result<PromotionStats, StoreError> {
     let totals = conn
         .prepare_cached(
-            "SELECT revenue_cents, unique_buyers, first_buy_us, last_buy_us FROM promotion_totals
-             WHERE promotion_id = ?1",
+            "SELECT revenue_cents, unique_buyers, first_buy_us, last_buy_us, views, unique_viewers, converted_viewers
+             FROM promotion_totals WHERE promotion_id = ?1",
         )?
-        .query_row([promotion_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_row([promotion_id], |r| {
+            Ok(((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?), (r.get(4)?, r.get(5)?, r.get(6)?)))
+        })
         .optional()?;
-    let Some((revenue_cents, unique_buyers, first, last)) = totals else {
+    let Some(((revenue_cents, unique_buyers, first, last), (views, unique_viewers, converted_viewers))) = totals else {
         return Ok(PromotionStats::default());
     };
     let mut stmt = conn.prepare_cached(
@@ -158,9 +183,13 @@ pub fn promotion_stats(
         counts: counts(conn, edge, since_us, Some(promotion_id))?,
         revenue_cents,
         unique_buyers,
-        first_buy_us: Some(first),
-        last_buy_us: Some(last),
+        first_buy_us: first,
+        last_buy_us: last,
         top_products,
+        views,
+        unique_viewers,
+        converted_viewers,
+        recent_views: recent_views(conn, edge, since_us, promotion_id)?,
     })
 }
 

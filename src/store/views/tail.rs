@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::store::log::Fact;
+use crate::store::log::{Fact, ViewFact};
 use crate::store::views::deltas::{bucket_start, revenue_cents};
 use crate::store::views::read::{self, Edge, Ranked};
 use crate::store::{Bucket, ProductCount, PromotionStats, PromotionSummary, StoreError};
@@ -18,14 +18,14 @@ use crate::store::{Bucket, ProductCount, PromotionStats, PromotionSummary, Store
 /// How many top products a promotion's stats list.
 const TOP_PRODUCTS: usize = 10;
 
-/// Add `tail` (facts of `promotion_id` after the views' snapshot, which `stats` was read from)
-/// to `stats`, with the window starting at `since_us`.
+/// Add `tail` (buys and views of `promotion_id` after the views' snapshot, which `stats` was
+/// read from) to `stats`, with the window starting at `since_us`.
 pub fn add_to_promotion_stats(
     conn: &Connection,
     stats: &mut PromotionStats,
     promotion_id: i64,
     since_us: i64,
-    tail: &[Fact],
+    (tail, views): (&[Fact], &[ViewFact]),
 ) -> Result<(), StoreError> {
     let mut users = BTreeSet::new();
     let mut products: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
@@ -46,12 +46,25 @@ pub fn add_to_promotion_stats(
         product.0 += 1;
         product.1 += units;
     }
-    // A buyer of the tail is new unless the views already know them in this promotion.
-    let mut known = conn.prepare_cached("SELECT 1 FROM promotion_buyers WHERE user_id = ?1 AND promotion_id = ?2")?;
-    for user in users {
-        if !known.exists(params![user, promotion_id])? {
-            stats.unique_buyers += 1;
-        }
+    let mut viewers = BTreeSet::new();
+    for fact in views {
+        stats.views += 1;
+        stats.recent_views += i64::from(fact.timestamp_us >= since_us);
+        viewers.insert(fact.view.user_id);
+    }
+    // A buyer (viewer) of the tail is new unless the views already know them in this promotion;
+    // a user converts when the tail makes them both a viewer and a buyer for the first time.
+    let mut bought = conn.prepare_cached("SELECT 1 FROM promotion_buyers WHERE user_id = ?1 AND promotion_id = ?2")?;
+    let mut viewed = conn.prepare_cached("SELECT 1 FROM promotion_viewers WHERE user_id = ?1 AND promotion_id = ?2")?;
+    for &user in users.union(&viewers) {
+        let had_bought = bought.exists(params![user, promotion_id])?;
+        let had_viewed = viewed.exists(params![user, promotion_id])?;
+        let buys_now = users.contains(&user);
+        let views_now = viewers.contains(&user);
+        stats.unique_buyers += i64::from(buys_now && !had_bought);
+        stats.unique_viewers += i64::from(views_now && !had_viewed);
+        let converted = (had_bought || buys_now) && (had_viewed || views_now);
+        stats.converted_viewers += i64::from(converted && !(had_bought && had_viewed));
     }
     // The new top products are among the views' top ones and the tail's: a product in neither
     // ranked after every one of the views' top, and those only gained.
@@ -111,7 +124,7 @@ pub fn promotions_page(
     edge: &Edge,
     since_us: i64,
     (limit, offset): (i64, i64),
-    tail: &[Fact],
+    (tail, views): (&[Fact], &[ViewFact]),
 ) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
     // Per promotion of the tail: buys, units, revenue, buys in the window.
     let mut gained: BTreeMap<i64, (i64, i64, i64, i64)> = BTreeMap::new();
@@ -124,7 +137,9 @@ pub fn promotions_page(
         g.3 += i64::from(fact.timestamp_us >= since_us);
     }
     let (mut candidates, mut total) = read::ranked(conn, offset.saturating_add(limit))?;
-    for &promotion in gained.keys() {
+    // A promotion first seen in the tail's views counts in the total (and ranks with no buys).
+    let viewed: BTreeSet<i64> = views.iter().map(|v| v.view.promotion_id).collect();
+    for &promotion in gained.keys().chain(viewed.difference(&gained.keys().copied().collect())) {
         if !candidates.iter().any(|c| c.0 == promotion) {
             match read::ranked_one(conn, promotion)? {
                 Some(row) => candidates.push(row),

@@ -1,0 +1,101 @@
+//! Black-box tests of page views (`docs/reference.md` §9): `POST /view` and `POST /views`, and
+//! the funnel they feed in promotion stats, run on every store.
+
+use crate::common::{StoreKind, TestApp, buy};
+use serde_json::{Value, json};
+
+fn view(user: i64, promotion: i64) -> Value {
+    json!({"user_id": user, "promotion_id": promotion})
+}
+
+async fn views_are_numbered_among_views(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    let first = app.post("/view", &view(1, 7)).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.json::<Value>().await.unwrap(), json!({"success": true, "recorded": 1, "view_count": 1}));
+    // A buy between them takes a buy number, not a view number.
+    assert_eq!(app.post("/buy", &buy(1, 7, 3, 1)).await.json::<Value>().await.unwrap()["buy_count"], 1);
+    let batch = json!({"views": [view(2, 7), {"user_id": 3, "promotion_id": 7, "product_id": 3}, view(4, 8)]});
+    let answer: Value = app.post("/views", &batch).await.json().await.unwrap();
+    assert_eq!(answer, json!({"success": true, "recorded": 3, "view_count": 4}));
+    // sendBeacon sends text/plain.
+    let beacon = app
+        .client
+        .post(app.url("/view"))
+        .header("content-type", "text/plain;charset=UTF-8")
+        .body(view(5, 7).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beacon.status(), 200);
+    assert_eq!(beacon.json::<Value>().await.unwrap()["view_count"], 5);
+    let form = app
+        .client
+        .post(app.url("/view"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(view(6, 7).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 415);
+    // One bad item rejects the batch, naming it; nothing is recorded.
+    let bad = app.post("/views", &json!({"views": [view(1, 1), {"user_id": "x", "promotion_id": 1}]})).await;
+    assert_eq!(bad.status(), 422);
+    let detail = bad.json::<Value>().await.unwrap();
+    assert_eq!(detail["detail"][0]["loc"], json!(["body", "views", 1, "user_id"]));
+    assert_eq!(app.post("/view", &json!({"user_id": 1})).await.status(), 422);
+    assert_eq!(app.post("/view", &view(9, 9)).await.json::<Value>().await.unwrap()["view_count"], 6);
+}
+
+async fn a_retried_view_is_replayed(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    let send = |body: Value, path: &'static str| {
+        app.client.post(app.url(path)).header("idempotency-key", "beacon-1").json(&body).send()
+    };
+    let first = send(view(1, 2), "/view").await.unwrap();
+    assert_eq!(first.json::<Value>().await.unwrap()["view_count"], 1);
+    let again = send(view(1, 2), "/view").await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap()["view_count"], 1);
+    assert_eq!(send(view(1, 3), "/view").await.unwrap().status(), 422, "another body");
+    assert_eq!(send(buy(1, 2, 3, 1), "/buy").await.unwrap().status(), 422, "another endpoint");
+    assert_eq!(app.get_json("/promotions/2/stats").await["views"], 1);
+}
+
+async fn the_funnel_counts_viewers_and_converts_in_either_order(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    // Users 1 and 2 view then buy; 3 buys then views; 4 and 5 only view (5 twice); 6 only buys;
+    // 7 views another promotion and buys in this one.
+    for (user, promotion) in [(1, 7), (2, 7), (4, 7), (5, 7), (5, 7), (7, 8)] {
+        assert_eq!(app.post("/view", &view(user, promotion)).await.status(), 200);
+    }
+    for user in [1, 2, 3, 6, 7] {
+        assert_eq!(app.post("/buy", &buy(user, 7, 1, 1)).await.status(), 200);
+    }
+    assert_eq!(app.post("/views", &json!({"views": [view(3, 7)]})).await.status(), 200);
+    let stats = app.get_json("/promotions/7/stats").await;
+    assert_eq!(stats["views"], 6);
+    assert_eq!(stats["unique_viewers"], 5);
+    assert_eq!(stats["converted_viewers"], 3);
+    assert_eq!(stats["conversion_rate"], json!(0.6));
+    assert_eq!(stats["recent_views"], 6);
+    assert_eq!(stats["unique_buyers"], 5);
+    let other = app.get_json("/promotions/8/stats").await;
+    assert_eq!((other["views"].as_i64(), other["converted_viewers"].as_i64()), (Some(1), Some(0)));
+    assert_eq!(other["total_buys"], 0);
+    assert_eq!(other["first_buy_at"], Value::Null);
+    assert_eq!(app.get_json("/promotions/9/stats").await["conversion_rate"], Value::Null);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    // The registry is the process's, shared by the tests running beside this one: at least ours.
+    let recorded = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("buy_tracker_views_recorded_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(recorded.is_some_and(|n| n >= 7.0), "{metrics}");
+}
+
+on_every_store!(
+    views_are_numbered_among_views,
+    a_retried_view_is_replayed,
+    the_funnel_counts_viewers_and_converts_in_either_order,
+);
