@@ -278,7 +278,7 @@ mod tests {
     use crate::domain::BuyRecord;
     use crate::store::log::Log;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{Bucket, Counts, ExportFilter, ExportRow, PromotionStats, PromotionSummary};
+    use crate::store::{Bucket, Counts, ExportFilter, ExportRow, PromotionOrder, PromotionStats, PromotionSummary};
 
     /// An in-memory SQLite store whose every commit first waits for a message on `gate` (or for
     /// the gate to close): a store that stops answering, then answers. With `panics`, a commit
@@ -308,7 +308,13 @@ mod tests {
         fn counts(&self, _: i64, _: Option<i64>) -> Result<Counts, StoreError> {
             unused()
         }
-        fn promotions(&self, _: i64, _: i64, _: i64) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
+        fn promotions(
+            &self,
+            _: i64,
+            _: PromotionOrder,
+            _: i64,
+            _: i64,
+        ) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
             unused()
         }
         fn promotion_stats(&self, _: i64, _: i64) -> Result<PromotionStats, StoreError> {

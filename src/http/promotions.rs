@@ -11,6 +11,7 @@ use super::state::AppState;
 use crate::clock::format_micros;
 use crate::field_error::FieldError;
 use crate::http::error::ApiError;
+use crate::store::PromotionOrder;
 
 /// One promotion in the ranking.
 #[derive(Serialize, ToSchema)]
@@ -22,14 +23,22 @@ pub struct PromotionRank {
     n_recent_buys: i64,
     /// Sum of quantity × unit_price_cents over buys that carry a price.
     revenue_cents: i64,
+    /// Every view of the promotion.
+    views: i64,
+    /// Distinct users among its viewers.
+    unique_viewers: i64,
+    /// Distinct users who viewed and bought, over unique_viewers; null without viewers.
+    conversion_rate: Option<f64>,
+    /// revenue_cents minus refunded cents.
+    net_revenue_cents: i64,
 }
 
-/// A page of promotions ranked by buys.
+/// A page of promotions ranked by `order_by`.
 #[derive(Serialize, ToSchema)]
 pub struct PromotionList {
-    /// Ranked by total_buys descending, ties by promotion_id ascending.
+    /// Ranked by order_by descending, ties by promotion_id ascending, nulls last.
     promotions: Vec<PromotionRank>,
-    /// The number of promotions with at least one buy.
+    /// The number of promotions with at least one buy or view.
     total: i64,
 }
 
@@ -72,13 +81,14 @@ pub struct PromotionStatsResponse {
     recent_views: i64,
 }
 
-/// Promotions ranked by buys.
+/// Promotions ranked by buys, or by `order_by`.
 #[utoipa::path(
     get, path = "/promotions", tag = "analytics",
     params(
         ("timeframe_hours" = Option<f64>, Query, minimum = 0.1, maximum = 168.0, description = "Window for n_recent_buys (default 1.0)"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)"),
         ("offset" = Option<i64>, Query, minimum = 0, description = "Promotions to skip (default 0)"),
+        ("order_by" = Option<String>, Query, description = "What to rank by, on all-time totals, descending (ties by promotion_id, nulls last): buys (default), units, revenue, net_revenue, views, conversion_rate"),
     ),
     responses(
         (status = 200, description = "One page of the ranking", body = PromotionList),
@@ -92,8 +102,10 @@ pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> R
     let timeframe = params.timeframe()?;
     let limit = params.int("limit", 1, 1000)?.unwrap_or(50);
     let offset = params.int("offset", 0, i64::MAX)?.unwrap_or(0);
+    let names = PromotionOrder::ALL.map(|(name, _)| name);
+    let order = params.choice("order_by", &names)?.and_then(PromotionOrder::parse).unwrap_or_default();
     let since = state.clock.now_us() - timeframe.micros();
-    let (page, total) = state.read_store(move |store| store.promotions(since, limit, offset)).await?;
+    let (page, total) = state.read_store(move |store| store.promotions(since, order, limit, offset)).await?;
     let promotions = page
         .into_iter()
         .map(|p| PromotionRank {
@@ -102,6 +114,10 @@ pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> R
             total_units: p.total_units,
             n_recent_buys: p.recent_buys,
             revenue_cents: p.revenue_cents,
+            views: p.views,
+            unique_viewers: p.unique_viewers,
+            conversion_rate: p.conversion_rate(),
+            net_revenue_cents: p.net_revenue_cents(),
         })
         .collect();
     Ok(Json(PromotionList { promotions, total }))

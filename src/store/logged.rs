@@ -12,7 +12,8 @@ use std::thread::JoinHandle;
 use super::log::{FactLog, Log, Position};
 use super::views::{BARRIER_TIMEOUT, Views};
 use super::{
-    Bucket, Counts, ExportFilter, ExportRow, Outcome, PromotionStats, PromotionSummary, Store, StoreError, Submission,
+    Bucket, Counts, ExportFilter, ExportRow, Outcome, PromotionOrder, PromotionStats, PromotionSummary, Store,
+    StoreError, Submission,
 };
 use crate::lock::lock;
 
@@ -93,9 +94,15 @@ impl Store for LoggedStore {
         Ok(counts)
     }
 
-    fn promotions(&self, since_us: i64, limit: i64, offset: i64) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
+    fn promotions(
+        &self,
+        since_us: i64,
+        order: PromotionOrder,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
         let up_to = self.tail_end()?;
-        self.views.promotions(&*self.log, since_us, (limit, offset), up_to)
+        self.views.promotions(&*self.log, since_us, (order, limit, offset), up_to)
     }
 
     /// As counts: the views' snapshot plus the promotion's facts after it.
@@ -218,7 +225,7 @@ mod tests {
         let store = LoggedStore::start(log, Views::open(Some(&views)).unwrap()).unwrap();
         let counts = store.counts(0, None).unwrap();
         assert_eq!((counts.total_buys, counts.recent_buys), (7, 7), "only store b's facts");
-        assert_eq!(store.promotions(0, 100, 0).unwrap().1, 7);
+        assert_eq!(store.promotions(0, PromotionOrder::Buys, 100, 0).unwrap().1, 7);
     }
 
     /// The views catch up with a log that already holds facts (a restart, or views rebuilt), and
@@ -392,7 +399,9 @@ mod tests {
             all.push(format!("{:?}", store.timeseries(60, series.0, series.1, None).unwrap()));
             for &since in &windows {
                 for (limit, offset) in [(10, 0), (1, 0), (1, 1), (2, 2), (5, 3), (100, 0)] {
-                    all.push(format!("{:?}", store.promotions(since, limit, offset).unwrap()));
+                    for (_, order) in PromotionOrder::ALL {
+                        all.push(format!("{:?}", store.promotions(since, order, limit, offset).unwrap()));
+                    }
                 }
             }
             all
@@ -420,7 +429,8 @@ mod tests {
         assert_eq!((funnel.views, funnel.counts.total_buys), (40, 0), "promotion 4 has views only");
         let top = store.promotion_stats(0, 0).unwrap().top_products;
         assert!(top.iter().any(|p| p.product_id == 21), "new product 21 entered the top ten: {top:?}");
-        let ranking: Vec<i64> = store.promotions(0, 10, 0).unwrap().0.iter().map(|p| p.promotion_id).collect();
+        let ranking: Vec<i64> =
+            store.promotions(0, PromotionOrder::Buys, 10, 0).unwrap().0.iter().map(|p| p.promotion_id).collect();
         assert_eq!(ranking, [2, 0, 1, 3, 4], "promotion 2 passed the others, 3 is new, 4 has views only");
     }
 }

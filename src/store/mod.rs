@@ -221,7 +221,7 @@ pub struct Counts {
 }
 
 /// One promotion in the ranking of `GET /promotions`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PromotionSummary {
     /// The promotion.
     pub promotion_id: i64,
@@ -233,6 +233,90 @@ pub struct PromotionSummary {
     pub recent_buys: i64,
     /// Sum of quantity × unit price over its priced buys.
     pub revenue_cents: i64,
+    /// Its page views.
+    pub views: i64,
+    /// Distinct users among its viewers.
+    pub unique_viewers: i64,
+    /// Distinct users who viewed and bought in it.
+    pub converted_viewers: i64,
+}
+
+impl PromotionSummary {
+    /// Revenue after refunds (no refunds are recorded yet: the revenue).
+    pub fn net_revenue_cents(&self) -> i64 {
+        self.revenue_cents
+    }
+
+    /// `converted_viewers / unique_viewers`, or `None` without viewers.
+    pub fn conversion_rate(&self) -> Option<f64> {
+        (self.unique_viewers > 0).then(|| self.converted_viewers as f64 / self.unique_viewers as f64)
+    }
+}
+
+/// What `GET /promotions` ranks by (`order_by`): always descending on all-time totals, ties by
+/// promotion id ascending, nulls (a conversion rate without viewers) last.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PromotionOrder {
+    /// Buys (the default).
+    #[default]
+    Buys,
+    /// Units.
+    Units,
+    /// Gross revenue.
+    Revenue,
+    /// Revenue after refunds.
+    NetRevenue,
+    /// Page views.
+    Views,
+    /// Converted viewers over unique viewers.
+    ConversionRate,
+}
+
+impl PromotionOrder {
+    /// Every order with its name in the query, in the contract's order.
+    pub const ALL: [(&'static str, PromotionOrder); 6] = [
+        ("buys", PromotionOrder::Buys),
+        ("units", PromotionOrder::Units),
+        ("revenue", PromotionOrder::Revenue),
+        ("net_revenue", PromotionOrder::NetRevenue),
+        ("views", PromotionOrder::Views),
+        ("conversion_rate", PromotionOrder::ConversionRate),
+    ];
+
+    /// The order a query value names (lower case only).
+    pub fn parse(name: &str) -> Option<PromotionOrder> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, order)| *order)
+    }
+
+    /// Whether facts arriving can only move a promotion up in this order (never down): then a
+    /// page is found among the views' first entries and the tail's promotions. A conversion
+    /// rate can fall when new viewers arrive.
+    pub fn only_grows(self) -> bool {
+        self != PromotionOrder::ConversionRate
+    }
+
+    /// `a` before `b` in this order (descending, nulls last, ties by id).
+    pub fn compare(self, a: &PromotionSummary, b: &PromotionSummary) -> std::cmp::Ordering {
+        let by = match self {
+            PromotionOrder::Buys => b.total_buys.cmp(&a.total_buys),
+            PromotionOrder::Units => b.total_units.cmp(&a.total_units),
+            PromotionOrder::Revenue => b.revenue_cents.cmp(&a.revenue_cents),
+            PromotionOrder::NetRevenue => b.net_revenue_cents().cmp(&a.net_revenue_cents()),
+            PromotionOrder::Views => b.views.cmp(&a.views),
+            // Compared exactly, as fractions: c1/v1 > c2/v2 ⇔ c1·v2 > c2·v1 (viewers > 0).
+            PromotionOrder::ConversionRate => match (a.unique_viewers > 0, b.unique_viewers > 0) {
+                (true, true) => {
+                    let left = i128::from(a.converted_viewers) * i128::from(b.unique_viewers);
+                    let right = i128::from(b.converted_viewers) * i128::from(a.unique_viewers);
+                    right.cmp(&left)
+                }
+                (true, false) => std::cmp::Ordering::Less,
+                (false, true) => std::cmp::Ordering::Greater,
+                (false, false) => std::cmp::Ordering::Equal,
+            },
+        };
+        by.then(a.promotion_id.cmp(&b.promotion_id))
+    }
 }
 
 /// One product of a promotion.
@@ -336,8 +420,14 @@ pub trait Store: Send + Sync + 'static {
     /// without scanning the buys (rollups maintained with the inserts).
     fn counts(&self, since_us: i64, promotion_id: Option<i64>) -> Result<Counts, StoreError>;
 
-    /// Promotions ranked by buys (ties by id), one page, and the number of promotions.
-    fn promotions(&self, since_us: i64, limit: i64, offset: i64) -> Result<(Vec<PromotionSummary>, i64), StoreError>;
+    /// Promotions ranked by `order`, one page, and the number of promotions (with a buy or a view).
+    fn promotions(
+        &self,
+        since_us: i64,
+        order: PromotionOrder,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<PromotionSummary>, i64), StoreError>;
 
     /// One promotion's analytics (zeros for a promotion without buys).
     fn promotion_stats(&self, promotion_id: i64, since_us: i64) -> Result<PromotionStats, StoreError>;
@@ -468,7 +558,11 @@ pub(crate) fn assert_same_answers(
         for p in each() {
             assert_eq!(a.counts(since, p).unwrap(), b.counts(since, p).unwrap(), "since {since}, promotion {p:?}");
         }
-        assert_eq!(a.promotions(since, 10, 0).unwrap(), b.promotions(since, 10, 0).unwrap(), "since {since}");
+        for (_, order) in PromotionOrder::ALL {
+            let (left, right) =
+                (a.promotions(since, order, 10, 0).unwrap(), b.promotions(since, order, 10, 0).unwrap());
+            assert_eq!(left, right, "since {since}, {order:?}");
+        }
         for &p in promotions {
             assert_eq!(a.promotion_stats(p, since).unwrap(), b.promotion_stats(p, since).unwrap(), "since {since}");
         }

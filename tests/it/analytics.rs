@@ -40,7 +40,8 @@ async fn promotions_are_ranked_by_buys_then_id(kind: StoreKind) {
     assert_eq!(ids, vec![30, 10, 20, 5]);
     assert_eq!(
         list["promotions"][0],
-        json!({"promotion_id": 30, "total_buys": 3, "total_units": 7, "n_recent_buys": 2, "revenue_cents": 1500})
+        json!({"promotion_id": 30, "total_buys": 3, "total_units": 7, "n_recent_buys": 2, "revenue_cents": 1500,
+               "views": 0, "unique_viewers": 0, "conversion_rate": null, "net_revenue_cents": 1500})
     );
     assert_eq!(app.get_json("/promotions?timeframe_hours=3").await["promotions"][0]["n_recent_buys"], 3);
     let page = app.get_json("/promotions?limit=2&offset=1").await;

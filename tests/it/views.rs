@@ -94,7 +94,60 @@ async fn the_funnel_counts_viewers_and_converts_in_either_order(kind: StoreKind)
     assert!(recorded.is_some_and(|n| n >= 7.0), "{metrics}");
 }
 
+/// Post a priced buy.
+async fn priced(app: &TestApp, user: i64, promotion: i64, quantity: i64, price: i64) {
+    let mut body = buy(user, promotion, 1, quantity);
+    body["unit_price_cents"] = json!(price);
+    assert_eq!(app.post("/buy", &body).await.status(), 200);
+}
+
+fn ids(list: &Value) -> Vec<i64> {
+    list["promotions"].as_array().unwrap().iter().map(|p| p["promotion_id"].as_i64().unwrap()).collect()
+}
+
+async fn promotions_rank_by_each_order(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    // 1: 3 buys of 1 unit at 100, 2 viewers of whom 1 bought (rate 0.5).
+    // 2: 1 buy of 10 units at 50, 4 views by 4 viewers of whom 1 bought (rate 0.25).
+    // 3: 2 buys of 1 unit at 1000, 1 viewer who bought (rate 1).
+    // 4: views only, 1 viewer (rate 0). 5: a buy without views (rate null).
+    for (user, promotion) in [(1, 1), (2, 1), (1, 2), (2, 2), (3, 2), (4, 2), (9, 3), (5, 4)] {
+        assert_eq!(app.post("/view", &view(user, promotion)).await.status(), 200);
+    }
+    for user in [1, 7, 8] {
+        priced(&app, user, 1, 1, 100).await;
+    }
+    priced(&app, 1, 2, 10, 50).await;
+    priced(&app, 9, 3, 1, 1000).await;
+    priced(&app, 9, 3, 1, 1000).await;
+    assert_eq!(app.post("/buy", &buy(6, 5, 1, 1)).await.status(), 200);
+    let order = |by: &'static str| {
+        let app = &app;
+        async move { ids(&app.get_json(&format!("/promotions?order_by={by}")).await) }
+    };
+    assert_eq!(order("buys").await, [1, 3, 2, 5, 4]);
+    assert_eq!(ids(&app.get_json("/promotions").await), [1, 3, 2, 5, 4], "buys is the default");
+    assert_eq!(order("units").await, [2, 1, 3, 5, 4]);
+    assert_eq!(order("revenue").await, [3, 2, 1, 4, 5]);
+    assert_eq!(order("net_revenue").await, [3, 2, 1, 4, 5]);
+    assert_eq!(order("views").await, [2, 1, 3, 4, 5]);
+    assert_eq!(order("conversion_rate").await, [3, 1, 2, 4, 5], "nulls last");
+    let list = app.get_json("/promotions?order_by=views&limit=1").await;
+    assert_eq!(list["total"], 5, "every promotion with a buy or a view");
+    let two = &list["promotions"][0];
+    assert_eq!((two["views"].as_i64(), two["unique_viewers"].as_i64()), (Some(4), Some(4)));
+    assert_eq!(two["conversion_rate"], json!(0.25));
+    assert_eq!(two["net_revenue_cents"], 500);
+    for bad in ["Buys", "price", ""] {
+        let response = app.get(&format!("/promotions?order_by={bad}")).await;
+        assert_eq!(response.status(), 422, "{bad}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["detail"][0]["loc"], json!(["query", "order_by"]));
+    }
+}
+
 on_every_store!(
+    promotions_rank_by_each_order,
     views_are_numbered_among_views,
     a_retried_view_is_replayed,
     the_funnel_counts_viewers_and_converts_in_either_order,

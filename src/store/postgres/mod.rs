@@ -395,11 +395,11 @@ mod tests {
     use super::*;
     use crate::domain::BuyRecord;
     use crate::request_time::TimestampSource;
-    use crate::store::Facts;
     use crate::store::logged::LoggedStore;
     use crate::store::sqlite::SqliteStore;
     use crate::store::views::Views;
     use crate::store::views::deltas::US;
+    use crate::store::{Facts, PromotionOrder};
     use crate::store::{IDEMPOTENCY_TTL_US, IdempotencyClaim, Store};
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
@@ -651,8 +651,8 @@ mod tests {
         for &cutoff in cutoffs.iter().step_by(20) {
             for (limit, offset) in [(50, 0), (2, 1), (1000, 5), (3, 100)] {
                 assert_eq!(
-                    pg.promotions(cutoff, limit, offset).unwrap(),
-                    sqlite.promotions(cutoff, limit, offset).unwrap()
+                    pg.promotions(cutoff, PromotionOrder::Buys, limit, offset).unwrap(),
+                    sqlite.promotions(cutoff, PromotionOrder::Buys, limit, offset).unwrap()
                 );
             }
             for p in [0, 1, 2, 3, 4, 5, 77] {
@@ -742,7 +742,7 @@ mod tests {
         assert_eq!(stats.top_products, vec![crate::store::ProductCount { product_id: 3, buys: 2, units: 6 }]);
         let series = store.timeseries(60, minute, minute, None).unwrap();
         assert_eq!((series.len(), series[0].buys, series[0].units), (1, 2, 6));
-        assert_eq!(store.promotions(at - 10 * US, 10, 0).unwrap().1, 1);
+        assert_eq!(store.promotions(at - 10 * US, PromotionOrder::Buys, 10, 0).unwrap().1, 1);
         // The buyer of the old buy is known to the views: buying again is not a new buyer.
         let again = Submission { facts: Facts::Buys(vec![record(5, 2, 3, 1, None, at + 2)]), idempotency: None };
         store.commit(&[again], at).unwrap();

@@ -34,7 +34,10 @@ use rusqlite::Connection;
 
 use super::log::{FactLog, Position};
 use super::pool::Pool;
-use super::{Bucket, Counts, OpenError, PromotionStats, PromotionSummary, ROLLUP_KEEP_S, StoreError, StoreErrorKind};
+use super::{
+    Bucket, Counts, OpenError, PromotionOrder, PromotionStats, PromotionSummary, ROLLUP_KEEP_S, StoreError,
+    StoreErrorKind,
+};
 use crate::lock::lock;
 use read::Edge;
 
@@ -372,13 +375,13 @@ impl Views {
         &self,
         log: &dyn FactLog,
         since_us: i64,
-        (limit, offset): (i64, i64),
+        page: (PromotionOrder, i64, i64),
         up_to: Position,
     ) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
         self.read(log, |conn, edge| {
             let tail = log.facts_in(edge.applied, up_to.buys, None)?;
             let views = log.views_in(edge.views_applied, up_to.views, None)?;
-            tail::promotions_page(conn, edge, since_us, (limit, offset), (&tail, &views))
+            tail::promotions_page(conn, edge, since_us, page, (&tail, &views))
         })
     }
 

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::log::{FactLog, Position};
 use crate::store::views::deltas::{US, window_edges};
-use crate::store::{Bucket, Counts, ProductCount, PromotionStats, PromotionSummary, StoreError};
+use crate::store::{Bucket, Counts, ProductCount, PromotionOrder, PromotionStats, PromotionSummary, StoreError};
 
 const RECENT_ALL: &str = "
     WITH parts (buys, units) AS (
@@ -97,31 +97,50 @@ pub fn counts(conn: &Connection, edge: &Edge, since_us: i64, promotion_id: Optio
     Ok(Counts { total_buys, total_units, recent_buys, recent_units })
 }
 
-/// One promotion's totals in the ranking: (promotion, buys, units, revenue).
-pub type Ranked = (i64, i64, i64, i64);
+const RANKED_COLUMNS: &str =
+    "promotion_id, total_buys, total_units, revenue_cents, views, unique_viewers, converted_viewers";
 
-/// The first `n` promotions ranked by buys (ties by id), without their recent counts, and the
-/// number of promotions.
-pub fn ranked(conn: &Connection, n: i64) -> Result<(Vec<Ranked>, i64), StoreError> {
+/// A `promotion_totals` row selected with [`RANKED_COLUMNS`], without its recent buys.
+fn ranked_row(r: &rusqlite::Row) -> rusqlite::Result<PromotionSummary> {
+    Ok(PromotionSummary {
+        promotion_id: r.get(0)?,
+        total_buys: r.get(1)?,
+        total_units: r.get(2)?,
+        recent_buys: 0,
+        revenue_cents: r.get(3)?,
+        views: r.get(4)?,
+        unique_viewers: r.get(5)?,
+        converted_viewers: r.get(6)?,
+    })
+}
+
+/// The first `n` promotions in `order` (every promotion with `None`, in no order), without their
+/// recent counts, and the number of promotions.
+pub fn ranked(
+    conn: &Connection,
+    order: PromotionOrder,
+    n: Option<i64>,
+) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
     let total: i64 = conn.prepare_cached("SELECT count(*) FROM promotion_totals")?.query_row([], |r| r.get(0))?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT promotion_id, total_buys, total_units, revenue_cents FROM promotion_totals
-         ORDER BY total_buys DESC, promotion_id LIMIT ?1",
-    )?;
-    let page = stmt
-        .query_map([n], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<rusqlite::Result<Vec<Ranked>>>()?;
+    let by = match order {
+        PromotionOrder::Buys => "total_buys",
+        PromotionOrder::Units => "total_units",
+        // No refunds are recorded yet: net revenue is the revenue.
+        PromotionOrder::Revenue | PromotionOrder::NetRevenue => "revenue_cents",
+        PromotionOrder::Views => "views",
+        // A rate is not a column: every promotion is a candidate, ranked by the caller.
+        PromotionOrder::ConversionRate => "promotion_id",
+    };
+    let sql = format!("SELECT {RANKED_COLUMNS} FROM promotion_totals ORDER BY {by} DESC, promotion_id LIMIT ?1");
+    let page =
+        conn.prepare_cached(&sql)?.query_map([n.unwrap_or(-1)], ranked_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
     Ok((page, total))
 }
 
-/// The totals of `promotion_id` in the views, if it has any buys there.
-pub fn ranked_one(conn: &Connection, promotion_id: i64) -> Result<Option<Ranked>, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT promotion_id, total_buys, total_units, revenue_cents FROM promotion_totals WHERE promotion_id = ?1",
-        )?
-        .query_row([promotion_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .optional()?)
+/// The totals of `promotion_id` in the views, if it has any buys or views there.
+pub fn ranked_one(conn: &Connection, promotion_id: i64) -> Result<Option<PromotionSummary>, StoreError> {
+    let sql = format!("SELECT {RANKED_COLUMNS} FROM promotion_totals WHERE promotion_id = ?1");
+    Ok(conn.prepare_cached(&sql)?.query_row([promotion_id], ranked_row).optional()?)
 }
 
 /// `page` with each promotion's buys since `since_us`: the views' plus `tail_recent`'s (buys of
@@ -130,7 +149,7 @@ pub fn with_recent(
     conn: &Connection,
     edge: &Edge,
     since_us: i64,
-    page: Vec<Ranked>,
+    mut page: Vec<PromotionSummary>,
     tail_recent: &std::collections::HashMap<i64, i64>,
 ) -> Result<Vec<PromotionSummary>, StoreError> {
     // The partial second at the window's edge is the same for every promotion: one log query.
@@ -142,15 +161,13 @@ pub fn with_recent(
         .map(|(promotion, buys, _)| (promotion, buys))
         .collect();
     let mut rollups = conn.prepare_cached(RECENT_PROMOTION)?;
-    let mut promotions = Vec::with_capacity(page.len());
-    for (promotion_id, total_buys, total_units, revenue_cents) in page {
-        let whole: i64 = rollups.query_row(params![second, minute, hour, promotion_id], |r| r.get(0))?;
-        let recent_buys = whole
-            + edges.get(&promotion_id).copied().unwrap_or(0)
-            + tail_recent.get(&promotion_id).copied().unwrap_or(0);
-        promotions.push(PromotionSummary { promotion_id, total_buys, total_units, recent_buys, revenue_cents });
+    for promotion in &mut page {
+        let id = promotion.promotion_id;
+        let whole: i64 = rollups.query_row(params![second, minute, hour, id], |r| r.get(0))?;
+        promotion.recent_buys =
+            whole + edges.get(&id).copied().unwrap_or(0) + tail_recent.get(&id).copied().unwrap_or(0);
     }
-    Ok(promotions)
+    Ok(page)
 }
 
 /// See [`crate::store::Store::promotion_stats`].

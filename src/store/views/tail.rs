@@ -12,8 +12,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::log::{Fact, ViewFact};
 use crate::store::views::deltas::{bucket_start, revenue_cents};
-use crate::store::views::read::{self, Edge, Ranked};
-use crate::store::{Bucket, ProductCount, PromotionStats, PromotionSummary, StoreError};
+use crate::store::views::read::{self, Edge};
+use crate::store::{Bucket, ProductCount, PromotionOrder, PromotionStats, PromotionSummary, StoreError};
 
 /// How many top products a promotion's stats list.
 const TOP_PRODUCTS: usize = 10;
@@ -52,20 +52,10 @@ pub fn add_to_promotion_stats(
         stats.recent_views += i64::from(fact.timestamp_us >= since_us);
         viewers.insert(fact.view.user_id);
     }
-    // A buyer (viewer) of the tail is new unless the views already know them in this promotion;
-    // a user converts when the tail makes them both a viewer and a buyer for the first time.
-    let mut bought = conn.prepare_cached("SELECT 1 FROM promotion_buyers WHERE user_id = ?1 AND promotion_id = ?2")?;
-    let mut viewed = conn.prepare_cached("SELECT 1 FROM promotion_viewers WHERE user_id = ?1 AND promotion_id = ?2")?;
-    for &user in users.union(&viewers) {
-        let had_bought = bought.exists(params![user, promotion_id])?;
-        let had_viewed = viewed.exists(params![user, promotion_id])?;
-        let buys_now = users.contains(&user);
-        let views_now = viewers.contains(&user);
-        stats.unique_buyers += i64::from(buys_now && !had_bought);
-        stats.unique_viewers += i64::from(views_now && !had_viewed);
-        let converted = (had_bought || buys_now) && (had_viewed || views_now);
-        stats.converted_viewers += i64::from(converted && !(had_bought && had_viewed));
-    }
+    let gained = users_gained(conn, promotion_id, &users, &viewers)?;
+    stats.unique_buyers += gained.buyers;
+    stats.unique_viewers += gained.viewers;
+    stats.converted_viewers += gained.converted;
     // The new top products are among the views' top ones and the tail's: a product in neither
     // ranked after every one of the views' top, and those only gained.
     let mut candidates: BTreeMap<i64, (i64, i64)> =
@@ -113,56 +103,108 @@ pub fn add_to_timeseries(buckets: &mut Vec<Bucket>, granularity_s: i64, from_s: 
     *buckets = added.into_iter().map(|(start_s, (buys, units))| Bucket { start_s, buys, units }).collect();
 }
 
-/// One page of the promotions ranking (`limit` from `offset`) over the views' snapshot plus
-/// `tail`, and the number of promotions.
+/// What the tail's users add to one promotion's distinct counts.
+#[derive(Debug, Default, Clone, Copy)]
+struct UsersGained {
+    buyers: i64,
+    viewers: i64,
+    converted: i64,
+}
+
+/// Of `buyers` and `viewers` (the tail's, in `promotion_id`), those new to it as buyers or
+/// viewers, and those the tail makes both a viewer and a buyer for the first time. A user is
+/// known when the views' snapshot holds their pair.
+fn users_gained(
+    conn: &Connection,
+    promotion_id: i64,
+    buyers: &BTreeSet<i64>,
+    viewers: &BTreeSet<i64>,
+) -> Result<UsersGained, StoreError> {
+    let mut bought = conn.prepare_cached("SELECT 1 FROM promotion_buyers WHERE user_id = ?1 AND promotion_id = ?2")?;
+    let mut viewed = conn.prepare_cached("SELECT 1 FROM promotion_viewers WHERE user_id = ?1 AND promotion_id = ?2")?;
+    let mut gained = UsersGained::default();
+    for &user in buyers.union(viewers) {
+        let had_bought = bought.exists(params![user, promotion_id])?;
+        let had_viewed = viewed.exists(params![user, promotion_id])?;
+        let (buys_now, views_now) = (buyers.contains(&user), viewers.contains(&user));
+        gained.buyers += i64::from(buys_now && !had_bought);
+        gained.viewers += i64::from(views_now && !had_viewed);
+        let converted = (had_bought || buys_now) && (had_viewed || views_now);
+        gained.converted += i64::from(converted && !(had_bought && had_viewed));
+    }
+    Ok(gained)
+}
+
+/// What one promotion gains from the tail, for the ranking.
+#[derive(Debug, Default)]
+struct Gains {
+    buys: i64,
+    units: i64,
+    revenue_cents: i64,
+    recent_buys: i64,
+    views: i64,
+    buyers: BTreeSet<i64>,
+    viewers: BTreeSet<i64>,
+}
+
+/// One page of the promotions ranking in `order` (`limit` from `offset`) over the views'
+/// snapshot plus `tail`, and the number of promotions.
 ///
-/// The tail's promotions only gain buys, so every other promotion can only move down the
-/// ranking: one on the page was among the views' first `offset + limit`. The page is found among
-/// those and the tail's own promotions.
+/// In an order that facts only raise (buys, units, revenue, views), every promotion outside the
+/// tail can only move down: one on the page was among the views' first `offset + limit`. The
+/// page is found among those and the tail's own promotions. A conversion rate can also fall, so
+/// for it every promotion is a candidate (their number, not the facts', bounds the work).
 pub fn promotions_page(
     conn: &Connection,
     edge: &Edge,
     since_us: i64,
-    (limit, offset): (i64, i64),
+    (order, limit, offset): (PromotionOrder, i64, i64),
     (tail, views): (&[Fact], &[ViewFact]),
 ) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
-    // Per promotion of the tail: buys, units, revenue, buys in the window.
-    let mut gained: BTreeMap<i64, (i64, i64, i64, i64)> = BTreeMap::new();
+    let mut gained: BTreeMap<i64, Gains> = BTreeMap::new();
     for fact in tail {
-        let units = fact.buy.quantity.get();
         let g = gained.entry(fact.buy.promotion_id).or_default();
-        g.0 += 1;
-        g.1 += units;
-        g.2 = g.2.saturating_add(revenue_cents(&fact.buy));
-        g.3 += i64::from(fact.timestamp_us >= since_us);
+        g.buys += 1;
+        g.units += fact.buy.quantity.get();
+        g.revenue_cents = g.revenue_cents.saturating_add(revenue_cents(&fact.buy));
+        g.recent_buys += i64::from(fact.timestamp_us >= since_us);
+        g.buyers.insert(fact.buy.user_id);
     }
-    let (mut candidates, mut total) = read::ranked(conn, offset.saturating_add(limit))?;
-    // A promotion first seen in the tail's views counts in the total (and ranks with no buys).
-    let viewed: BTreeSet<i64> = views.iter().map(|v| v.view.promotion_id).collect();
-    for &promotion in gained.keys().chain(viewed.difference(&gained.keys().copied().collect())) {
-        if !candidates.iter().any(|c| c.0 == promotion) {
+    for fact in views {
+        let g = gained.entry(fact.view.promotion_id).or_default();
+        g.views += 1;
+        g.viewers.insert(fact.view.user_id);
+    }
+    let first = order.only_grows().then(|| offset.saturating_add(limit));
+    let (mut candidates, mut total) = read::ranked(conn, order, first)?;
+    for &promotion in gained.keys() {
+        if !candidates.iter().any(|c| c.promotion_id == promotion) {
             match read::ranked_one(conn, promotion)? {
                 Some(row) => candidates.push(row),
                 None => {
                     total += 1;
-                    candidates.push((promotion, 0, 0, 0));
+                    candidates.push(PromotionSummary { promotion_id: promotion, ..PromotionSummary::default() });
                 }
             }
         }
     }
     for row in &mut candidates {
-        if let Some(&(buys, units, revenue, _)) = gained.get(&row.0) {
-            row.1 += buys;
-            row.2 += units;
-            row.3 = row.3.saturating_add(revenue);
+        if let Some(g) = gained.get(&row.promotion_id) {
+            let users = users_gained(conn, row.promotion_id, &g.buyers, &g.viewers)?;
+            row.total_buys += g.buys;
+            row.total_units += g.units;
+            row.revenue_cents = row.revenue_cents.saturating_add(g.revenue_cents);
+            row.views += g.views;
+            row.unique_viewers += users.viewers;
+            row.converted_viewers += users.converted;
         }
     }
-    candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let page: Vec<Ranked> = candidates
+    candidates.sort_by(|a, b| order.compare(a, b));
+    let page: Vec<PromotionSummary> = candidates
         .into_iter()
         .skip(usize::try_from(offset).unwrap_or(usize::MAX))
         .take(usize::try_from(limit).unwrap_or(0))
         .collect();
-    let recent = gained.iter().map(|(&p, g)| (p, g.3)).collect();
+    let recent = gained.iter().map(|(&p, g)| (p, g.recent_buys)).collect();
     Ok((read::with_recent(conn, edge, since_us, page, &recent)?, total))
 }
