@@ -79,6 +79,12 @@ pub struct PromotionStatsResponse {
     conversion_rate: Option<f64>,
     /// Views within the window (the same edge as n_recent_buys).
     recent_views: i64,
+    /// revenue_cents over the number of its buys that carry a price; null when none does.
+    average_order_value_cents: Option<f64>,
+    /// Distinct users with at least two buys in the promotion.
+    repeat_buyers: i64,
+    /// Distinct buyers whose first buy in any promotion (the lowest buy_count) was in this one.
+    new_customers: i64,
 }
 
 /// Promotions ranked by buys, or by `order_by`.
@@ -170,5 +176,8 @@ pub async fn stats(
         converted_viewers: s.converted_viewers,
         conversion_rate: (s.unique_viewers > 0).then(|| s.converted_viewers as f64 / s.unique_viewers as f64),
         recent_views: s.recent_views,
+        average_order_value_cents: (s.priced_buys > 0).then(|| s.revenue_cents as f64 / s.priced_buys as f64),
+        repeat_buyers: s.repeat_buyers,
+        new_customers: s.new_customers,
     }))
 }

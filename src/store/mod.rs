@@ -353,6 +353,12 @@ pub struct PromotionStats {
     pub converted_viewers: i64,
     /// Views whose timestamp is at or after the cutoff asked for.
     pub recent_views: i64,
+    /// Buys that carry a price.
+    pub priced_buys: i64,
+    /// Distinct users with at least two buys in the promotion.
+    pub repeat_buyers: i64,
+    /// Distinct buyers whose first buy in any promotion (the lowest buy number) was here.
+    pub new_customers: i64,
 }
 
 /// Buys and units in one time bucket.
@@ -599,8 +605,9 @@ pub(crate) fn assert_pruning_changes_no_answer(
 
 /// Commit a generated history of buys and views through `stores` in turn (replicas of one log,
 /// or one store), with late and out-of-order timestamps and views before and after buys, and
-/// after every few commits require each store's funnel fields of every promotion to equal a
-/// recount from the facts committed so far. Every other check first calls `settle`, which should
+/// after every few commits require each store's funnel and customer fields of every promotion
+/// (views, viewers, converted, recent views, buyers, repeat buyers, new customers, priced buys,
+/// revenue) to equal a recount from the facts committed so far. Every other check first calls `settle`, which should
 /// let the views apply everything (so both the views and the log's tail are checked).
 #[cfg(test)]
 pub(crate) fn assert_funnel_matches_a_recount(stores: &[&dyn Store], settle: &dyn Fn(), now_us: i64) {
@@ -624,8 +631,9 @@ pub(crate) fn assert_funnel_matches_a_recount(stores: &[&dyn Store], settle: &dy
         }
     }
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    // (user, promotion, timestamp) of every fact committed.
-    let mut buys: Vec<(i64, i64, i64)> = Vec::new();
+    // (user, promotion, timestamp) of every view and (with the price) buy committed, in
+    // sequence order.
+    let mut buys: Vec<(i64, i64, i64, Option<i64>)> = Vec::new();
     let mut views: Vec<(i64, i64, i64)> = Vec::new();
     for round in 0..40 {
         let mut writes = Vec::new();
@@ -636,8 +644,9 @@ pub(crate) fn assert_funnel_matches_a_recount(stores: &[&dyn Store], settle: &dy
                 let records: Vec<_> = (0..n)
                     .map(|k| {
                         let t = rng.at(now_us);
-                        buys.push((user + k, promotion, t));
-                        BuyRecord::test(user + k, promotion, 1, 1, None, t)
+                        let price = (k % 2 == 0).then_some(100 + user);
+                        buys.push((user + k, promotion, t, price));
+                        BuyRecord::test(user + k, promotion, 1, 1, price, t)
                     })
                     .collect();
                 writes.push(Submission { facts: Facts::Buys(records), idempotency: None });
@@ -660,10 +669,13 @@ pub(crate) fn assert_funnel_matches_a_recount(stores: &[&dyn Store], settle: &dy
             settle();
         }
         for p in 0..5 {
-            let users = |facts: &[(i64, i64, i64)]| -> BTreeSet<i64> {
-                facts.iter().filter(|f| f.1 == p).map(|f| f.0).collect()
-            };
-            let (buyers, viewers) = (users(&buys), users(&views));
+            let buyers: BTreeSet<i64> = buys.iter().filter(|b| b.1 == p).map(|b| b.0).collect();
+            let viewers: BTreeSet<i64> = views.iter().filter(|v| v.1 == p).map(|v| v.0).collect();
+            let repeat = buyers.iter().filter(|&&u| buys.iter().filter(|b| b.1 == p && b.0 == u).count() >= 2).count();
+            let first_here = |u: &&i64| buys.iter().find(|b| b.0 == **u).is_some_and(|b| b.1 == p);
+            let new_customers = buyers.iter().filter(first_here).count();
+            let priced: Vec<i64> = buys.iter().filter(|b| b.1 == p).filter_map(|b| b.3).collect();
+            let customers = (repeat as i64, new_customers as i64, priced.len() as i64, priced.iter().sum::<i64>());
             for since in [0, now_us - 3_600 * US, now_us - 1_800 * US + 1] {
                 let expected = (
                     views.iter().filter(|v| v.1 == p).count() as i64,
@@ -676,6 +688,8 @@ pub(crate) fn assert_funnel_matches_a_recount(stores: &[&dyn Store], settle: &dy
                     let s = store.promotion_stats(p, since).unwrap();
                     let got = (s.views, s.unique_viewers, s.converted_viewers, s.recent_views, s.unique_buyers);
                     assert_eq!(got, expected, "round {round}, promotion {p}, since {since}");
+                    let got = (s.repeat_buyers, s.new_customers, s.priced_buys, s.revenue_cents);
+                    assert_eq!(got, customers, "round {round}, promotion {p}: repeat, new, priced, revenue");
                 }
             }
         }

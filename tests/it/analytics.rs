@@ -69,6 +69,10 @@ async fn promotion_stats_on_known_data(kind: StoreKind) {
     assert_eq!(stats["total_buys"], 4);
     assert_eq!(stats["total_units"], 13);
     assert_eq!(stats["revenue_cents"], 2 * 250 + 5 * 100);
+    // Two of the four buys carry a price; user 1 bought twice; users 1 to 3 bought here first.
+    assert_eq!(stats["average_order_value_cents"], json!(500.0));
+    assert_eq!(stats["repeat_buyers"], 1);
+    assert_eq!(stats["new_customers"], 3);
     assert_eq!(stats["unique_buyers"], 3);
     assert_eq!(stats["n_recent_buys"], 3);
     assert_eq!(stats["recent_units"], 11);
@@ -88,7 +92,8 @@ async fn promotion_stats_on_known_data(kind: StoreKind) {
         json!({"promotion_id": 12345, "total_buys": 0, "total_units": 0, "revenue_cents": 0, "unique_buyers": 0,
                "n_recent_buys": 0, "recent_units": 0, "first_buy_at": null, "last_buy_at": null,
                "timeframe_hours": 1.0, "top_products": [], "views": 0, "unique_viewers": 0,
-               "converted_viewers": 0, "conversion_rate": null, "recent_views": 0})
+               "converted_viewers": 0, "conversion_rate": null, "recent_views": 0,
+               "average_order_value_cents": null, "repeat_buyers": 0, "new_customers": 0})
     );
     assert_eq!(app.get("/promotions/abc/stats").await.status(), 422);
     assert_eq!(app.get("/promotions/7/stats?timeframe_hours=200").await.status(), 422);

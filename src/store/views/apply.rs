@@ -32,25 +32,38 @@ pub fn apply(tx: &Transaction, facts: &[Fact]) -> rusqlite::Result<i64> {
     Ok(last)
 }
 
-/// Write one batch's aggregate changes, counting which buyers are new to their promotion.
+/// Write one batch's aggregate changes, counting which buyers are new to their promotion, which
+/// reach a second buy there, and which are new customers.
 fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
-    let mut new_buyer = tx.prepare_cached(
-        "INSERT INTO promotion_buyers (user_id, promotion_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+    // Returns the pair's buys after the batch's: before = after − the batch's.
+    let mut buyer = tx.prepare_cached(
+        "INSERT INTO promotion_buyers (user_id, promotion_id, buys) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user_id, promotion_id) DO UPDATE SET buys = buys + excluded.buys
+             RETURNING buys",
     )?;
     let mut viewed = tx.prepare_cached("SELECT 1 FROM promotion_viewers WHERE user_id = ?1 AND promotion_id = ?2")?;
-    // In the table's key order (user first), so consecutive inserts land on the same pages.
-    let mut buyers: Vec<(i64, i64)> = deltas.buyers.iter().map(|&(promotion, user)| (user, promotion)).collect();
-    buyers.sort_unstable();
-    for (user_id, promotion_id) in buyers {
-        if new_buyer.execute(params![user_id, promotion_id])? == 1
-            && let Some(p) = deltas.promotions.get_mut(&promotion_id)
-        {
+    // In the table's key order (user first), so consecutive writes land on the same pages.
+    for (&(user_id, promotion_id), &n) in &deltas.buyers {
+        let after: i64 = buyer.query_row(params![user_id, promotion_id, n], |r| r.get(0))?;
+        let before = after - n;
+        let Some(p) = deltas.promotions.get_mut(&promotion_id) else { continue };
+        if before == 0 {
             p.new_buyers += 1;
             // A viewer who buys for the first time converts (a buyer who views later is
             // counted when the view is applied).
             if viewed.exists(params![user_id, promotion_id])? {
                 p.converted += 1;
             }
+        }
+        p.repeat_buyers += i64::from(before < 2 && after >= 2);
+    }
+    let mut customer =
+        tx.prepare_cached("INSERT INTO customers (user_id, first_promotion) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?;
+    for (&user_id, &promotion_id) in &deltas.first_buys {
+        if customer.execute(params![user_id, promotion_id])? == 1
+            && let Some(p) = deltas.promotions.get_mut(&promotion_id)
+        {
+            p.new_customers += 1;
         }
     }
     let mut rollup = tx.prepare_cached(
@@ -73,8 +86,8 @@ fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
     let mut totals = tx.prepare_cached(
         "INSERT INTO promotion_totals
                  (promotion_id, total_buys, total_units, revenue_cents, unique_buyers, first_buy_us, last_buy_us,
-                  converted_viewers)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                  converted_viewers, priced_buys, repeat_buyers, new_customers)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (promotion_id) DO UPDATE SET
                  total_buys = total_buys + excluded.total_buys,
                  total_units = total_units + excluded.total_units,
@@ -83,7 +96,10 @@ fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
                  unique_buyers = unique_buyers + excluded.unique_buyers,
                  first_buy_us = min(coalesce(first_buy_us, excluded.first_buy_us), excluded.first_buy_us),
                  last_buy_us = max(coalesce(last_buy_us, excluded.last_buy_us), excluded.last_buy_us),
-                 converted_viewers = converted_viewers + excluded.converted_viewers",
+                 converted_viewers = converted_viewers + excluded.converted_viewers,
+                 priced_buys = priced_buys + excluded.priced_buys,
+                 repeat_buyers = repeat_buyers + excluded.repeat_buyers,
+                 new_customers = new_customers + excluded.new_customers",
     )?;
     for (promotion_id, p) in &deltas.promotions {
         totals.execute(params![
@@ -94,7 +110,10 @@ fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
             p.new_buyers,
             p.first_us,
             p.last_us,
-            p.converted
+            p.converted,
+            p.priced_buys,
+            p.repeat_buyers,
+            p.new_customers
         ])?;
     }
     let mut products = tx.prepare_cached(
@@ -151,7 +170,10 @@ pub fn apply_views(tx: &Transaction, views: &[ViewFact]) -> rusqlite::Result<i64
              ON CONFLICT (promotion_id) DO UPDATE SET
                  views = views + excluded.views,
                  unique_viewers = unique_viewers + excluded.unique_viewers,
-                 converted_viewers = converted_viewers + excluded.converted_viewers",
+                 converted_viewers = converted_viewers + excluded.converted_viewers,
+                 priced_buys = priced_buys + excluded.priced_buys,
+                 repeat_buyers = repeat_buyers + excluded.repeat_buyers,
+                 new_customers = new_customers + excluded.new_customers",
     )?;
     for (promotion_id, p) in &deltas.promotions {
         totals.execute(params![promotion_id, p.views, p.new_viewers, p.converted])?;

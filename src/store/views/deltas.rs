@@ -48,6 +48,12 @@ pub struct PromotionDelta {
     pub new_buyers: i64,
     /// Of those, how many had viewed it (filled in by the store).
     pub converted: i64,
+    /// Its buys that carry a price.
+    pub priced_buys: i64,
+    /// Buyers reaching their second buy in it (filled in by the store).
+    pub repeat_buyers: i64,
+    /// Buyers whose first buy anywhere is in it (filled in by the store).
+    pub new_customers: i64,
     /// Earliest and latest timestamp among its buys.
     pub first_us: i64,
     /// See `first_us`.
@@ -66,8 +72,10 @@ pub struct Deltas {
     pub promotions: BTreeMap<i64, PromotionDelta>,
     /// (promotion, product) → tally.
     pub products: BTreeMap<(i64, i64), Tally>,
-    /// (promotion, user) pairs seen, each to be recorded once.
-    pub buyers: BTreeSet<(i64, i64)>,
+    /// (user, promotion) → buys in this batch.
+    pub buyers: BTreeMap<(i64, i64), i64>,
+    /// user → the promotion of their first buy in this batch (facts arrive in sequence order).
+    pub first_buys: BTreeMap<i64, i64>,
     /// Units over all buys.
     pub units: i64,
 }
@@ -98,6 +106,9 @@ impl Deltas {
             revenue_cents: 0,
             new_buyers: 0,
             converted: 0,
+            priced_buys: 0,
+            repeat_buyers: 0,
+            new_customers: 0,
             first_us: timestamp_us,
             last_us: timestamp_us,
         });
@@ -106,7 +117,9 @@ impl Deltas {
         promotion.first_us = promotion.first_us.min(timestamp_us);
         promotion.last_us = promotion.last_us.max(timestamp_us);
         self.products.entry((buy.promotion_id, buy.product_id)).or_default().add(units);
-        self.buyers.insert((buy.promotion_id, buy.user_id));
+        *self.buyers.entry((buy.user_id, buy.promotion_id)).or_default() += 1;
+        self.first_buys.entry(buy.user_id).or_insert(buy.promotion_id);
+        promotion.priced_buys += i64::from(buy.unit_price_cents.is_some());
         self.units += units;
     }
 }

@@ -396,7 +396,8 @@ impl Views {
     ) -> Result<PromotionStats, StoreError> {
         self.read(log, |conn, edge| {
             let mut stats = read::promotion_stats(conn, edge, promotion_id, since_us)?;
-            let tail = log.facts_in(edge.applied, up_to.buys, Some(promotion_id))?;
+            // Every buy of the tail: new customers depend on buys in other promotions.
+            let tail = log.facts_in(edge.applied, up_to.buys, None)?;
             let views = log.views_in(edge.views_applied, up_to.views, Some(promotion_id))?;
             tail::add_to_promotion_stats(conn, &mut stats, promotion_id, since_us, (&tail, &views))?;
             Ok(stats)

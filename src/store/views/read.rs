@@ -179,14 +179,27 @@ pub fn promotion_stats(
 ) -> Result<PromotionStats, StoreError> {
     let totals = conn
         .prepare_cached(
-            "SELECT revenue_cents, unique_buyers, first_buy_us, last_buy_us, views, unique_viewers, converted_viewers
+            "SELECT revenue_cents, unique_buyers, first_buy_us, last_buy_us, views, unique_viewers,
+                    converted_viewers, priced_buys, repeat_buyers, new_customers
              FROM promotion_totals WHERE promotion_id = ?1",
         )?
         .query_row([promotion_id], |r| {
-            Ok(((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?), (r.get(4)?, r.get(5)?, r.get(6)?)))
+            Ok(PromotionStats {
+                revenue_cents: r.get(0)?,
+                unique_buyers: r.get(1)?,
+                first_buy_us: r.get(2)?,
+                last_buy_us: r.get(3)?,
+                views: r.get(4)?,
+                unique_viewers: r.get(5)?,
+                converted_viewers: r.get(6)?,
+                priced_buys: r.get(7)?,
+                repeat_buyers: r.get(8)?,
+                new_customers: r.get(9)?,
+                ..PromotionStats::default()
+            })
         })
         .optional()?;
-    let Some(((revenue_cents, unique_buyers, first, last), (views, unique_viewers, converted_viewers))) = totals else {
+    let Some(totals) = totals else {
         return Ok(PromotionStats::default());
     };
     let mut stmt = conn.prepare_cached(
@@ -198,15 +211,9 @@ pub fn promotion_stats(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(PromotionStats {
         counts: counts(conn, edge, since_us, Some(promotion_id))?,
-        revenue_cents,
-        unique_buyers,
-        first_buy_us: first,
-        last_buy_us: last,
         top_products,
-        views,
-        unique_viewers,
-        converted_viewers,
         recent_views: recent_views(conn, edge, since_us, promotion_id)?,
+        ..totals
     })
 }
 

@@ -8,7 +8,7 @@
 use rusqlite::Connection;
 
 /// The version of this schema. A views file of another version is dropped and rebuilt.
-pub const VERSION: i64 = 5;
+pub const VERSION: i64 = 6;
 
 pub const SCHEMA: &str = r#"
 -- The last buy and view applied, the totals over every buy up to it, and the store they come from.
@@ -57,7 +57,13 @@ CREATE TABLE promotion_totals (
     unique_viewers    INTEGER NOT NULL DEFAULT 0,
     -- Users who both viewed and bought in the promotion, counted when the second of the two
     -- first happens (whichever the stage applies last).
-    converted_viewers INTEGER NOT NULL DEFAULT 0
+    converted_viewers INTEGER NOT NULL DEFAULT 0,
+    -- Buys that carry a price (the divisor of the average order value).
+    priced_buys       INTEGER NOT NULL DEFAULT 0,
+    -- Buyers with at least two buys in the promotion.
+    repeat_buyers     INTEGER NOT NULL DEFAULT 0,
+    -- Buyers whose first buy in any promotion (the lowest buy number) was in this one.
+    new_customers     INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE promotion_products (
     promotion_id INTEGER NOT NULL,
@@ -70,13 +76,21 @@ CREATE TABLE promotion_products (
 -- products (5,000 in the growth benchmark). Each batch moves the entries of the products it
 -- changed, which costs the view stage, not the acknowledgement path.
 CREATE INDEX promotion_products_rank ON promotion_products (promotion_id, units DESC, product_id);
--- Who bought in each promotion, so unique buyers are exact. Only probed: keyed by user first, so
--- the pairs of a batch (new users have close ids) share a few pages.
+-- Who bought in each promotion and how often, so unique and repeat buyers are exact. Only
+-- probed: keyed by user first, so the pairs of a batch (new users have close ids) share a few
+-- pages.
 CREATE TABLE promotion_buyers (
     user_id      INTEGER NOT NULL,
     promotion_id INTEGER NOT NULL,
+    buys         INTEGER NOT NULL,
     PRIMARY KEY (user_id, promotion_id)
 ) WITHOUT ROWID;
+-- Every buyer and the promotion of their first buy (buys are applied in sequence order, so the
+-- first row written for a user is their lowest buy number).
+CREATE TABLE customers (
+    user_id         INTEGER PRIMARY KEY,
+    first_promotion INTEGER NOT NULL
+);
 -- Who viewed each promotion (unique and converted viewers are exact), keyed as the buyers.
 CREATE TABLE promotion_viewers (
     user_id      INTEGER NOT NULL,

@@ -18,16 +18,20 @@ use crate::store::{Bucket, ProductCount, PromotionOrder, PromotionStats, Promoti
 /// How many top products a promotion's stats list.
 const TOP_PRODUCTS: usize = 10;
 
-/// Add `tail` (buys and views of `promotion_id` after the views' snapshot, which `stats` was
-/// read from) to `stats`, with the window starting at `since_us`.
+/// Add the tail (every buy after the views' snapshot, which `stats` was read from, and the views
+/// of `promotion_id` after it) to `stats`, with the window starting at `since_us`. All buys, not
+/// only the promotion's: whether a buyer is a new customer here depends on their first buy
+/// anywhere.
 pub fn add_to_promotion_stats(
     conn: &Connection,
     stats: &mut PromotionStats,
     promotion_id: i64,
     since_us: i64,
-    (tail, views): (&[Fact], &[ViewFact]),
+    (all_buys, views): (&[Fact], &[ViewFact]),
 ) -> Result<(), StoreError> {
-    let mut users = BTreeSet::new();
+    stats.new_customers += new_customers(conn, promotion_id, all_buys)?;
+    let tail = all_buys.iter().filter(|f| f.buy.promotion_id == promotion_id);
+    let mut users: BTreeMap<i64, i64> = BTreeMap::new();
     let mut products: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
     for fact in tail {
         let units = fact.buy.quantity.get();
@@ -41,7 +45,8 @@ pub fn add_to_promotion_stats(
         stats.revenue_cents = stats.revenue_cents.saturating_add(revenue_cents(&fact.buy));
         stats.first_buy_us = Some(stats.first_buy_us.map_or(fact.timestamp_us, |t| t.min(fact.timestamp_us)));
         stats.last_buy_us = Some(stats.last_buy_us.map_or(fact.timestamp_us, |t| t.max(fact.timestamp_us)));
-        users.insert(fact.buy.user_id);
+        *users.entry(fact.buy.user_id).or_default() += 1;
+        stats.priced_buys += i64::from(fact.buy.unit_price_cents.is_some());
         let product = products.entry(fact.buy.product_id).or_default();
         product.0 += 1;
         product.1 += units;
@@ -56,6 +61,7 @@ pub fn add_to_promotion_stats(
     stats.unique_buyers += gained.buyers;
     stats.unique_viewers += gained.viewers;
     stats.converted_viewers += gained.converted;
+    stats.repeat_buyers += gained.repeat;
     // The new top products are among the views' top ones and the tail's: a product in neither
     // ranked after every one of the views' top, and those only gained.
     let mut candidates: BTreeMap<i64, (i64, i64)> =
@@ -109,24 +115,47 @@ struct UsersGained {
     buyers: i64,
     viewers: i64,
     converted: i64,
+    repeat: i64,
 }
 
-/// Of `buyers` and `viewers` (the tail's, in `promotion_id`), those new to it as buyers or
-/// viewers, and those the tail makes both a viewer and a buyer for the first time. A user is
-/// known when the views' snapshot holds their pair.
+/// Buyers of `promotion_id` in `all_buys` (the tail, in sequence order) who are new customers
+/// there: unknown to the views' customers, and whose first buy in the tail is in it.
+fn new_customers(conn: &Connection, promotion_id: i64, all_buys: &[Fact]) -> Result<i64, StoreError> {
+    let mut first: BTreeMap<i64, i64> = BTreeMap::new();
+    for fact in all_buys {
+        first.entry(fact.buy.user_id).or_insert(fact.buy.promotion_id);
+    }
+    let mut known = conn.prepare_cached("SELECT 1 FROM customers WHERE user_id = ?1")?;
+    let mut n = 0;
+    for (user, promotion) in first {
+        if promotion == promotion_id && !known.exists([user])? {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Of `buyers` (user → buys) and `viewers`, the tail's in `promotion_id`: those new to it as
+/// buyers or viewers, those the tail makes both a viewer and a buyer for the first time, and
+/// those it brings to a second buy. A user is known when the views' snapshot holds their pair.
 fn users_gained(
     conn: &Connection,
     promotion_id: i64,
-    buyers: &BTreeSet<i64>,
+    buyers: &BTreeMap<i64, i64>,
     viewers: &BTreeSet<i64>,
 ) -> Result<UsersGained, StoreError> {
-    let mut bought = conn.prepare_cached("SELECT 1 FROM promotion_buyers WHERE user_id = ?1 AND promotion_id = ?2")?;
+    let mut bought =
+        conn.prepare_cached("SELECT buys FROM promotion_buyers WHERE user_id = ?1 AND promotion_id = ?2")?;
     let mut viewed = conn.prepare_cached("SELECT 1 FROM promotion_viewers WHERE user_id = ?1 AND promotion_id = ?2")?;
     let mut gained = UsersGained::default();
-    for &user in buyers.union(viewers) {
-        let had_bought = bought.exists(params![user, promotion_id])?;
+    let users: BTreeSet<i64> = buyers.keys().chain(viewers).copied().collect();
+    for user in users {
+        let before: i64 = bought.query_row(params![user, promotion_id], |r| r.get(0)).optional()?.unwrap_or(0);
+        let had_bought = before > 0;
         let had_viewed = viewed.exists(params![user, promotion_id])?;
-        let (buys_now, views_now) = (buyers.contains(&user), viewers.contains(&user));
+        let now = buyers.get(&user).copied().unwrap_or(0);
+        let (buys_now, views_now) = (now > 0, viewers.contains(&user));
+        gained.repeat += i64::from(before < 2 && before + now >= 2);
         gained.buyers += i64::from(buys_now && !had_bought);
         gained.viewers += i64::from(views_now && !had_viewed);
         let converted = (had_bought || buys_now) && (had_viewed || views_now);
@@ -143,7 +172,7 @@ struct Gains {
     revenue_cents: i64,
     recent_buys: i64,
     views: i64,
-    buyers: BTreeSet<i64>,
+    buyers: BTreeMap<i64, i64>,
     viewers: BTreeSet<i64>,
 }
 
@@ -168,7 +197,7 @@ pub fn promotions_page(
         g.units += fact.buy.quantity.get();
         g.revenue_cents = g.revenue_cents.saturating_add(revenue_cents(&fact.buy));
         g.recent_buys += i64::from(fact.timestamp_us >= since_us);
-        g.buyers.insert(fact.buy.user_id);
+        *g.buyers.entry(fact.buy.user_id).or_default() += 1;
     }
     for fact in views {
         let g = gained.entry(fact.view.promotion_id).or_default();
