@@ -132,6 +132,7 @@ pub fn router(state: AppState, access: Access, limiter: Option<RateLimiter>, cor
         .route("/stats/timeseries", get(stats::timeseries))
         .route("/promotions", get(promotions::list))
         .route("/promotions/{promotion_id}/stats", get(promotions::stats))
+        .route("/promotions/{promotion_id}/customers", get(promotions::customers))
         .route("/export", get(export::export))
         .route("/events", get(events::events));
     // Key checks only where keys are configured: an open check would still cost every request a

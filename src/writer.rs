@@ -278,7 +278,10 @@ mod tests {
     use crate::domain::BuyRecord;
     use crate::store::log::Log;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{Bucket, Counts, ExportFilter, ExportRow, PromotionOrder, PromotionStats, PromotionSummary};
+    use crate::store::{
+        Bucket, Counts, Customer, CustomerOrder, ExportFilter, ExportRow, PromotionOrder, PromotionStats,
+        PromotionSummary,
+    };
 
     /// An in-memory SQLite store whose every commit first waits for a message on `gate` (or for
     /// the gate to close): a store that stops answering, then answers. With `panics`, a commit
@@ -315,6 +318,9 @@ mod tests {
             _: i64,
             _: i64,
         ) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
+            unused()
+        }
+        fn customers(&self, _: i64, _: CustomerOrder, _: i64, _: i64) -> Result<(Vec<Customer>, i64), StoreError> {
             unused()
         }
         fn promotion_stats(&self, _: i64, _: i64) -> Result<PromotionStats, StoreError> {

@@ -11,7 +11,7 @@ use super::state::AppState;
 use crate::clock::format_micros;
 use crate::field_error::FieldError;
 use crate::http::error::ApiError;
-use crate::store::PromotionOrder;
+use crate::store::{CustomerOrder, PromotionOrder};
 
 /// One promotion in the ranking.
 #[derive(Serialize, ToSchema)]
@@ -148,10 +148,7 @@ pub async fn stats(
     Path(raw_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<PromotionStatsResponse>, ApiError> {
-    let promotion_id: i64 = raw_id.parse().map_err(|_| {
-        let loc = [serde_json::json!("path"), serde_json::json!("promotion_id")];
-        ApiError::Validation(vec![FieldError::not_an_int_string(&loc, &serde_json::json!(raw_id))])
-    })?;
+    let promotion_id = path_promotion(&raw_id)?;
     let timeframe = Params::parse(query.as_deref())?.timeframe()?;
     let since = state.clock.now_us() - timeframe.micros();
     let s = state.read_store(move |store| store.promotion_stats(promotion_id, since)).await?;
@@ -180,4 +177,86 @@ pub async fn stats(
         repeat_buyers: s.repeat_buyers,
         new_customers: s.new_customers,
     }))
+}
+
+/// One buyer of a promotion.
+#[derive(Serialize, ToSchema)]
+pub struct CustomerEntry {
+    user_id: i64,
+    /// Their buys in the promotion.
+    buys: i64,
+    /// Their units (gross: refunds do not remove them).
+    units: i64,
+    /// Quantity × unit_price_cents over their priced buys (gross).
+    revenue_cents: i64,
+    /// Their units refunded.
+    refunded_units: i64,
+    /// Their earliest buy timestamp, RFC 3339.
+    first_buy_at: String,
+    /// Their latest buy timestamp, RFC 3339.
+    last_buy_at: String,
+}
+
+/// One page of a promotion's buyers.
+#[derive(Serialize, ToSchema)]
+pub struct CustomerList {
+    promotion_id: i64,
+    /// The order used: revenue, units or buys.
+    order_by: &'static str,
+    /// The promotion's unique buyers.
+    total: i64,
+    /// Descending by order_by, ties by user_id ascending.
+    customers: Vec<CustomerEntry>,
+}
+
+/// A promotion's buyers, best first.
+#[utoipa::path(
+    get, path = "/promotions/{promotion_id}/customers", tag = "analytics",
+    params(
+        ("promotion_id" = i64, Path, description = "The promotion"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Page size (default 10)"),
+        ("offset" = Option<i64>, Query, minimum = 0, description = "Buyers to skip (default 0)"),
+        ("order_by" = Option<String>, Query, description = "revenue (default), units or buys; descending, ties by user_id"),
+    ),
+    responses(
+        (status = 200, description = "One page of the promotion's buyers (total 0 and an empty list without buys)", body = CustomerList),
+        (status = 401, description = "Read keys are set and none was sent"),
+        (status = 422, description = "A parameter is invalid", body = crate::http::error::ValidationErrors),
+        (status = 503, description = "The store is unavailable; `detail` is a fixed sentence"),
+    )
+)]
+pub async fn customers(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<CustomerList>, ApiError> {
+    let promotion_id = path_promotion(&raw_id)?;
+    let params = Params::parse(query.as_deref())?;
+    let limit = params.int("limit", 1, 1000)?.unwrap_or(10);
+    let offset = params.int("offset", 0, i64::MAX)?.unwrap_or(0);
+    let names = CustomerOrder::ALL.map(|(name, _)| name);
+    let order_by = params.choice("order_by", &names)?.unwrap_or("revenue");
+    let order = CustomerOrder::parse(order_by).unwrap_or_default();
+    let (page, total) = state.read_store(move |store| store.customers(promotion_id, order, limit, offset)).await?;
+    let customers = page
+        .into_iter()
+        .map(|c| CustomerEntry {
+            user_id: c.user_id,
+            buys: c.buys,
+            units: c.units,
+            revenue_cents: c.revenue_cents,
+            refunded_units: c.refunded_units,
+            first_buy_at: format_micros(c.first_buy_us),
+            last_buy_at: format_micros(c.last_buy_us),
+        })
+        .collect();
+    Ok(Json(CustomerList { promotion_id, order_by, total, customers }))
+}
+
+/// The promotion id of a path, or 422 at `["path", "promotion_id"]`.
+fn path_promotion(raw_id: &str) -> Result<i64, ApiError> {
+    raw_id.parse().map_err(|_| {
+        let loc = [serde_json::json!("path"), serde_json::json!("promotion_id")];
+        ApiError::Validation(vec![FieldError::not_an_int_string(&loc, &serde_json::json!(raw_id))])
+    })
 }

@@ -13,6 +13,10 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("POST /view", "Record one page view (JSON or text/plain, for navigator.sendBeacon)"),
     ("POST /views", "Record 1 to 1000 page views atomically"),
     ("GET /stats", "Total buys and buys in the last timeframe_hours (0.1 to 168, default 1); optional promotion_id"),
+    (
+        "GET /promotions/{promotion_id}/customers",
+        "One promotion's buyers by revenue, units or buys (limit, offset, order_by)",
+    ),
     ("GET /stats/timeseries", "Buys and units per minute or hour over timeframe_hours"),
     ("GET /promotions", "Promotions ranked by buys (limit, offset, timeframe_hours)"),
     ("GET /promotions/{promotion_id}/stats", "One promotion: buys, units, revenue, unique buyers, top products"),

@@ -12,8 +12,8 @@ use std::thread::JoinHandle;
 use super::log::{FactLog, Log, Position};
 use super::views::{BARRIER_TIMEOUT, Views};
 use super::{
-    Bucket, Counts, ExportFilter, ExportRow, Outcome, PromotionOrder, PromotionStats, PromotionSummary, Store,
-    StoreError, Submission,
+    Bucket, Counts, Customer, CustomerOrder, ExportFilter, ExportRow, Outcome, PromotionOrder, PromotionStats,
+    PromotionSummary, Store, StoreError, Submission,
 };
 use crate::lock::lock;
 
@@ -111,6 +111,17 @@ impl Store for LoggedStore {
         self.views.promotion_stats(&*self.log, promotion_id, since_us, up_to)
     }
 
+    fn customers(
+        &self,
+        promotion_id: i64,
+        order: CustomerOrder,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<Customer>, i64), StoreError> {
+        let up_to = self.tail_end()?;
+        self.views.customers(&*self.log, promotion_id, (order, limit, offset), up_to)
+    }
+
     fn timeseries(
         &self,
         granularity_s: i64,
@@ -152,9 +163,9 @@ mod tests {
     use super::*;
     use crate::domain::BuyRecord;
     use crate::page_view::PageViewRecord;
-    use crate::store::Facts;
     use crate::store::sqlite::SqliteStore;
     use crate::store::views::deltas::US;
+    use crate::store::{CustomerOrder, Facts};
 
     /// A store on an in-memory log, with views in a temporary file.
     fn memory() -> LoggedStore {
@@ -394,6 +405,11 @@ mod tests {
                 }
                 for g in [60, 3600] {
                     all.push(format!("{:?}", store.timeseries(g, series.0, series.1, Some(p)).unwrap()));
+                }
+                for (_, order) in CustomerOrder::ALL {
+                    for (limit, offset) in [(10, 0), (3, 2), (1000, 0)] {
+                        all.push(format!("{:?}", store.customers(p, order, limit, offset).unwrap()));
+                    }
                 }
             }
             all.push(format!("{:?}", store.timeseries(60, series.0, series.1, None).unwrap()));

@@ -319,6 +319,58 @@ impl PromotionOrder {
     }
 }
 
+/// One buyer of a promotion, as `GET /promotions/{id}/customers` lists them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Customer {
+    /// The buyer.
+    pub user_id: i64,
+    /// Their buys in the promotion.
+    pub buys: i64,
+    /// Their units (gross).
+    pub units: i64,
+    /// Quantity × unit price over their priced buys (gross).
+    pub revenue_cents: i64,
+    /// Units of theirs refunded (no refunds are recorded yet: 0).
+    pub refunded_units: i64,
+    /// Earliest buy timestamp, microseconds.
+    pub first_buy_us: i64,
+    /// Latest buy timestamp, microseconds.
+    pub last_buy_us: i64,
+}
+
+/// What `GET /promotions/{id}/customers` ranks by (`order_by`): descending, ties by `user_id`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CustomerOrder {
+    /// Revenue (the default).
+    #[default]
+    Revenue,
+    /// Units.
+    Units,
+    /// Buys.
+    Buys,
+}
+
+impl CustomerOrder {
+    /// Every order with its name in the query.
+    pub const ALL: [(&'static str, CustomerOrder); 3] =
+        [("revenue", CustomerOrder::Revenue), ("units", CustomerOrder::Units), ("buys", CustomerOrder::Buys)];
+
+    /// The order a query value names.
+    pub fn parse(name: &str) -> Option<CustomerOrder> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, order)| *order)
+    }
+
+    /// `a` before `b` in this order.
+    pub fn compare(self, a: &Customer, b: &Customer) -> std::cmp::Ordering {
+        let by = match self {
+            CustomerOrder::Revenue => b.revenue_cents.cmp(&a.revenue_cents),
+            CustomerOrder::Units => b.units.cmp(&a.units),
+            CustomerOrder::Buys => b.buys.cmp(&a.buys),
+        };
+        by.then(a.user_id.cmp(&b.user_id))
+    }
+}
+
 /// One product of a promotion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProductCount {
@@ -437,6 +489,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// One promotion's analytics (zeros for a promotion without buys).
     fn promotion_stats(&self, promotion_id: i64, since_us: i64) -> Result<PromotionStats, StoreError>;
+
+    /// One page of a promotion's buyers ranked by `order`, and the number of its buyers.
+    fn customers(
+        &self,
+        promotion_id: i64,
+        order: CustomerOrder,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<Customer>, i64), StoreError>;
 
     /// Non-empty buckets of `granularity_s` seconds (60 or 3600) starting in `from_s..=to_s`,
     /// oldest first.

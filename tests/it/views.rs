@@ -146,7 +146,43 @@ async fn promotions_rank_by_each_order(kind: StoreKind) {
     }
 }
 
+async fn customers_are_ranked_by_each_order(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    // User 1: two buys of 1 unit at 500; user 2: one of 5 units at 100; user 3: one of 1 at 100
+    // and one unpriced of 2; user 4 buys in another promotion only.
+    priced(&app, 1, 7, 1, 500).await;
+    priced(&app, 2, 7, 5, 100).await;
+    priced(&app, 1, 7, 1, 500).await;
+    priced(&app, 3, 7, 1, 100).await;
+    assert_eq!(app.post("/buy", &buy(3, 7, 1, 2)).await.status(), 200);
+    priced(&app, 4, 8, 1, 100).await;
+    let users = |list: &Value| -> Vec<i64> {
+        list["customers"].as_array().unwrap().iter().map(|c| c["user_id"].as_i64().unwrap()).collect()
+    };
+    let page = app.get_json("/promotions/7/customers").await;
+    assert_eq!((page["promotion_id"].as_i64(), page["order_by"].as_str()), (Some(7), Some("revenue")));
+    assert_eq!(page["total"], 3);
+    assert_eq!(users(&page), [1, 2, 3]);
+    let first = &page["customers"][0];
+    assert_eq!(
+        (first["buys"].as_i64(), first["units"].as_i64(), first["revenue_cents"].as_i64()),
+        (Some(2), Some(2), Some(1000))
+    );
+    assert_eq!(first["refunded_units"], 0);
+    assert!(first["first_buy_at"].as_str().unwrap() <= first["last_buy_at"].as_str().unwrap());
+    assert_eq!(users(&app.get_json("/promotions/7/customers?order_by=units").await), [2, 3, 1]);
+    assert_eq!(users(&app.get_json("/promotions/7/customers?order_by=buys").await), [1, 3, 2], "ties by user_id");
+    assert_eq!(users(&app.get_json("/promotions/7/customers?limit=1&offset=1").await), [2]);
+    let none = app.get_json("/promotions/99/customers").await;
+    assert_eq!((none["total"].as_i64(), none["customers"].clone()), (Some(0), json!([])));
+    for bad in ["order_by=views", "limit=0", "limit=1001", "offset=-1"] {
+        assert_eq!(app.get(&format!("/promotions/7/customers?{bad}")).await.status(), 422, "{bad}");
+    }
+    assert_eq!(app.get("/promotions/x/customers").await.status(), 422);
+}
+
 on_every_store!(
+    customers_are_ranked_by_each_order,
     promotions_rank_by_each_order,
     views_are_numbered_among_views,
     a_retried_view_is_replayed,

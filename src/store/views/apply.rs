@@ -37,15 +37,23 @@ pub fn apply(tx: &Transaction, facts: &[Fact]) -> rusqlite::Result<i64> {
 fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
     // Returns the pair's buys after the batch's: before = after − the batch's.
     let mut buyer = tx.prepare_cached(
-        "INSERT INTO promotion_buyers (user_id, promotion_id, buys) VALUES (?1, ?2, ?3)
-             ON CONFLICT (user_id, promotion_id) DO UPDATE SET buys = buys + excluded.buys
+        "INSERT INTO promotion_buyers (user_id, promotion_id, buys, units, revenue_cents, first_buy_us, last_buy_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (user_id, promotion_id) DO UPDATE SET
+                 buys = buys + excluded.buys,
+                 units = units + excluded.units,
+                 revenue_cents = CASE WHEN revenue_cents > 9223372036854775807 - excluded.revenue_cents
+                     THEN 9223372036854775807 ELSE revenue_cents + excluded.revenue_cents END,
+                 first_buy_us = min(first_buy_us, excluded.first_buy_us),
+                 last_buy_us = max(last_buy_us, excluded.last_buy_us)
              RETURNING buys",
     )?;
     let mut viewed = tx.prepare_cached("SELECT 1 FROM promotion_viewers WHERE user_id = ?1 AND promotion_id = ?2")?;
     // In the table's key order (user first), so consecutive writes land on the same pages.
-    for (&(user_id, promotion_id), &n) in &deltas.buyers {
-        let after: i64 = buyer.query_row(params![user_id, promotion_id, n], |r| r.get(0))?;
-        let before = after - n;
+    for (&(user_id, promotion_id), b) in &deltas.buyers {
+        let row = params![user_id, promotion_id, b.buys, b.units, b.revenue_cents, b.first_us, b.last_us];
+        let after: i64 = buyer.query_row(row, |r| r.get(0))?;
+        let before = after - b.buys;
         let Some(p) = deltas.promotions.get_mut(&promotion_id) else { continue };
         if before == 0 {
             p.new_buyers += 1;

@@ -72,8 +72,8 @@ pub struct Deltas {
     pub promotions: BTreeMap<i64, PromotionDelta>,
     /// (promotion, product) → tally.
     pub products: BTreeMap<(i64, i64), Tally>,
-    /// (user, promotion) → buys in this batch.
-    pub buyers: BTreeMap<(i64, i64), i64>,
+    /// (user, promotion) → what the buyer gains there in this batch.
+    pub buyers: BTreeMap<(i64, i64), BuyerDelta>,
     /// user → the promotion of their first buy in this batch (facts arrive in sequence order).
     pub first_buys: BTreeMap<i64, i64>,
     /// Units over all buys.
@@ -117,10 +117,39 @@ impl Deltas {
         promotion.first_us = promotion.first_us.min(timestamp_us);
         promotion.last_us = promotion.last_us.max(timestamp_us);
         self.products.entry((buy.promotion_id, buy.product_id)).or_default().add(units);
-        *self.buyers.entry((buy.user_id, buy.promotion_id)).or_default() += 1;
+        self.buyers
+            .entry((buy.user_id, buy.promotion_id))
+            .or_insert(BuyerDelta { first_us: timestamp_us, last_us: timestamp_us, ..BuyerDelta::default() })
+            .add(buy, timestamp_us);
         self.first_buys.entry(buy.user_id).or_insert(buy.promotion_id);
         promotion.priced_buys += i64::from(buy.unit_price_cents.is_some());
         self.units += units;
+    }
+}
+
+/// What one buyer gains in one promotion: their row of `GET /promotions/{id}/customers`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BuyerDelta {
+    /// Buys.
+    pub buys: i64,
+    /// Units.
+    pub units: i64,
+    /// Quantity × unit price over the priced ones (saturating).
+    pub revenue_cents: i64,
+    /// Earliest buy timestamp.
+    pub first_us: i64,
+    /// Latest buy timestamp.
+    pub last_us: i64,
+}
+
+impl BuyerDelta {
+    /// Account for `buy`, stamped `timestamp_us`.
+    pub fn add(&mut self, buy: &Buy, timestamp_us: i64) {
+        self.buys += 1;
+        self.units += buy.quantity.get();
+        self.revenue_cents = self.revenue_cents.saturating_add(revenue_cents(buy));
+        self.first_us = self.first_us.min(timestamp_us);
+        self.last_us = self.last_us.max(timestamp_us);
     }
 }
 

@@ -35,8 +35,8 @@ use rusqlite::Connection;
 use super::log::{FactLog, Position};
 use super::pool::Pool;
 use super::{
-    Bucket, Counts, OpenError, PromotionOrder, PromotionStats, PromotionSummary, ROLLUP_KEEP_S, StoreError,
-    StoreErrorKind,
+    Bucket, Counts, Customer, CustomerOrder, OpenError, PromotionOrder, PromotionStats, PromotionSummary,
+    ROLLUP_KEEP_S, StoreError, StoreErrorKind,
 };
 use crate::lock::lock;
 use read::Edge;
@@ -401,6 +401,21 @@ impl Views {
             let views = log.views_in(edge.views_applied, up_to.views, Some(promotion_id))?;
             tail::add_to_promotion_stats(conn, &mut stats, promotion_id, since_us, (&tail, &views))?;
             Ok(stats)
+        })
+    }
+
+    /// See [`super::Store::customers`]: the views' snapshot, plus the promotion's buys after it
+    /// up to `up_to`.
+    pub fn customers(
+        &self,
+        log: &dyn FactLog,
+        promotion_id: i64,
+        page: (CustomerOrder, i64, i64),
+        up_to: Position,
+    ) -> Result<(Vec<Customer>, i64), StoreError> {
+        self.read(log, |conn, edge| {
+            let tail = log.facts_in(edge.applied, up_to.buys, Some(promotion_id))?;
+            tail::customers_page(conn, promotion_id, page, &tail)
         })
     }
 

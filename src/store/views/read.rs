@@ -6,7 +6,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::log::{FactLog, Position};
 use crate::store::views::deltas::{US, window_edges};
-use crate::store::{Bucket, Counts, ProductCount, PromotionOrder, PromotionStats, PromotionSummary, StoreError};
+use crate::store::{
+    Bucket, Counts, Customer, CustomerOrder, ProductCount, PromotionOrder, PromotionStats, PromotionSummary, StoreError,
+};
 
 const RECENT_ALL: &str = "
     WITH parts (buys, units) AS (
@@ -244,4 +246,64 @@ pub fn timeseries(
             .collect::<rusqlite::Result<Vec<_>>>(),
     };
     Ok(buckets?)
+}
+
+/// A `promotion_buyers` row (user, buys, units, revenue, first, last) as a customer.
+fn customer_row(r: &rusqlite::Row) -> rusqlite::Result<Customer> {
+    Ok(Customer {
+        user_id: r.get(0)?,
+        buys: r.get(1)?,
+        units: r.get(2)?,
+        revenue_cents: r.get(3)?,
+        refunded_units: 0,
+        first_buy_us: r.get(4)?,
+        last_buy_us: r.get(5)?,
+    })
+}
+
+/// The first `n` buyers of `promotion_id` in `order`, read from the index of that order.
+pub fn top_customers(
+    conn: &Connection,
+    promotion_id: i64,
+    order: CustomerOrder,
+    n: i64,
+) -> Result<Vec<Customer>, StoreError> {
+    let sql = match order {
+        CustomerOrder::Revenue => {
+            "SELECT user_id, buys, units, revenue_cents, first_buy_us, last_buy_us
+             FROM promotion_buyers INDEXED BY promotion_buyers_by_revenue
+             WHERE promotion_id = ?1 ORDER BY revenue_cents DESC, user_id LIMIT ?2"
+        }
+        CustomerOrder::Units => {
+            "SELECT user_id, buys, units, revenue_cents, first_buy_us, last_buy_us
+             FROM promotion_buyers INDEXED BY promotion_buyers_by_units
+             WHERE promotion_id = ?1 ORDER BY units DESC, user_id LIMIT ?2"
+        }
+        CustomerOrder::Buys => {
+            "SELECT user_id, buys, units, revenue_cents, first_buy_us, last_buy_us
+             FROM promotion_buyers INDEXED BY promotion_buyers_by_buys
+             WHERE promotion_id = ?1 ORDER BY buys DESC, user_id LIMIT ?2"
+        }
+    };
+    Ok(conn.prepare_cached(sql)?.query_map(params![promotion_id, n], customer_row)?.collect::<rusqlite::Result<_>>()?)
+}
+
+/// One buyer's row in `promotion_id`, if the views know them there.
+pub fn customer(conn: &Connection, promotion_id: i64, user_id: i64) -> Result<Option<Customer>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT user_id, buys, units, revenue_cents, first_buy_us, last_buy_us
+             FROM promotion_buyers WHERE user_id = ?1 AND promotion_id = ?2",
+        )?
+        .query_row(params![user_id, promotion_id], customer_row)
+        .optional()?)
+}
+
+/// The number of buyers of `promotion_id` in the views.
+pub fn buyers(conn: &Connection, promotion_id: i64) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT unique_buyers FROM promotion_totals WHERE promotion_id = ?1")?
+        .query_row([promotion_id], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
 }

@@ -8,7 +8,7 @@
 use rusqlite::Connection;
 
 /// The version of this schema. A views file of another version is dropped and rebuilt.
-pub const VERSION: i64 = 6;
+pub const VERSION: i64 = 7;
 
 pub const SCHEMA: &str = r#"
 -- The last buy and view applied, the totals over every buy up to it, and the store they come from.
@@ -80,11 +80,21 @@ CREATE INDEX promotion_products_rank ON promotion_products (promotion_id, units 
 -- probed: keyed by user first, so the pairs of a batch (new users have close ids) share a few
 -- pages.
 CREATE TABLE promotion_buyers (
-    user_id      INTEGER NOT NULL,
-    promotion_id INTEGER NOT NULL,
-    buys         INTEGER NOT NULL,
+    user_id       INTEGER NOT NULL,
+    promotion_id  INTEGER NOT NULL,
+    buys          INTEGER NOT NULL,
+    units         INTEGER NOT NULL,
+    revenue_cents INTEGER NOT NULL,
+    first_buy_us  INTEGER NOT NULL,
+    last_buy_us   INTEGER NOT NULL,
     PRIMARY KEY (user_id, promotion_id)
 ) WITHOUT ROWID;
+-- A promotion's customers in each order of GET /promotions/{id}/customers: a page reads the
+-- first entries of one index rather than sorting every buyer. The stage moves a buyer's entries
+-- when their buys change, off the acknowledgement path.
+CREATE INDEX promotion_buyers_by_revenue ON promotion_buyers (promotion_id, revenue_cents DESC, user_id);
+CREATE INDEX promotion_buyers_by_units ON promotion_buyers (promotion_id, units DESC, user_id);
+CREATE INDEX promotion_buyers_by_buys ON promotion_buyers (promotion_id, buys DESC, user_id);
 -- Every buyer and the promotion of their first buy (buys are applied in sequence order, so the
 -- first row written for a user is their lowest buy number).
 CREATE TABLE customers (

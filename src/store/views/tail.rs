@@ -11,9 +11,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::log::{Fact, ViewFact};
-use crate::store::views::deltas::{bucket_start, revenue_cents};
+use crate::store::views::deltas::{BuyerDelta, bucket_start, revenue_cents};
 use crate::store::views::read::{self, Edge};
-use crate::store::{Bucket, ProductCount, PromotionOrder, PromotionStats, PromotionSummary, StoreError};
+use crate::store::{
+    Bucket, Customer, CustomerOrder, ProductCount, PromotionOrder, PromotionStats, PromotionSummary, StoreError,
+};
 
 /// How many top products a promotion's stats list.
 const TOP_PRODUCTS: usize = 10;
@@ -236,4 +238,60 @@ pub fn promotions_page(
         .collect();
     let recent = gained.iter().map(|(&p, g)| (p, g.recent_buys)).collect();
     Ok((read::with_recent(conn, edge, since_us, page, &recent)?, total))
+}
+
+/// One page of `promotion_id`'s buyers in `order` (`limit` from `offset`) over the views'
+/// snapshot plus `tail` (buys after it, any promotion), and the number of its buyers.
+///
+/// Buys only raise a buyer's revenue, units and buys, so a buyer outside the tail can only move
+/// down: the page is among the views' first `offset + limit` and the tail's buyers.
+pub fn customers_page(
+    conn: &Connection,
+    promotion_id: i64,
+    (order, limit, offset): (CustomerOrder, i64, i64),
+    tail: &[Fact],
+) -> Result<(Vec<Customer>, i64), StoreError> {
+    let mut gained: BTreeMap<i64, BuyerDelta> = BTreeMap::new();
+    for fact in tail.iter().filter(|f| f.buy.promotion_id == promotion_id) {
+        let t = fact.timestamp_us;
+        gained
+            .entry(fact.buy.user_id)
+            .or_insert(BuyerDelta { first_us: t, last_us: t, ..BuyerDelta::default() })
+            .add(&fact.buy, t);
+    }
+    let mut candidates = read::top_customers(conn, promotion_id, order, offset.saturating_add(limit))?;
+    let mut total = read::buyers(conn, promotion_id)?;
+    for &user in gained.keys() {
+        if !candidates.iter().any(|c| c.user_id == user) {
+            match read::customer(conn, promotion_id, user)? {
+                Some(row) => candidates.push(row),
+                None => {
+                    total += 1;
+                    let row = Customer {
+                        user_id: user,
+                        first_buy_us: i64::MAX,
+                        last_buy_us: i64::MIN,
+                        ..Customer::default()
+                    };
+                    candidates.push(row);
+                }
+            }
+        }
+    }
+    for row in &mut candidates {
+        if let Some(g) = gained.get(&row.user_id) {
+            row.buys += g.buys;
+            row.units += g.units;
+            row.revenue_cents = row.revenue_cents.saturating_add(g.revenue_cents);
+            row.first_buy_us = row.first_buy_us.min(g.first_us);
+            row.last_buy_us = row.last_buy_us.max(g.last_us);
+        }
+    }
+    candidates.sort_by(|a, b| order.compare(a, b));
+    let page = candidates
+        .into_iter()
+        .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+        .take(usize::try_from(limit).unwrap_or(0))
+        .collect();
+    Ok((page, total))
 }
