@@ -24,7 +24,7 @@ use crate::http::rate_limit::{self, RateLimiter};
 use crate::http::reads::ReadSlots;
 use crate::http::state::{AppState, Shared};
 use crate::http::view::{VIEW_BODY_LIMIT, VIEWS_BODY_LIMIT};
-use crate::http::{buy, events, export, health, metrics, middleware, pages, promotions, root, stats, view};
+use crate::http::{buy, events, export, health, metrics, middleware, pages, promotions, root, stats, timing, view};
 use crate::server::Timeouts;
 use crate::writer::{Limits, Writer};
 
@@ -130,6 +130,7 @@ pub fn router(state: AppState, access: Access, limiter: Option<RateLimiter>, cor
     let mut reads = Router::new()
         .route("/stats", get(stats::stats))
         .route("/stats/timeseries", get(stats::timeseries))
+        .route("/stats/timing", get(timing::timing))
         .route("/promotions", get(promotions::list))
         .route("/promotions/{promotion_id}/stats", get(promotions::stats))
         .route("/promotions/{promotion_id}/customers", get(promotions::customers))

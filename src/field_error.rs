@@ -152,6 +152,11 @@ impl FieldError {
         Self::new("datetime_parsing", loc, "Input should be an RFC 3339 time, such as 2025-06-27T20:14:12Z", input)
     }
 
+    /// A query parameter that is not an IANA time zone name.
+    pub fn not_a_time_zone(loc: &[Value], input: &Value) -> Self {
+        Self::new("value_error", loc, "Input should be an IANA time zone name, such as Europe/Paris or UTC", input)
+    }
+
     /// A header value that breaks its rules.
     pub fn bad_header(name: &str, msg: &str, input: &Value) -> Self {
         Self::new("value_error", &[json!("header"), json!(name)], msg, input)

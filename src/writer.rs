@@ -323,6 +323,15 @@ mod tests {
         fn customers(&self, _: i64, _: CustomerOrder, _: i64, _: i64) -> Result<(Vec<Customer>, i64), StoreError> {
             unused()
         }
+        fn timing(
+            &self,
+            _: i64,
+            _: Option<i64>,
+            _: usize,
+            _: &(dyn Fn(i64) -> usize + Sync),
+        ) -> Result<Vec<(i64, i64)>, StoreError> {
+            unused()
+        }
         fn promotion_stats(&self, _: i64, _: i64) -> Result<PromotionStats, StoreError> {
             unused()
         }

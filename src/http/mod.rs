@@ -22,4 +22,5 @@ pub(crate) mod reads;
 pub(crate) mod root;
 pub(crate) mod state;
 pub(crate) mod stats;
+pub(crate) mod timing;
 pub(crate) mod view;

@@ -19,6 +19,8 @@ pub struct Timeframe(f64);
 impl Timeframe {
     /// One hour (the default window).
     pub const ONE_HOUR: Timeframe = Timeframe(1.0);
+    /// A week, the longest window (the default of `/stats/timing`).
+    pub const ONE_WEEK: Timeframe = Timeframe(TIMEFRAME_MAX);
 
     /// The hours.
     pub fn hours(self) -> f64 {
@@ -45,8 +47,13 @@ impl Params {
 
     /// `timeframe_hours`, default 1.0.
     pub fn timeframe(&self) -> Result<Timeframe, ApiError> {
+        self.timeframe_or(Timeframe::ONE_HOUR)
+    }
+
+    /// `timeframe_hours`, default `default`.
+    pub fn timeframe_or(&self, default: Timeframe) -> Result<Timeframe, ApiError> {
         let name = "timeframe_hours";
-        let Some(raw) = self.0.get(name) else { return Ok(Timeframe(1.0)) };
+        let Some(raw) = self.0.get(name) else { return Ok(default) };
         let loc = [json!("query"), json!(name)];
         let input = Value::from(raw.as_str());
         let hours: f64 = raw
@@ -83,6 +90,11 @@ impl Params {
     /// `promotion_id`, if given.
     pub fn promotion_id(&self) -> Result<Option<i64>, ApiError> {
         self.int("promotion_id", i64::MIN, i64::MAX)
+    }
+
+    /// An optional parameter as it was given.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
     }
 
     /// An optional parameter that must be one of `choices`.

@@ -18,6 +18,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
         "One promotion's buyers by revenue, units or buys (limit, offset, order_by)",
     ),
     ("GET /stats/timeseries", "Buys and units per minute or hour over timeframe_hours"),
+    ("GET /stats/timing", "Buys by local weekday and hour in any IANA time zone (tz, timeframe_hours, promotion_id)"),
     ("GET /promotions", "Promotions ranked by buys (limit, offset, timeframe_hours)"),
     ("GET /promotions/{promotion_id}/stats", "One promotion: buys, units, revenue, unique buyers, top products"),
     ("GET /export", "Every stored field of the selected buys as CSV or NDJSON, streamed"),

@@ -111,6 +111,17 @@ impl Store for LoggedStore {
         self.views.promotion_stats(&*self.log, promotion_id, since_us, up_to)
     }
 
+    fn timing(
+        &self,
+        since_us: i64,
+        promotion_id: Option<i64>,
+        cells: usize,
+        cell_of: &(dyn Fn(i64) -> usize + Sync),
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        let up_to = self.tail_end()?;
+        self.views.timing(&*self.log, (since_us, promotion_id), cells, cell_of, up_to)
+    }
+
     fn customers(
         &self,
         promotion_id: i64,
@@ -405,6 +416,12 @@ mod tests {
                 }
                 for g in [60, 3600] {
                     all.push(format!("{:?}", store.timeseries(g, series.0, series.1, Some(p)).unwrap()));
+                }
+                for &since in &windows {
+                    // Cells of a quarter of an hour, as a zone with a 45-minute offset would
+                    // see them start (any cell of whole minutes must do).
+                    let cell_of = |us: i64| ((us.div_euclid(60 * US) + 45) / 15).rem_euclid(97) as usize;
+                    all.push(format!("{:?}", store.timing(since, Some(p), 97, &cell_of).unwrap()));
                 }
                 for (_, order) in CustomerOrder::ALL {
                     for (limit, offset) in [(10, 0), (3, 2), (1000, 0)] {

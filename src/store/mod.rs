@@ -490,6 +490,18 @@ pub trait Store: Send + Sync + 'static {
     /// One promotion's analytics (zeros for a promotion without buys).
     fn promotion_stats(&self, promotion_id: i64, since_us: i64) -> Result<PromotionStats, StoreError>;
 
+    /// Buys and units with `timestamp >= since_us` (the edge of a window's recent counts), over
+    /// all buys or one promotion, summed into the cell `cell_of` gives each timestamp
+    /// (`0..cells`). `cell_of` must give every instant of one UTC minute the same cell (a local
+    /// hour of any time zone does, their offsets being whole minutes).
+    fn timing(
+        &self,
+        since_us: i64,
+        promotion_id: Option<i64>,
+        cells: usize,
+        cell_of: &(dyn Fn(i64) -> usize + Sync),
+    ) -> Result<Vec<(i64, i64)>, StoreError>;
+
     /// One page of a promotion's buyers ranked by `order`, and the number of its buyers.
     fn customers(
         &self,

@@ -181,7 +181,60 @@ async fn customers_are_ranked_by_each_order(kind: StoreKind) {
     assert_eq!(app.get("/promotions/x/customers").await.status(), 422);
 }
 
+async fn timing_counts_buys_by_local_weekday_and_hour(kind: StoreKind) {
+    use chrono::{Datelike, TimeDelta, Timelike, Utc};
+    let app = TestApp::spawn(kind).await;
+    let now = Utc::now();
+    let stamps = [
+        now - TimeDelta::hours(2),
+        now - TimeDelta::minutes(90),
+        now - TimeDelta::hours(30),
+        now - TimeDelta::hours(200),
+    ];
+    for (i, at) in stamps.iter().enumerate() {
+        let response = app
+            .client
+            .post(app.url("/buy"))
+            .header("x-timestamp", at.to_rfc3339())
+            .json(&buy(i as i64, 7, 1, 1 + i as i64))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    for zone in ["UTC", "Asia/Kathmandu", "America/St_Johns", "Australia/Eucla"] {
+        let tz: chrono_tz::Tz = zone.parse().unwrap();
+        let timing = app.get_json(&format!("/stats/timing?tz={zone}&promotion_id=7")).await;
+        assert_eq!((timing["tz"].as_str(), timing["timeframe_hours"].as_f64()), (Some(zone), Some(168.0)));
+        assert_eq!(timing["promotion_id"], 7);
+        let cells = timing["cells"].as_array().unwrap();
+        assert_eq!(cells.len(), 168);
+        assert_eq!((cells[25]["weekday"].as_i64(), cells[25]["hour"].as_i64()), (Some(1), Some(1)));
+        let mut expected = vec![(0, 0); 168];
+        // The buy 200 hours old is outside the week.
+        for (i, at) in stamps.iter().enumerate().take(3) {
+            let local = at.with_timezone(&tz);
+            let cell = local.weekday().num_days_from_monday() as usize * 24 + local.hour() as usize;
+            expected[cell].0 += 1;
+            expected[cell].1 += 1 + i as i64;
+        }
+        let got: Vec<(i64, i64)> =
+            cells.iter().map(|c| (c["buys"].as_i64().unwrap(), c["units"].as_i64().unwrap())).collect();
+        assert_eq!(got, expected, "{zone}");
+    }
+    let all = app.get_json("/stats/timing?timeframe_hours=1.75").await;
+    assert_eq!(all["promotion_id"], Value::Null);
+    let sum: i64 = all["cells"].as_array().unwrap().iter().map(|c| c["buys"].as_i64().unwrap()).sum();
+    let recent = app.get_json("/stats?timeframe_hours=1.75").await["n_recent_buys"].as_i64().unwrap();
+    assert_eq!((sum, recent), (1, 1), "the cells add up to n_recent_buys");
+    let bad = app.get("/stats/timing?tz=Mars/Olympus").await;
+    assert_eq!(bad.status(), 422);
+    assert_eq!(bad.json::<Value>().await.unwrap()["detail"][0]["loc"], json!(["query", "tz"]));
+    assert_eq!(app.get("/stats/timing?timeframe_hours=169").await.status(), 422);
+}
+
 on_every_store!(
+    timing_counts_buys_by_local_weekday_and_hour,
     customers_are_ranked_by_each_order,
     promotions_rank_by_each_order,
     views_are_numbered_among_views,

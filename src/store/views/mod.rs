@@ -404,6 +404,31 @@ impl Views {
         })
     }
 
+    /// See [`super::Store::timing`]: the views' snapshot, plus the facts after it up to
+    /// `up_to`.
+    pub fn timing(
+        &self,
+        log: &dyn FactLog,
+        (since_us, promotion_id): (i64, Option<i64>),
+        cells: usize,
+        cell_of: &(dyn Fn(i64) -> usize + Sync),
+        up_to: Position,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        self.read(log, |conn, edge| {
+            let mut counts = vec![(0, 0); cells];
+            read::timing(conn, edge, since_us, promotion_id, &mut counts, cell_of)?;
+            for fact in log.facts_in(edge.applied, up_to.buys, promotion_id)? {
+                if fact.timestamp_us >= since_us
+                    && let Some(cell) = counts.get_mut(cell_of(fact.timestamp_us))
+                {
+                    cell.0 += 1;
+                    cell.1 += fact.buy.quantity.get();
+                }
+            }
+            Ok(counts)
+        })
+    }
+
     /// See [`super::Store::customers`]: the views' snapshot, plus the promotion's buys after it
     /// up to `up_to`.
     pub fn customers(

@@ -307,3 +307,50 @@ pub fn buyers(conn: &Connection, promotion_id: i64) -> Result<i64, StoreError> {
         .optional()?
         .unwrap_or(0))
 }
+
+/// See [`crate::store::Store::timing`], over the views' snapshot: the partial second at the
+/// window's edge from the log, whole seconds up to the next minute and every minute after it
+/// from the rollups (a week of minutes is 10,080 rows at most).
+pub fn timing(
+    conn: &Connection,
+    edge: &Edge,
+    since_us: i64,
+    promotion_id: Option<i64>,
+    cells: &mut [(i64, i64)],
+    cell_of: &(dyn Fn(i64) -> usize + Sync),
+) -> Result<(), StoreError> {
+    let (second, minute, _) = window_edges(since_us);
+    let mut add = |at_us: i64, buys: i64, units: i64| {
+        if let Some(cell) = cells.get_mut(cell_of(at_us)) {
+            cell.0 += buys;
+            cell.1 += units;
+        }
+    };
+    // The partial second lies in one second, so in one cell.
+    let (buys, units) = edge.log.between(since_us, second * US, promotion_id, edge.applied)?;
+    add(since_us, buys, units);
+    let ranges = [(1, second, minute), (60, minute, i64::MAX)];
+    for (granularity, from, to) in ranges {
+        let read = |r: &rusqlite::Row| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?));
+        let rows = match promotion_id {
+            None => conn
+                .prepare_cached(
+                    "SELECT bucket_s, buys, units FROM rollup
+                     WHERE granularity_s = ?1 AND bucket_s >= ?2 AND bucket_s < ?3",
+                )?
+                .query_map(params![granularity, from, to], read)?
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+            Some(p) => conn
+                .prepare_cached(
+                    "SELECT bucket_s, buys, units FROM promotion_rollup INDEXED BY promotion_rollup_by_promotion
+                     WHERE promotion_id = ?4 AND granularity_s = ?1 AND bucket_s >= ?2 AND bucket_s < ?3",
+                )?
+                .query_map(params![granularity, from, to, p], read)?
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+        };
+        for (bucket_s, buys, units) in rows {
+            add(bucket_s.saturating_mul(US), buys, units);
+        }
+    }
+    Ok(())
+}
