@@ -12,6 +12,7 @@ what exposes a server that closes idle connections too early (see --idle-timeout
 
 Every failure counts: a non-2xx answer or a connection error.
 """
+import json
 import random
 import time
 from datetime import datetime, timezone
@@ -51,6 +52,28 @@ class Customer(HttpUser):
     def high_value_buy(self):
         body = buy_body(promotions=5, price=random.randint(99_999, 499_999))
         self.client.post("/buy", json=body, headers={"x-timestamp": iso_now()}, name="/buy")
+
+
+class Browser(HttpUser):
+    """Most visitors only look: views of a promotion page (sent as navigator.sendBeacon sends
+    them, text/plain), about one in ten followed by a buy of what they viewed (SPEC §9)."""
+
+    weight = 40
+    wait_time = between(1, 5)
+
+    @task(10)
+    def view(self):
+        self.user_id = random.randint(1_000, 50_000)
+        self.promotion_id = random.randint(1, 10)
+        body = {"user_id": self.user_id, "promotion_id": self.promotion_id, "product_id": random.randint(100, 999)}
+        self.client.post("/view", data=json.dumps(body), headers={"content-type": "text/plain;charset=UTF-8"}, name="/view")
+
+    @task(1)
+    def buy_after_view(self):
+        body = buy_body(price=random.choice([999, 1999, 4999]))
+        body["user_id"] = getattr(self, "user_id", body["user_id"])
+        body["promotion_id"] = getattr(self, "promotion_id", body["promotion_id"])
+        self.client.post("/buy", json=body, name="/buy")
 
 
 class LightCustomer(Customer):
