@@ -102,9 +102,13 @@ pub struct Point {
     buys: i64,
     /// Their units.
     units: i64,
+    /// Page views whose timestamp falls in the bucket.
+    views: i64,
+    /// Quantity × unit_price_cents over its buys that carry a price.
+    revenue_cents: i64,
 }
 
-/// Buys and units per bucket.
+/// Buys, units, views and revenue per bucket.
 #[derive(Serialize, ToSchema)]
 pub struct Timeseries {
     /// `minute` or `hour`.
@@ -148,11 +152,11 @@ pub async fn timeseries(
     let points = (from_s..=to_s)
         .step_by(g as usize)
         .map(|start_s| {
-            let (buys, units) = match stored.next_if(|b| b.start_s == start_s) {
-                Some(b) => (b.buys, b.units),
-                None => (0, 0),
+            let (buys, units, views, revenue_cents) = match stored.next_if(|b| b.start_s == start_s) {
+                Some(b) => (b.buys, b.units, b.views, b.revenue_cents),
+                None => (0, 0, 0, 0),
             };
-            Point { start: format_micros(start_s * 1_000_000), buys, units }
+            Point { start: format_micros(start_s * 1_000_000), buys, units, views, revenue_cents }
         })
         .collect();
     Ok(Json(Timeseries { bucket, timeframe_hours: timeframe.hours(), points }))

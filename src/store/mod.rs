@@ -422,6 +422,10 @@ pub struct Bucket {
     pub buys: i64,
     /// Units in it.
     pub units: i64,
+    /// Page views in it.
+    pub views: i64,
+    /// Quantity × unit price over its priced buys (saturating).
+    pub revenue_cents: i64,
 }
 
 /// Which buys `GET /export` selects.

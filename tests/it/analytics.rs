@@ -151,6 +151,22 @@ async fn timeseries_fills_every_bucket(kind: StoreKind) {
     let total: i64 = hours["points"].as_array().unwrap().iter().map(|p| p["buys"].as_i64().unwrap()).sum();
     assert_eq!(total, 5);
     assert_eq!(app.get("/stats/timeseries?bucket=day").await.status(), 422);
+    // Views and revenue per bucket: a priced buy and two views five minutes back in promotion 2.
+    post_at(&app, &priced(3, 2, 1, 4, 25), minute - TimeDelta::minutes(5)).await;
+    for _ in 0..2 {
+        let view = json!({"user_id": 3, "promotion_id": 2});
+        let at = (minute - TimeDelta::minutes(5)).to_rfc3339();
+        let response = app.client.post(app.url("/view")).header("x-timestamp", at).json(&view).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    for path in ["/stats/timeseries", "/stats/timeseries?promotion_id=2"] {
+        let points = app.get_json(path).await["points"].as_array().unwrap().clone();
+        let five = &points[points.len() - 6];
+        assert_eq!((five["views"].as_i64(), five["revenue_cents"].as_i64()), (Some(2), Some(100)), "{path}");
+        let views: i64 = points.iter().map(|p| p["views"].as_i64().unwrap()).sum();
+        assert_eq!(views, 2, "{path}");
+    }
+    assert_eq!(last["views"], 0);
 }
 
 async fn export_streams_every_field(kind: StoreKind) {

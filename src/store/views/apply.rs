@@ -75,21 +75,23 @@ fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
         }
     }
     let mut rollup = tx.prepare_cached(
-        "INSERT INTO rollup (granularity_s, bucket_s, buys, units) VALUES (?1, ?2, ?3, ?4)
+        "INSERT INTO rollup (granularity_s, bucket_s, buys, units, revenue_cents) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (granularity_s, bucket_s)
-             DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units",
+             DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units,
+                 revenue_cents = CASE WHEN revenue_cents > 9223372036854775807 - excluded.revenue_cents THEN 9223372036854775807 ELSE revenue_cents + excluded.revenue_cents END",
     )?;
     for ((g, bucket), t) in &deltas.rollup {
-        rollup.execute(params![g, bucket, t.buys, t.units])?;
+        rollup.execute(params![g, bucket, t.buys, t.units, t.revenue_cents])?;
     }
     let mut promotion_rollup = tx.prepare_cached(
-        "INSERT INTO promotion_rollup (promotion_id, granularity_s, bucket_s, buys, units)
-             VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO promotion_rollup (promotion_id, granularity_s, bucket_s, buys, units, revenue_cents)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (granularity_s, bucket_s, promotion_id)
-             DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units",
+             DO UPDATE SET buys = buys + excluded.buys, units = units + excluded.units,
+                 revenue_cents = CASE WHEN revenue_cents > 9223372036854775807 - excluded.revenue_cents THEN 9223372036854775807 ELSE revenue_cents + excluded.revenue_cents END",
     )?;
     for ((promotion_id, g, bucket), t) in &deltas.promotion_rollup {
-        promotion_rollup.execute(params![promotion_id, g, bucket, t.buys, t.units])?;
+        promotion_rollup.execute(params![promotion_id, g, bucket, t.buys, t.units, t.revenue_cents])?;
     }
     let mut totals = tx.prepare_cached(
         "INSERT INTO promotion_totals
@@ -173,6 +175,13 @@ pub fn apply_views(tx: &Transaction, views: &[ViewFact]) -> rusqlite::Result<i64
     for ((promotion_id, g, bucket), views) in &deltas.rollup {
         rollup.execute(params![promotion_id, g, bucket, views])?;
     }
+    let mut all = tx.prepare_cached(
+        "INSERT INTO view_rollup (granularity_s, bucket_s, views) VALUES (?1, ?2, ?3)
+             ON CONFLICT (granularity_s, bucket_s) DO UPDATE SET views = views + excluded.views",
+    )?;
+    for ((g, bucket), views) in &deltas.all_rollup {
+        all.execute(params![g, bucket, views])?;
+    }
     let mut totals = tx.prepare_cached(
         "INSERT INTO promotion_totals (promotion_id, views, unique_viewers, converted_viewers) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (promotion_id) DO UPDATE SET
@@ -199,7 +208,7 @@ const PRUNE_STEPS: usize = 10;
 /// can reach any more (see `ROLLUP_KEEP_S`), a bounded slice per call; returns the rows deleted.
 pub fn prune(tx: &Transaction, before_s: i64) -> rusqlite::Result<usize> {
     let mut deleted = 0;
-    for table in ["rollup", "promotion_rollup", "promotion_view_rollup"] {
+    for table in ["rollup", "promotion_rollup", "promotion_view_rollup", "view_rollup"] {
         for granularity in [1i64, 60] {
             deleted += prune_buckets(tx, table, granularity, before_s)?;
         }

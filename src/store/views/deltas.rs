@@ -21,19 +21,22 @@ pub fn window_edges(since_us: i64) -> (i64, i64, i64) {
     (second, minute, ceil_to(minute, 3600))
 }
 
-/// Buys and units.
+/// Buys, units and revenue.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Tally {
     /// Buys.
     pub buys: i64,
     /// Units.
     pub units: i64,
+    /// Quantity × unit price over the priced buys (saturating).
+    pub revenue_cents: i64,
 }
 
 impl Tally {
-    fn add(&mut self, units: i64) {
+    fn add(&mut self, buy: &Buy) {
         self.buys += 1;
-        self.units += units;
+        self.units += buy.quantity.get();
+        self.revenue_cents = self.revenue_cents.saturating_add(revenue_cents(buy));
     }
 }
 
@@ -98,8 +101,8 @@ impl Deltas {
         let units = buy.quantity.get();
         for g in GRANULARITIES {
             let bucket = bucket_start(timestamp_us, g);
-            self.rollup.entry((g, bucket)).or_default().add(units);
-            self.promotion_rollup.entry((buy.promotion_id, g, bucket)).or_default().add(units);
+            self.rollup.entry((g, bucket)).or_default().add(buy);
+            self.promotion_rollup.entry((buy.promotion_id, g, bucket)).or_default().add(buy);
         }
         let promotion = self.promotions.entry(buy.promotion_id).or_insert(PromotionDelta {
             tally: Tally::default(),
@@ -112,11 +115,11 @@ impl Deltas {
             first_us: timestamp_us,
             last_us: timestamp_us,
         });
-        promotion.tally.add(units);
+        promotion.tally.add(buy);
         promotion.revenue_cents = promotion.revenue_cents.saturating_add(revenue_cents(buy));
         promotion.first_us = promotion.first_us.min(timestamp_us);
         promotion.last_us = promotion.last_us.max(timestamp_us);
-        self.products.entry((buy.promotion_id, buy.product_id)).or_default().add(units);
+        self.products.entry((buy.promotion_id, buy.product_id)).or_default().add(buy);
         self.buyers
             .entry((buy.user_id, buy.promotion_id))
             .or_insert(BuyerDelta { first_us: timestamp_us, last_us: timestamp_us, ..BuyerDelta::default() })
@@ -169,6 +172,8 @@ pub struct PromotionViews {
 pub struct ViewDeltas {
     /// (promotion, granularity, bucket) → views.
     pub rollup: BTreeMap<(i64, i64, i64), i64>,
+    /// (granularity, bucket) → views, over every promotion.
+    pub all_rollup: BTreeMap<(i64, i64), i64>,
     /// promotion → what it gains.
     pub promotions: BTreeMap<i64, PromotionViews>,
     /// (user, promotion) pairs seen, in the viewers table's key order.
@@ -180,6 +185,7 @@ impl ViewDeltas {
     pub fn add(&mut self, view: &PageView, timestamp_us: i64) {
         for g in GRANULARITIES {
             *self.rollup.entry((view.promotion_id, g, bucket_start(timestamp_us, g))).or_default() += 1;
+            *self.all_rollup.entry((g, bucket_start(timestamp_us, g))).or_default() += 1;
         }
         self.promotions.entry(view.promotion_id).or_default().views += 1;
         self.viewers.insert((view.user_id, view.promotion_id));

@@ -457,7 +457,8 @@ impl Views {
         self.read(log, |conn, edge| {
             let mut buckets = read::timeseries(conn, granularity_s, from_s, to_s, promotion_id)?;
             let tail = log.facts_in(edge.applied, up_to.buys, promotion_id)?;
-            tail::add_to_timeseries(&mut buckets, granularity_s, from_s, to_s, &tail);
+            let views = log.views_in(edge.views_applied, up_to.views, promotion_id)?;
+            tail::add_to_timeseries(&mut buckets, (granularity_s, from_s, to_s), &tail, &views);
             Ok(buckets)
         })
     }

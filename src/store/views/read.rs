@@ -219,7 +219,8 @@ pub fn promotion_stats(
     })
 }
 
-/// See [`crate::store::Store::timeseries`].
+/// See [`crate::store::Store::timeseries`]: the buy rollups and the view rollups, merged by
+/// bucket.
 pub fn timeseries(
     conn: &Connection,
     granularity_s: i64,
@@ -227,25 +228,48 @@ pub fn timeseries(
     to_s: i64,
     promotion_id: Option<i64>,
 ) -> Result<Vec<Bucket>, StoreError> {
-    let read = |r: &rusqlite::Row| Ok(Bucket { start_s: r.get(0)?, buys: r.get(1)?, units: r.get(2)? });
-    let buckets = match promotion_id {
+    let read = |r: &rusqlite::Row| {
+        Ok(Bucket { start_s: r.get(0)?, buys: r.get(1)?, units: r.get(2)?, views: 0, revenue_cents: r.get(3)? })
+    };
+    let bought = match promotion_id {
         None => conn
             .prepare_cached(
-                "SELECT bucket_s, buys, units FROM rollup
+                "SELECT bucket_s, buys, units, revenue_cents FROM rollup
                  WHERE granularity_s = ?1 AND bucket_s >= ?2 AND bucket_s <= ?3 ORDER BY bucket_s",
             )?
             .query_map(params![granularity_s, from_s, to_s], read)?
             .collect::<rusqlite::Result<Vec<_>>>(),
         Some(p) => conn
             .prepare_cached(
-                "SELECT bucket_s, buys, units FROM promotion_rollup INDEXED BY promotion_rollup_by_promotion
+                "SELECT bucket_s, buys, units, revenue_cents FROM promotion_rollup INDEXED BY promotion_rollup_by_promotion
                  WHERE promotion_id = ?4 AND granularity_s = ?1 AND bucket_s >= ?2 AND bucket_s <= ?3
                  ORDER BY bucket_s",
             )?
             .query_map(params![granularity_s, from_s, to_s, p], read)?
             .collect::<rusqlite::Result<Vec<_>>>(),
-    };
-    Ok(buckets?)
+    }?;
+    let read_views = |r: &rusqlite::Row| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?));
+    let viewed = match promotion_id {
+        None => conn
+            .prepare_cached(
+                "SELECT bucket_s, views FROM view_rollup WHERE granularity_s = ?1 AND bucket_s >= ?2 AND bucket_s <= ?3",
+            )?
+            .query_map(params![granularity_s, from_s, to_s], read_views)?
+            .collect::<rusqlite::Result<Vec<_>>>(),
+        Some(p) => conn
+            .prepare_cached(
+                "SELECT bucket_s, views FROM promotion_view_rollup INDEXED BY promotion_view_rollup_by_promotion
+                 WHERE promotion_id = ?4 AND granularity_s = ?1 AND bucket_s >= ?2 AND bucket_s <= ?3",
+            )?
+            .query_map(params![granularity_s, from_s, to_s, p], read_views)?
+            .collect::<rusqlite::Result<Vec<_>>>(),
+    }?;
+    let mut buckets: std::collections::BTreeMap<i64, Bucket> = bought.into_iter().map(|b| (b.start_s, b)).collect();
+    for (start_s, views) in viewed {
+        buckets.entry(start_s).or_insert(Bucket { start_s, buys: 0, units: 0, views: 0, revenue_cents: 0 }).views +=
+            views;
+    }
+    Ok(buckets.into_values().collect())
 }
 
 /// A `promotion_buyers` row (user, buys, units, revenue, first, last) as a customer.

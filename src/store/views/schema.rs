@@ -8,7 +8,7 @@
 use rusqlite::Connection;
 
 /// The version of this schema. A views file of another version is dropped and rebuilt.
-pub const VERSION: i64 = 7;
+pub const VERSION: i64 = 8;
 
 pub const SCHEMA: &str = r#"
 -- The last buy and view applied, the totals over every buy up to it, and the store they come from.
@@ -27,6 +27,14 @@ CREATE TABLE rollup (
     bucket_s      INTEGER NOT NULL,
     buys          INTEGER NOT NULL,
     units         INTEGER NOT NULL,
+    revenue_cents INTEGER NOT NULL,
+    PRIMARY KEY (granularity_s, bucket_s)
+) WITHOUT ROWID;
+-- Views per bucket over every promotion (timeseries, views in the last minute).
+CREATE TABLE view_rollup (
+    granularity_s INTEGER NOT NULL,
+    bucket_s      INTEGER NOT NULL,
+    views         INTEGER NOT NULL,
     PRIMARY KEY (granularity_s, bucket_s)
 ) WITHOUT ROWID;
 -- Keyed by bucket first, so the rows a batch updates (the current buckets of every promotion)
@@ -38,12 +46,14 @@ CREATE TABLE promotion_rollup (
     promotion_id  INTEGER NOT NULL,
     buys          INTEGER NOT NULL,
     units         INTEGER NOT NULL,
+    revenue_cents INTEGER NOT NULL,
     PRIMARY KEY (granularity_s, bucket_s, promotion_id)
 ) WITHOUT ROWID;
 -- Covering (it holds the counts): a promotion's window reads only the index. Without the counts,
 -- each bucket was a lookup into the table, and at 10 M buys promotion stats took p99 1.68 ms
 -- against 0.81 ms at 1 k. The stage moves an entry when a bucket's counts change.
-CREATE INDEX promotion_rollup_by_promotion ON promotion_rollup (promotion_id, granularity_s, bucket_s, buys, units);
+CREATE INDEX promotion_rollup_by_promotion
+    ON promotion_rollup (promotion_id, granularity_s, bucket_s, buys, units, revenue_cents);
 -- Every promotion with a buy or a view; the buy times are NULL until its first buy.
 CREATE TABLE promotion_totals (
     promotion_id      INTEGER PRIMARY KEY,

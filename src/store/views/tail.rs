@@ -88,27 +88,35 @@ pub fn add_to_promotion_stats(
     Ok(())
 }
 
-/// Add `tail` to `buckets` (of `granularity_s` seconds, starting in `from_s..=to_s`, oldest
-/// first, as the views answered), keeping them sorted and non-empty.
-pub fn add_to_timeseries(buckets: &mut Vec<Bucket>, granularity_s: i64, from_s: i64, to_s: i64, tail: &[Fact]) {
-    let mut added: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
-    for fact in tail {
-        let start = bucket_start(fact.timestamp_us, granularity_s);
-        if (from_s..=to_s).contains(&start) {
-            let bucket = added.entry(start).or_default();
-            bucket.0 += 1;
-            bucket.1 += fact.buy.quantity.get();
-        }
-    }
-    if added.is_empty() {
+/// Add `tail` (buys) and `views` to `buckets` (of `granularity_s` seconds, starting in
+/// `from_s..=to_s`, oldest first, as the views answered), keeping them sorted and non-empty.
+pub fn add_to_timeseries(
+    buckets: &mut Vec<Bucket>,
+    (granularity_s, from_s, to_s): (i64, i64, i64),
+    tail: &[Fact],
+    views: &[ViewFact],
+) {
+    if tail.is_empty() && views.is_empty() {
         return;
     }
-    for bucket in buckets.iter() {
-        let entry = added.entry(bucket.start_s).or_default();
-        entry.0 += bucket.buys;
-        entry.1 += bucket.units;
+    let mut all: BTreeMap<i64, Bucket> = buckets.drain(..).map(|b| (b.start_s, b)).collect();
+    let start =
+        |timestamp_us: i64| Some(bucket_start(timestamp_us, granularity_s)).filter(|s| (from_s..=to_s).contains(s));
+    let empty = |start_s| Bucket { start_s, buys: 0, units: 0, views: 0, revenue_cents: 0 };
+    for fact in tail {
+        if let Some(start_s) = start(fact.timestamp_us) {
+            let bucket = all.entry(start_s).or_insert_with(|| empty(start_s));
+            bucket.buys += 1;
+            bucket.units += fact.buy.quantity.get();
+            bucket.revenue_cents = bucket.revenue_cents.saturating_add(revenue_cents(&fact.buy));
+        }
     }
-    *buckets = added.into_iter().map(|(start_s, (buys, units))| Bucket { start_s, buys, units }).collect();
+    for fact in views {
+        if let Some(start_s) = start(fact.timestamp_us) {
+            all.entry(start_s).or_insert_with(|| empty(start_s)).views += 1;
+        }
+    }
+    *buckets = all.into_values().collect();
 }
 
 /// What the tail's users add to one promotion's distinct counts.
