@@ -311,6 +311,9 @@ mod tests {
         fn counts(&self, _: i64, _: Option<i64>) -> Result<Counts, StoreError> {
             unused()
         }
+        fn position(&self) -> Result<crate::store::log::Position, StoreError> {
+            unused()
+        }
         fn promotions(
             &self,
             _: i64,

@@ -127,8 +127,7 @@ pub async fn export(State(state): State<AppState>, RawQuery(query): RawQuery) ->
     };
     let slot = slot.expect("the export semaphore is never closed");
     // Fix the end now, so an export under constant writes still ends.
-    let now = state.clock.now_us();
-    let up_to = state.read_store(move |store| store.counts(now, None)).await?.total_buys;
+    let up_to = state.read_store(|store| store.position()).await?.buys;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
     // Set once the last chunk is handed over. A stream that ends without it was cut off (the
     // store failed, or the client stopped reading) and must end in an error, which aborts the

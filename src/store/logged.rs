@@ -76,6 +76,10 @@ impl Drop for LoggedStore {
 }
 
 impl Store for LoggedStore {
+    fn position(&self) -> Result<Position, StoreError> {
+        self.log.position()
+    }
+
     fn commit(&self, writes: &[Submission], now_us: i64) -> Result<Vec<Outcome>, StoreError> {
         // The stage picks the facts up on its own cadence, or at once for a read waiting for them.
         self.log.commit(writes, now_us)

@@ -540,6 +540,10 @@ pub trait Store: Send + Sync + 'static {
     /// outage) is worked off a slice per call rather than in one statement that stalls commits.
     fn prune_idempotency(&self, before_us: i64, limit: usize) -> Result<usize, StoreError>;
 
+    /// The last number committed of each kind of fact: where an export ends, so that it needs
+    /// neither the views nor their barrier (a stream of facts is read from the log alone).
+    fn position(&self) -> Result<log::Position, StoreError>;
+
     /// How many reads the store serves at once (its read connections): more at once would only
     /// wait for one.
     fn read_connections(&self) -> usize {

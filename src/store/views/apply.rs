@@ -4,7 +4,7 @@
 //! product row is written once per batch however many buys touch it; only the buyer pairs are one
 //! row per buy.
 
-use rusqlite::{Transaction, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::store::log::{Fact, ViewFact};
 use crate::store::views::deltas::{Deltas, ViewDeltas};
@@ -35,25 +35,34 @@ pub fn apply(tx: &Transaction, facts: &[Fact]) -> rusqlite::Result<i64> {
 /// Write one batch's aggregate changes, counting which buyers are new to their promotion, which
 /// reach a second buy there, and which are new customers.
 fn flush(deltas: &mut Deltas, tx: &Transaction) -> rusqlite::Result<()> {
-    // Returns the pair's buys after the batch's: before = after − the batch's.
-    let mut buyer = tx.prepare_cached(
+    // A probe, then a plain insert or update: an upsert with RETURNING made SQLite keep a
+    // statement journal (every page it touched copied first), which was most of the stage's cost.
+    let mut known = tx.prepare_cached("SELECT buys FROM promotion_buyers WHERE user_id = ?1 AND promotion_id = ?2")?;
+    let mut insert = tx.prepare_cached(
         "INSERT INTO promotion_buyers (user_id, promotion_id, buys, units, revenue_cents, first_buy_us, last_buy_us)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (user_id, promotion_id) DO UPDATE SET
-                 buys = buys + excluded.buys,
-                 units = units + excluded.units,
-                 revenue_cents = CASE WHEN revenue_cents > 9223372036854775807 - excluded.revenue_cents
-                     THEN 9223372036854775807 ELSE revenue_cents + excluded.revenue_cents END,
-                 first_buy_us = min(first_buy_us, excluded.first_buy_us),
-                 last_buy_us = max(last_buy_us, excluded.last_buy_us)
-             RETURNING buys",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut update = tx.prepare_cached(
+        "UPDATE promotion_buyers SET
+                 buys = buys + ?3,
+                 units = units + ?4,
+                 revenue_cents = CASE WHEN revenue_cents > 9223372036854775807 - ?5
+                     THEN 9223372036854775807 ELSE revenue_cents + ?5 END,
+                 first_buy_us = min(first_buy_us, ?6),
+                 last_buy_us = max(last_buy_us, ?7)
+             WHERE user_id = ?1 AND promotion_id = ?2",
     )?;
     let mut viewed = tx.prepare_cached("SELECT 1 FROM promotion_viewers WHERE user_id = ?1 AND promotion_id = ?2")?;
     // In the table's key order (user first), so consecutive writes land on the same pages.
     for (&(user_id, promotion_id), b) in &deltas.buyers {
         let row = params![user_id, promotion_id, b.buys, b.units, b.revenue_cents, b.first_us, b.last_us];
-        let after: i64 = buyer.query_row(row, |r| r.get(0))?;
-        let before = after - b.buys;
+        let before: i64 = known.query_row(params![user_id, promotion_id], |r| r.get(0)).optional()?.unwrap_or(0);
+        if before == 0 {
+            insert.execute(row)?;
+        } else {
+            update.execute(row)?;
+        }
+        let after = before + b.buys;
         let Some(p) = deltas.promotions.get_mut(&promotion_id) else { continue };
         if before == 0 {
             p.new_buyers += 1;

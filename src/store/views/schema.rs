@@ -133,7 +133,9 @@ CREATE INDEX promotion_view_rollup_by_promotion
 /// Open the views database on `conn`: the same version is kept; anything else (a new file, an
 /// older layout) is emptied and created afresh, to be rebuilt from the log.
 pub fn prepare(conn: &mut Connection) -> rusqlite::Result<bool> {
-    conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA cache_size=-32768;")?;
+    conn.execute_batch(
+        "PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA cache_size=-32768; PRAGMA temp_store=MEMORY;",
+    )?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version == VERSION {
         return Ok(false);
