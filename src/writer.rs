@@ -335,7 +335,10 @@ mod tests {
         ) -> Result<Vec<(i64, i64)>, StoreError> {
             unused()
         }
-        fn promotion_stats(&self, _: i64, _: i64) -> Result<PromotionStats, StoreError> {
+        fn promotion_stats(&self, _: i64, _: (i64, i64)) -> Result<PromotionStats, StoreError> {
+            unused()
+        }
+        fn recent_views(&self, _: i64, _: Option<i64>) -> Result<i64, StoreError> {
             unused()
         }
         fn timeseries(&self, _: i64, _: i64, _: i64, _: Option<i64>) -> Result<Vec<Bucket>, StoreError> {

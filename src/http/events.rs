@@ -30,6 +30,8 @@ pub struct StatsEvent {
     stats: StatsResponse,
     /// Buys with timestamp in the last 60 seconds.
     buys_last_minute: i64,
+    /// Page views with timestamp in the last 60 seconds.
+    views_last_minute: i64,
     /// Units over all buys.
     total_units: i64,
 }
@@ -38,14 +40,20 @@ async fn snapshot(state: &AppState) -> Result<StatsEvent, ApiError> {
     let now = state.clock.now();
     let now_us = now.timestamp_micros();
     let hour = Timeframe::ONE_HOUR;
-    let (counts, minute) = state
+    let minute_ago = now_us - 60_000_000;
+    let (counts, minute, views) = state
         .read_store(move |store| {
-            Ok((store.counts(now_us - hour.micros(), None)?, store.counts(now_us - 60_000_000, None)?))
+            Ok((
+                store.counts(now_us - hour.micros(), None)?,
+                store.counts(minute_ago, None)?,
+                store.recent_views(minute_ago, None)?,
+            ))
         })
         .await?;
     Ok(StatsEvent {
         stats: StatsResponse::from_counts(state, now, hour, &counts),
         buys_last_minute: minute.recent_buys,
+        views_last_minute: views,
         total_units: counts.total_units,
     })
 }
@@ -70,7 +78,7 @@ fn event(payload: &Payload) -> Event {
 
 /// A live stream of stats.
 #[utoipa::path(get, path = "/events", tag = "analytics", responses(
-    (status = 200, description = "text/event-stream: every second an `event: stats` whose data is GET /stats for the last hour plus `buys_last_minute` and `total_units`; `event: error` with a `detail` when the store does not answer; comment lines keep idle proxies open. The first event is taken for this request; the following ones are shared by every open stream of the replica (taken once a second for all)", body = StatsEvent, content_type = "text/event-stream"),
+    (status = 200, description = "text/event-stream: every second an `event: stats` whose data is GET /stats for the last hour plus `buys_last_minute`, `views_last_minute` and `total_units`; `event: error` with a `detail` when the store does not answer; comment lines keep idle proxies open. The first event is taken for this request; the following ones are shared by every open stream of the replica (taken once a second for all)", body = StatsEvent, content_type = "text/event-stream"),
     (status = 401, description = "Read keys are set and none was sent"),
 ))]
 pub async fn events(State(state): State<AppState>) -> impl IntoResponse {

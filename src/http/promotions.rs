@@ -85,6 +85,20 @@ pub struct PromotionStatsResponse {
     repeat_buyers: i64,
     /// Distinct buyers whose first buy in any promotion (the lowest buy_count) was in this one.
     new_customers: i64,
+    /// Quantity × unit_price_cents over the priced buys within the window (saturating).
+    recent_revenue_cents: i64,
+    /// The same counts over the window of the same length just before this one.
+    previous: PreviousWindow,
+}
+
+/// The window of the same length that ends where the asked one starts: timestamps in
+/// [now − 2 × timeframe_hours, now − timeframe_hours).
+#[derive(Serialize, ToSchema)]
+pub struct PreviousWindow {
+    n_recent_buys: i64,
+    recent_units: i64,
+    recent_revenue_cents: i64,
+    recent_views: i64,
 }
 
 /// Promotions ranked by buys, or by `order_by`.
@@ -151,7 +165,8 @@ pub async fn stats(
     let promotion_id = path_promotion(&raw_id)?;
     let timeframe = Params::parse(query.as_deref())?.timeframe()?;
     let since = state.clock.now_us() - timeframe.micros();
-    let s = state.read_store(move |store| store.promotion_stats(promotion_id, since)).await?;
+    let previous_since = since - timeframe.micros();
+    let s = state.read_store(move |store| store.promotion_stats(promotion_id, (since, previous_since))).await?;
     Ok(Json(PromotionStatsResponse {
         promotion_id,
         total_buys: s.counts.total_buys,
@@ -176,6 +191,13 @@ pub async fn stats(
         average_order_value_cents: (s.priced_buys > 0).then(|| s.revenue_cents as f64 / s.priced_buys as f64),
         repeat_buyers: s.repeat_buyers,
         new_customers: s.new_customers,
+        recent_revenue_cents: s.recent_revenue_cents,
+        previous: PreviousWindow {
+            n_recent_buys: s.previous.buys,
+            recent_units: s.previous.units,
+            recent_revenue_cents: s.previous.revenue_cents,
+            recent_views: s.previous.views,
+        },
     }))
 }
 

@@ -48,6 +48,23 @@ impl Position {
     }
 }
 
+/// Buys, units and revenue (saturating) of the facts in a range of time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Slice {
+    /// Buys.
+    pub buys: i64,
+    /// Their units.
+    pub units: i64,
+    /// Quantity × unit price over the priced ones, saturating.
+    pub revenue_cents: i64,
+}
+
+/// A sum of non-negative numbers read as its high and low 32 bits, saturated to an `i64`.
+pub fn join_halves(high: i64, low: i64) -> i64 {
+    let sum = (i128::from(high) << 32) + i128::from(low);
+    i64::try_from(sum).unwrap_or(i64::MAX)
+}
+
 /// What [`FactLog::tail`] counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tail {
@@ -79,15 +96,9 @@ pub trait FactLog: Send + Sync + 'static {
     /// order (the tail a read adds to views applied up to `after`).
     fn facts_in(&self, after: i64, up_to: i64, promotion_id: Option<i64>) -> Result<Vec<Fact>, StoreError>;
 
-    /// Buys and units of the facts numbered up to `up_to` with a timestamp in `from_us..to_us`
+    /// Buys, units and revenue of the facts numbered up to `up_to` with a timestamp in `from_us..to_us`
     /// (at most a second: the partial second at a window's edge), over all buys or one promotion.
-    fn between(
-        &self,
-        from_us: i64,
-        to_us: i64,
-        promotion_id: Option<i64>,
-        up_to: i64,
-    ) -> Result<(i64, i64), StoreError>;
+    fn between(&self, from_us: i64, to_us: i64, promotion_id: Option<i64>, up_to: i64) -> Result<Slice, StoreError>;
 
     /// The facts numbered after `after` and up to the log's last committed one, over all buys or
     /// one promotion: `(last number, buys, units, buys at or after since_us, their units)`. Added

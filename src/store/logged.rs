@@ -110,9 +110,15 @@ impl Store for LoggedStore {
     }
 
     /// As counts: the views' snapshot plus the promotion's facts after it.
-    fn promotion_stats(&self, promotion_id: i64, since_us: i64) -> Result<PromotionStats, StoreError> {
+    fn promotion_stats(&self, promotion_id: i64, windows: (i64, i64)) -> Result<PromotionStats, StoreError> {
         let up_to = self.tail_end()?;
-        self.views.promotion_stats(&*self.log, promotion_id, since_us, up_to)
+        self.views.promotion_stats(&*self.log, promotion_id, windows, up_to)
+    }
+
+    /// The views' snapshot plus the views after it.
+    fn recent_views(&self, since_us: i64, promotion_id: Option<i64>) -> Result<i64, StoreError> {
+        let up_to = self.tail_end()?;
+        self.views.recent_views(&*self.log, since_us, promotion_id, up_to)
     }
 
     fn timing(
@@ -206,7 +212,7 @@ mod tests {
             let counts = store.counts(0, None).unwrap();
             assert_eq!((counts.total_buys, counts.recent_buys), (i, i));
             assert_eq!(
-                store.promotion_stats(i % 7, 0).unwrap().counts.total_buys,
+                store.promotion_stats(i % 7, (0, 0)).unwrap().counts.total_buys,
                 (1..=i).filter(|j| j % 7 == i % 7).count() as i64
             );
         }
@@ -273,7 +279,7 @@ mod tests {
         crate::store::assert_same_answers(
             &store,
             &live,
-            &cutoffs,
+            (&cutoffs, base + 10_000),
             &[0, 3, 6],
             (1_749_999_940, 1_750_000_060),
             (1_749_996_000, 1_750_003_600),
@@ -301,14 +307,15 @@ mod tests {
     }
 
     /// Pruning the views' second and minute buckets older than ROLLUP_KEEP_S changes no answer a read can
-    /// ask for: every window of at most 168 hours, overall and per promotion, and minute series.
+    /// ask for: every window of at most 168 hours and the one before it, overall and per promotion, and
+    /// minute series.
     #[test]
     fn pruned_views_answer_every_readable_window_exactly() {
         let (pruned, kept) = (memory(), memory());
         let now = 1_750_000_000 * US;
-        // Ten days of buys, several per minute at irregular instants, over three promotions,
-        // plus a stray one from years before.
-        let mut stamps: Vec<i64> = (0..6000).map(|i| now - 10 * 24 * 3600 * US + i * 143_999_917 + i % 997).collect();
+        // Twenty days of buys (previous windows reach 336 hours back), one every 144 s or so at
+        // irregular instants, over three promotions, plus a stray one from years before.
+        let mut stamps: Vec<i64> = (0..12_000).map(|i| now - 20 * 24 * 3600 * US + i * 143_999_917 + i % 997).collect();
         stamps.push(now - 5 * 365 * 24 * 3600 * US);
         let buy = |i: usize, t: i64| {
             let mut r = record(t, 1 + (i % 3) as i64);
@@ -416,7 +423,7 @@ mod tests {
             let mut all = Vec::new();
             for p in 0..5 {
                 for &since in &windows {
-                    all.push(format!("{:?}", store.promotion_stats(p, since).unwrap()));
+                    all.push(format!("{:?}", store.promotion_stats(p, (since, since - 900 * US)).unwrap()));
                 }
                 for g in [60, 3600] {
                     all.push(format!("{:?}", store.timeseries(g, series.0, series.1, Some(p)).unwrap()));
@@ -462,9 +469,9 @@ mod tests {
         store.barrier().unwrap();
         assert_eq!(store.views.applied(), Position { buys: 520, views: 520 });
         assert_eq!(with_tail, answers(&store));
-        let funnel = store.promotion_stats(4, 0).unwrap();
+        let funnel = store.promotion_stats(4, (0, 0)).unwrap();
         assert_eq!((funnel.views, funnel.counts.total_buys), (40, 0), "promotion 4 has views only");
-        let top = store.promotion_stats(0, 0).unwrap().top_products;
+        let top = store.promotion_stats(0, (0, 0)).unwrap().top_products;
         assert!(top.iter().any(|p| p.product_id == 21), "new product 21 entered the top ten: {top:?}");
         let ranking: Vec<i64> =
             store.promotions(0, PromotionOrder::Buys, 10, 0).unwrap().0.iter().map(|p| p.promotion_id).collect();

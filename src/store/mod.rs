@@ -411,6 +411,36 @@ pub struct PromotionStats {
     pub repeat_buyers: i64,
     /// Distinct buyers whose first buy in any promotion (the lowest buy number) was here.
     pub new_customers: i64,
+    /// Quantity × unit price over the priced buys at or after the cutoff (saturating).
+    pub recent_revenue_cents: i64,
+    /// The window of the same length before this one: timestamps in `previous_since..since`.
+    pub previous: Window,
+}
+
+/// Buys, units, revenue and views with timestamps in one window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Window {
+    /// Buys.
+    pub buys: i64,
+    /// Their units.
+    pub units: i64,
+    /// Quantity × unit price over the priced ones (saturating).
+    pub revenue_cents: i64,
+    /// Page views.
+    pub views: i64,
+}
+
+impl Window {
+    /// What is in this window and not in `inner`, a window that ends where this one does and
+    /// starts later.
+    pub fn minus(self, inner: Window) -> Window {
+        Window {
+            buys: self.buys - inner.buys,
+            units: self.units - inner.units,
+            revenue_cents: self.revenue_cents.saturating_sub(inner.revenue_cents),
+            views: self.views - inner.views,
+        }
+    }
 }
 
 /// Buys and units in one time bucket.
@@ -468,9 +498,10 @@ pub struct ExportRow {
 pub const IDEMPOTENCY_TTL_US: i64 = 24 * 3600 * 1_000_000;
 
 /// How long second and minute rollups are kept. Reads use them only at the edges of a window
-/// reaching at most 168 hours back (`timeframe_hours` ≤ 168, and minute timeseries as far), so an
-/// hour beyond that is never read again; hour rollups are kept for ever.
-pub const ROLLUP_KEEP_S: i64 = 169 * 3600;
+/// reaching at most 336 hours back (a promotion's previous window of `timeframe_hours` ≤ 168
+/// starts twice as far back), so an hour beyond that is never read again; hour rollups are kept
+/// for ever.
+pub const ROLLUP_KEEP_S: i64 = 337 * 3600;
 
 /// The operations the service needs from a store.
 pub trait Store: Send + Sync + 'static {
@@ -491,8 +522,12 @@ pub trait Store: Send + Sync + 'static {
         offset: i64,
     ) -> Result<(Vec<PromotionSummary>, i64), StoreError>;
 
-    /// One promotion's analytics (zeros for a promotion without buys).
-    fn promotion_stats(&self, promotion_id: i64, since_us: i64) -> Result<PromotionStats, StoreError>;
+    /// One promotion's analytics (zeros for a promotion without buys), with the window
+    /// `since_us..` and the previous one, `previous_since_us..since_us`.
+    fn promotion_stats(&self, promotion_id: i64, windows: (i64, i64)) -> Result<PromotionStats, StoreError>;
+
+    /// Page views with `timestamp >= since_us`, over all or one promotion.
+    fn recent_views(&self, since_us: i64, promotion_id: Option<i64>) -> Result<i64, StoreError>;
 
     /// Buys and units with `timestamp >= since_us` (the edge of a window's recent counts), over
     /// all buys or one promotion, summed into the cell `cell_of` gives each timestamp
@@ -629,13 +664,14 @@ pub fn open(url: &StoreUrl, views: Option<&std::path::Path>) -> Result<std::sync
 
 /// Every answer a read can ask for is the same in `a` as in `b`.
 /// That is the counts since each of `cutoffs` (overall and of each of `promotions`), the
-/// promotion page and each promotion's stats since each cutoff, and the minute and hour series
-/// (`minutes` and `hours`: first and last bucket start, in seconds), overall and per promotion.
+/// promotion page and each promotion's stats since each cutoff (with the previous window of the
+/// same length, as at `now_us`), and the minute and hour series (`minutes` and `hours`: first
+/// and last bucket start, in seconds), overall and per promotion.
 #[cfg(test)]
 pub(crate) fn assert_same_answers(
     a: &dyn Store,
     b: &dyn Store,
-    cutoffs: &[i64],
+    (cutoffs, now_us): (&[i64], i64),
     promotions: &[i64],
     minutes: (i64, i64),
     hours: (i64, i64),
@@ -650,8 +686,10 @@ pub(crate) fn assert_same_answers(
                 (a.promotions(since, order, 10, 0).unwrap(), b.promotions(since, order, 10, 0).unwrap());
             assert_eq!(left, right, "since {since}, {order:?}");
         }
+        let windows = (since, since.min(since.saturating_mul(2).saturating_sub(now_us)));
         for &p in promotions {
-            assert_eq!(a.promotion_stats(p, since).unwrap(), b.promotion_stats(p, since).unwrap(), "since {since}");
+            let (left, right) = (a.promotion_stats(p, windows).unwrap(), b.promotion_stats(p, windows).unwrap());
+            assert_eq!(left, right, "since {since}");
         }
     }
     for (g, (from, to)) in [(60, minutes), (3600, hours)] {
@@ -681,7 +719,7 @@ pub(crate) fn assert_pruning_changes_no_answer(
     let edges = [now_us - hours(168), now_us - hours(168) + 1, now_us - hours(168) + 59 * US + 7, now_us - 1];
     let since: Vec<i64> = (0..=168).map(|h| now_us - hours(h)).chain(edges).chain(cutoffs.iter().copied()).collect();
     let (from, to) = ((now_us - hours(168)) / US / 60 * 60, now_us / US / 60 * 60);
-    assert_same_answers(pruned, kept, &since, &[0, 1, 2], (from, to), (0, to));
+    assert_same_answers(pruned, kept, (&since, now_us), &[0, 1, 2], (from, to), (0, to));
 }
 
 /// Commit a generated history of buys and views through `stores` in turn (replicas of one log,
@@ -765,8 +803,23 @@ pub(crate) fn assert_funnel_matches_a_recount(stores: &[&dyn Store], settle: &dy
                     views.iter().filter(|v| v.1 == p && v.2 >= since).count() as i64,
                     buyers.len() as i64,
                 );
+                let previous_since = since - (now_us - since);
+                let before: Vec<_> =
+                    buys.iter().filter(|b| b.1 == p && (previous_since..since).contains(&b.2)).collect();
+                let previous = Window {
+                    buys: before.len() as i64,
+                    units: before.len() as i64,
+                    revenue_cents: before.iter().filter_map(|b| b.3).sum(),
+                    views: views.iter().filter(|v| v.1 == p && (previous_since..since).contains(&v.2)).count() as i64,
+                };
+                let recent_revenue: i64 = buys.iter().filter(|b| b.1 == p && b.2 >= since).filter_map(|b| b.3).sum();
                 for store in stores {
-                    let s = store.promotion_stats(p, since).unwrap();
+                    let s = store.promotion_stats(p, (since, previous_since)).unwrap();
+                    assert_eq!(
+                        (s.previous, s.recent_revenue_cents),
+                        (previous, recent_revenue),
+                        "round {round}, promotion {p}, since {since}: previous window, recent revenue"
+                    );
                     let got = (s.views, s.unique_viewers, s.converted_viewers, s.recent_views, s.unique_buyers);
                     assert_eq!(got, expected, "round {round}, promotion {p}, since {since}");
                     let got = (s.repeat_buyers, s.new_customers, s.priced_buys, s.revenue_cents);

@@ -16,8 +16,12 @@ fn priced(user: i64, promotion: i64, product: i64, quantity: i64, price: i64) ->
 
 /// Post `body` with its request time set to `at`.
 async fn post_at(app: &TestApp, body: &Value, at: DateTime<Utc>) {
+    post_at_path(app, "/buy", body, at).await;
+}
+
+async fn post_at_path(app: &TestApp, path: &str, body: &Value, at: DateTime<Utc>) {
     let response =
-        app.client.post(app.url("/buy")).header("x-timestamp", at.to_rfc3339()).json(body).send().await.unwrap();
+        app.client.post(app.url(path)).header("x-timestamp", at.to_rfc3339()).json(body).send().await.unwrap();
     assert_eq!(response.status(), 200);
 }
 
@@ -86,6 +90,19 @@ async fn promotion_stats_on_known_data(kind: StoreKind) {
                {"product_id": 100, "buys": 2, "units": 3}])
     );
     assert_eq!(app.get_json("/promotions/7/stats?timeframe_hours=4").await["n_recent_buys"], 4);
+    // The window's revenue, and the window before it: with 2 hours, [now − 4 h, now − 2 h) holds
+    // the old buy.
+    assert_eq!(stats["recent_revenue_cents"], 5 * 100);
+    assert_eq!(
+        stats["previous"],
+        json!({"n_recent_buys": 0, "recent_units": 0, "recent_revenue_cents": 0, "recent_views": 0})
+    );
+    let two = app.get_json("/promotions/7/stats?timeframe_hours=2").await;
+    assert_eq!(
+        two["previous"],
+        json!({"n_recent_buys": 1, "recent_units": 2, "recent_revenue_cents": 500, "recent_views": 0})
+    );
+    assert_eq!(two["recent_revenue_cents"], 500);
     let empty = app.get_json("/promotions/12345/stats").await;
     assert_eq!(
         empty,
@@ -93,7 +110,9 @@ async fn promotion_stats_on_known_data(kind: StoreKind) {
                "n_recent_buys": 0, "recent_units": 0, "first_buy_at": null, "last_buy_at": null,
                "timeframe_hours": 1.0, "top_products": [], "views": 0, "unique_viewers": 0,
                "converted_viewers": 0, "conversion_rate": null, "recent_views": 0,
-               "average_order_value_cents": null, "repeat_buyers": 0, "new_customers": 0})
+               "average_order_value_cents": null, "repeat_buyers": 0, "new_customers": 0,
+               "recent_revenue_cents": 0,
+               "previous": {"n_recent_buys": 0, "recent_units": 0, "recent_revenue_cents": 0, "recent_views": 0}})
     );
     assert_eq!(app.get("/promotions/abc/stats").await.status(), 422);
     assert_eq!(app.get("/promotions/7/stats?timeframe_hours=200").await.status(), 422);
@@ -234,11 +253,15 @@ async fn read_events(app: &TestApp, n: usize) -> Vec<Value> {
 async fn events_stream_stats_every_second(kind: StoreKind) {
     let app = TestApp::spawn(kind).await;
     app.post("/buy", &buy(1, 2, 3, 4)).await;
+    // Two views now and one two minutes ago: views_last_minute counts by timestamp.
+    app.post("/views", &json!({"views": [{"user_id": 1, "promotion_id": 2}, {"user_id": 5, "promotion_id": 3}]})).await;
+    post_at_path(&app, "/view", &json!({"user_id": 6, "promotion_id": 2}), Utc::now() - TimeDelta::minutes(2)).await;
     let events = read_events(&app, 2).await;
     for event in &events {
         assert_eq!(event["total_buys"], 1);
         assert_eq!(event["n_recent_buys"], 1);
         assert_eq!(event["buys_last_minute"], 1);
+        assert_eq!(event["views_last_minute"], 2);
         assert_eq!(event["total_units"], 4);
         assert_eq!(event["timeframe_hours"], 1.0);
         assert_eq!(event["server_status"], "healthy");

@@ -334,7 +334,7 @@ impl FactLog for PostgresStore {
         to_us: i64,
         promotion_id: Option<i64>,
         up_to: i64,
-    ) -> Result<(i64, i64), StoreError> {
+    ) -> Result<crate::store::log::Slice, StoreError> {
         self.read(|conn| read::between(conn, from_us, to_us, promotion_id, up_to))
     }
 
@@ -542,7 +542,7 @@ mod tests {
         let cutoffs: Vec<i64> = (0..300u64).map(|i| base - 3 * 3600 * US + (i * 7_919_007_331 % span) as i64).collect();
         let (from, to) = (base / US - 3 * 3600, to_us / US);
         let series = |g: i64| (from - from.rem_euclid(g), to - to.rem_euclid(g));
-        crate::store::assert_same_answers(pg, sqlite, &cutoffs, &[0, 1, 2, 3], series(60), series(3600));
+        crate::store::assert_same_answers(pg, sqlite, (&cutoffs, to_us), &[0, 1, 2, 3], series(60), series(3600));
     }
 
     /// Late and out-of-order buys, in batches across seconds, minutes and hours: every window of
@@ -668,7 +668,8 @@ mod tests {
                 );
             }
             for p in [0, 1, 2, 3, 4, 5, 77] {
-                assert_eq!(pg.promotion_stats(p, cutoff).unwrap(), sqlite.promotion_stats(p, cutoff).unwrap());
+                let windows = (cutoff, cutoff - 3600 * US);
+                assert_eq!(pg.promotion_stats(p, windows).unwrap(), sqlite.promotion_stats(p, windows).unwrap());
             }
         }
         let (from, to) = (base / US - 3600, base / US + 7 * 3600);
@@ -746,7 +747,7 @@ mod tests {
         assert_eq!(left, 0, "the aggregate tables are gone");
         let write = Submission { facts: Facts::Buys(vec![record(6, 2, 3, 2, Some(50), at + 1)]), idempotency: None };
         assert_eq!(store.commit(&[write], at).unwrap(), vec![Outcome::Recorded { last_seq: 2, recorded: 1 }]);
-        let stats = store.promotion_stats(2, at - 10 * US).unwrap();
+        let stats = store.promotion_stats(2, (at - 10 * US, at - 20 * US)).unwrap();
         assert_eq!((stats.counts.total_buys, stats.counts.total_units), (2, 6));
         assert_eq!((stats.counts.recent_buys, stats.counts.recent_units), (2, 6));
         assert_eq!((stats.revenue_cents, stats.unique_buyers), (500, 2));
@@ -758,7 +759,7 @@ mod tests {
         // The buyer of the old buy is known to the views: buying again is not a new buyer.
         let again = Submission { facts: Facts::Buys(vec![record(5, 2, 3, 1, None, at + 2)]), idempotency: None };
         store.commit(&[again], at).unwrap();
-        assert_eq!(store.promotion_stats(2, at - 10 * US).unwrap().unique_buyers, 2);
+        assert_eq!(store.promotion_stats(2, (at - 10 * US, at - 20 * US)).unwrap().unique_buyers, 2);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use postgres::{Client, Statement};
 
 use crate::domain::{Buy, Quantity};
 use crate::page_view::PageView;
-use crate::store::log::{Fact, Position, Tail, ViewFact};
+use crate::store::log::{Fact, Position, Slice, Tail, ViewFact};
 use crate::store::{ExportFilter, ExportRow};
 
 /// A read connection with the statements it has prepared so far.
@@ -98,7 +98,9 @@ const FACTS_IN: &str = "
     ORDER BY buy_count";
 
 const BETWEEN: &str = "
-    SELECT count(*), CAST(coalesce(sum(product_quantity), 0) AS BIGINT) FROM buys
+    SELECT count(*), CAST(coalesce(sum(product_quantity), 0) AS BIGINT),
+           CAST(LEAST(coalesce(sum(CAST(product_quantity AS NUMERIC) * unit_price_cents), 0), 9223372036854775807) AS BIGINT)
+    FROM buys
     WHERE timestamp_us >= $1 AND timestamp_us < $2 AND buy_count <= $3
       AND (CAST($4 AS BIGINT) IS NULL OR promotion_id = $4)";
 
@@ -153,10 +155,10 @@ pub fn between(
     to_us: i64,
     promotion_id: Option<i64>,
     up_to: i64,
-) -> Result<(i64, i64), postgres::Error> {
+) -> Result<Slice, postgres::Error> {
     let statement = conn.statement(BETWEEN)?;
     let row = conn.client.query_one(&statement, &[&from_us, &to_us, &up_to, &promotion_id])?;
-    Ok((row.try_get(0)?, row.try_get(1)?))
+    Ok(Slice { buys: row.try_get(0)?, units: row.try_get(1)?, revenue_cents: row.try_get(2)? })
 }
 
 const BETWEEN_BY_PROMOTION: &str = "

@@ -228,7 +228,7 @@ impl FactLog for SqliteStore {
         to_us: i64,
         promotion_id: Option<i64>,
         up_to: i64,
-    ) -> Result<(i64, i64), StoreError> {
+    ) -> Result<crate::store::log::Slice, StoreError> {
         self.read(|conn| read::between(conn, from_us, to_us, promotion_id, up_to))
     }
 

@@ -5,7 +5,7 @@ use rusqlite::{Connection, params};
 
 use crate::domain::{Buy, Quantity};
 use crate::page_view::PageView;
-use crate::store::log::{Fact, Tail, ViewFact};
+use crate::store::log::{Fact, Slice, Tail, ViewFact, join_halves};
 use crate::store::{ExportFilter, ExportRow};
 
 /// See [`crate::store::Store::export_page`].
@@ -85,12 +85,21 @@ pub fn between(
     to_us: i64,
     promotion_id: Option<i64>,
     up_to: i64,
-) -> rusqlite::Result<(i64, i64)> {
+) -> rusqlite::Result<Slice> {
+    // Revenue is summed in two halves of 32 bits, which cannot overflow, and saturated here
+    // (SQLite's sum fails on overflow; a product that overflows is saturated per buy).
     conn.prepare_cached(
-        "SELECT count(*), coalesce(sum(product_quantity), 0) FROM buys
-         WHERE timestamp_us >= ?1 AND timestamp_us < ?2 AND buy_count <= ?3 AND (?4 IS NULL OR promotion_id = ?4)",
+        "WITH picked (units, revenue) AS (
+             SELECT product_quantity, CASE WHEN unit_price_cents > 9223372036854775807 / product_quantity
+                 THEN 9223372036854775807 ELSE coalesce(unit_price_cents * product_quantity, 0) END
+             FROM buys
+             WHERE timestamp_us >= ?1 AND timestamp_us < ?2 AND buy_count <= ?3 AND (?4 IS NULL OR promotion_id = ?4))
+         SELECT count(*), coalesce(sum(units), 0), coalesce(sum(revenue >> 32), 0), coalesce(sum(revenue & 4294967295), 0)
+         FROM picked",
     )?
-    .query_row(params![from_us, to_us, up_to, promotion_id], |r| Ok((r.get(0)?, r.get(1)?)))
+    .query_row(params![from_us, to_us, up_to, promotion_id], |r| {
+        Ok(Slice { buys: r.get(0)?, units: r.get(1)?, revenue_cents: join_halves(r.get(2)?, r.get(3)?) })
+    })
 }
 
 /// See [`crate::store::log::FactLog::between_by_promotion`].

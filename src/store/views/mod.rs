@@ -391,16 +391,32 @@ impl Views {
         &self,
         log: &dyn FactLog,
         promotion_id: i64,
-        since_us: i64,
+        windows: (i64, i64),
         up_to: Position,
     ) -> Result<PromotionStats, StoreError> {
         self.read(log, |conn, edge| {
-            let mut stats = read::promotion_stats(conn, edge, promotion_id, since_us)?;
+            let mut stats = read::promotion_stats(conn, edge, promotion_id, windows)?;
             // Every buy of the tail: new customers depend on buys in other promotions.
             let tail = log.facts_in(edge.applied, up_to.buys, None)?;
             let views = log.views_in(edge.views_applied, up_to.views, Some(promotion_id))?;
-            tail::add_to_promotion_stats(conn, &mut stats, promotion_id, since_us, (&tail, &views))?;
+            tail::add_to_promotion_stats(conn, &mut stats, promotion_id, windows, (&tail, &views))?;
             Ok(stats)
+        })
+    }
+
+    /// See [`super::Store::recent_views`]: the views' snapshot, plus the views after it up to
+    /// `up_to`.
+    pub fn recent_views(
+        &self,
+        log: &dyn FactLog,
+        since_us: i64,
+        promotion_id: Option<i64>,
+        up_to: Position,
+    ) -> Result<i64, StoreError> {
+        self.read(log, |conn, edge| {
+            let views = log.views_in(edge.views_applied, up_to.views, promotion_id)?;
+            let tail = views.iter().filter(|v| v.timestamp_us >= since_us).count() as i64;
+            Ok(read::recent_views(conn, edge, since_us, promotion_id)? + tail)
         })
     }
 

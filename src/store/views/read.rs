@@ -2,36 +2,63 @@
 //! of the partial second at a window's edge from the log ([`Edge`]), up to the views' last
 //! applied fact. A read runs in one read transaction, so it sees one applied prefix of the log.
 
+use std::sync::LazyLock;
+
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::store::log::{FactLog, Position};
+use crate::store::log::{FactLog, Position, join_halves};
 use crate::store::views::deltas::{US, window_edges};
 use crate::store::{
-    Bucket, Counts, Customer, CustomerOrder, ProductCount, PromotionOrder, PromotionStats, PromotionSummary, StoreError,
+    Bucket, Counts, Customer, CustomerOrder, ProductCount, PromotionOrder, PromotionStats, PromotionSummary,
+    StoreError, Window,
 };
 
-const RECENT_ALL: &str = "
-    WITH parts (buys, units) AS (
-        SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM rollup
-            WHERE granularity_s = 1 AND bucket_s >= ?1 AND bucket_s < ?2
-        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM rollup
-            WHERE granularity_s = 60 AND bucket_s >= ?2 AND bucket_s < ?3
-        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM rollup
-            WHERE granularity_s = 3600 AND bucket_s >= ?3)
-    SELECT sum(buys), sum(units) FROM parts";
+/// The sums of a window over the rollups of one scope (`{table}` and `{scope}` filled in): the
+/// whole seconds before the first minute, the minutes before the first hour, the hours after.
+/// Revenue is summed as two 32-bit halves, which cannot overflow (SQLite's sum would fail), and
+/// joined and saturated in Rust.
+const RECENT: &str = "
+    WITH parts (buys, units, high, low) AS (
+        SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0), coalesce(sum(revenue_cents >> 32), 0),
+               coalesce(sum(revenue_cents & 4294967295), 0)
+        FROM {table} WHERE {scope} granularity_s = 1 AND bucket_s >= ?1 AND bucket_s < ?2
+        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0), coalesce(sum(revenue_cents >> 32), 0),
+               coalesce(sum(revenue_cents & 4294967295), 0)
+        FROM {table} WHERE {scope} granularity_s = 60 AND bucket_s >= ?2 AND bucket_s < ?3
+        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0), coalesce(sum(revenue_cents >> 32), 0),
+               coalesce(sum(revenue_cents & 4294967295), 0)
+        FROM {table} WHERE {scope} granularity_s = 3600 AND bucket_s >= ?3)
+    SELECT sum(buys), sum(units), sum(high), sum(low) FROM parts";
 
+fn recent_sql(table: &str, scope: &str) -> String {
+    RECENT.replace("{table}", table).replace("{scope}", scope)
+}
+
+/// The window sums over every buy.
+static RECENT_ALL: LazyLock<String> = LazyLock::new(|| recent_sql("rollup", ""));
 // `INDEXED BY`: the table is keyed by bucket first (so commits touch few pages), and the planner
 // would otherwise scan every promotion's buckets in the window (measured 0.33 ms instead of
 // 0.02 ms per call on a 10-million-buy store).
-const RECENT_PROMOTION: &str = "
-    WITH parts (buys, units) AS (
-        SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM promotion_rollup INDEXED BY promotion_rollup_by_promotion
-            WHERE promotion_id = ?4 AND granularity_s = 1 AND bucket_s >= ?1 AND bucket_s < ?2
-        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM promotion_rollup INDEXED BY promotion_rollup_by_promotion
-            WHERE promotion_id = ?4 AND granularity_s = 60 AND bucket_s >= ?2 AND bucket_s < ?3
-        UNION ALL SELECT coalesce(sum(buys), 0), coalesce(sum(units), 0) FROM promotion_rollup INDEXED BY promotion_rollup_by_promotion
-            WHERE promotion_id = ?4 AND granularity_s = 3600 AND bucket_s >= ?3)
-    SELECT sum(buys), sum(units) FROM parts";
+/// The window sums over one promotion (?4).
+static RECENT_PROMOTION: LazyLock<String> =
+    LazyLock::new(|| recent_sql("promotion_rollup INDEXED BY promotion_rollup_by_promotion", "promotion_id = ?4 AND"));
+/// The window's views over every promotion.
+static RECENT_VIEWS_ALL: LazyLock<String> = LazyLock::new(|| recent_views_sql("view_rollup", ""));
+/// The window's views of one promotion (?4).
+static RECENT_VIEWS: LazyLock<String> = LazyLock::new(|| {
+    recent_views_sql("promotion_view_rollup INDEXED BY promotion_view_rollup_by_promotion", "promotion_id = ?4 AND")
+});
+
+/// As [`RECENT`], for views.
+fn recent_views_sql(table: &str, scope: &str) -> String {
+    "WITH parts (views) AS (
+        SELECT coalesce(sum(views), 0) FROM {table} WHERE {scope} granularity_s = 1 AND bucket_s >= ?1 AND bucket_s < ?2
+        UNION ALL SELECT coalesce(sum(views), 0) FROM {table} WHERE {scope} granularity_s = 60 AND bucket_s >= ?2 AND bucket_s < ?3
+        UNION ALL SELECT coalesce(sum(views), 0) FROM {table} WHERE {scope} granularity_s = 3600 AND bucket_s >= ?3)
+     SELECT sum(views) FROM parts"
+        .replace("{table}", table)
+        .replace("{scope}", scope)
+}
 
 /// What a read of the views also needs: the partial second at a window's edge, counted to the
 /// microsecond from the log (rollups hold whole seconds), over the facts the views have applied.
@@ -44,17 +71,24 @@ pub struct Edge<'a> {
     pub views_applied: i64,
 }
 
-/// Buys and units with `timestamp >= since_us`, over all buys or one promotion: the partial
-/// second from the log, whole seconds, minutes and hours from the rollups.
-fn recent(conn: &Connection, edge: &Edge, since_us: i64, promotion_id: Option<i64>) -> Result<(i64, i64), StoreError> {
+/// Buys, units and revenue with `timestamp >= since_us`, over all buys or one promotion: the
+/// partial second from the log, whole seconds, minutes and hours from the rollups.
+fn recent(conn: &Connection, edge: &Edge, since_us: i64, promotion_id: Option<i64>) -> Result<Window, StoreError> {
     let (second, minute, hour) = window_edges(since_us);
-    let read = |r: &rusqlite::Row| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?));
-    let (buys, units) = match promotion_id {
-        None => conn.prepare_cached(RECENT_ALL)?.query_row(params![second, minute, hour], read)?,
-        Some(p) => conn.prepare_cached(RECENT_PROMOTION)?.query_row(params![second, minute, hour, p], read)?,
+    let read = |r: &rusqlite::Row| {
+        Ok(Window { buys: r.get(0)?, units: r.get(1)?, revenue_cents: join_halves(r.get(2)?, r.get(3)?), views: 0 })
     };
-    let (edge_buys, edge_units) = edge.log.between(since_us, second * US, promotion_id, edge.applied)?;
-    Ok((buys + edge_buys, units + edge_units))
+    let whole = match promotion_id {
+        None => conn.prepare_cached(&RECENT_ALL)?.query_row(params![second, minute, hour], read)?,
+        Some(p) => conn.prepare_cached(&RECENT_PROMOTION)?.query_row(params![second, minute, hour, p], read)?,
+    };
+    let part = edge.log.between(since_us, second * US, promotion_id, edge.applied)?;
+    Ok(Window {
+        buys: whole.buys + part.buys,
+        units: whole.units + part.units,
+        revenue_cents: whole.revenue_cents.saturating_add(part.revenue_cents),
+        views: 0,
+    })
 }
 
 /// The last buy and view applied in this snapshot.
@@ -64,23 +98,26 @@ pub fn applied(conn: &Connection) -> Result<Position, StoreError> {
         .query_row([], |r| Ok(Position { buys: r.get(0)?, views: r.get(1)? }))?)
 }
 
-const RECENT_VIEWS: &str = "
-    WITH parts (views) AS (
-        SELECT coalesce(sum(views), 0) FROM promotion_view_rollup INDEXED BY promotion_view_rollup_by_promotion
-            WHERE promotion_id = ?4 AND granularity_s = 1 AND bucket_s >= ?1 AND bucket_s < ?2
-        UNION ALL SELECT coalesce(sum(views), 0) FROM promotion_view_rollup INDEXED BY promotion_view_rollup_by_promotion
-            WHERE promotion_id = ?4 AND granularity_s = 60 AND bucket_s >= ?2 AND bucket_s < ?3
-        UNION ALL SELECT coalesce(sum(views), 0) FROM promotion_view_rollup INDEXED BY promotion_view_rollup_by_promotion
-            WHERE promotion_id = ?4 AND granularity_s = 3600 AND bucket_s >= ?3)
-    SELECT sum(views) FROM parts";
-
-/// A promotion's views with `timestamp >= since_us`: the partial second from the log, the rest
-/// from the view rollups (as [`recent`] for buys).
-fn recent_views(conn: &Connection, edge: &Edge, since_us: i64, promotion_id: i64) -> Result<i64, StoreError> {
+/// Views with `timestamp >= since_us`, over all or one promotion: the partial second from the
+/// log, the rest from the view rollups (as [`recent`] for buys).
+pub fn recent_views(
+    conn: &Connection,
+    edge: &Edge,
+    since_us: i64,
+    promotion_id: Option<i64>,
+) -> Result<i64, StoreError> {
     let (second, minute, hour) = window_edges(since_us);
-    let whole: i64 =
-        conn.prepare_cached(RECENT_VIEWS)?.query_row(params![second, minute, hour, promotion_id], |r| r.get(0))?;
-    Ok(whole + edge.log.views_between(since_us, second * US, Some(promotion_id), edge.views_applied)?)
+    let whole: i64 = match promotion_id {
+        None => conn.prepare_cached(&RECENT_VIEWS_ALL)?.query_row(params![second, minute, hour], |r| r.get(0))?,
+        Some(p) => conn.prepare_cached(&RECENT_VIEWS)?.query_row(params![second, minute, hour, p], |r| r.get(0))?,
+    };
+    Ok(whole + edge.log.views_between(since_us, second * US, promotion_id, edge.views_applied)?)
+}
+
+/// Buys, units, revenue and views with `timestamp >= since_us` in one promotion.
+fn window_since(conn: &Connection, edge: &Edge, since_us: i64, promotion_id: i64) -> Result<Window, StoreError> {
+    let views = recent_views(conn, edge, since_us, Some(promotion_id))?;
+    Ok(Window { views, ..recent(conn, edge, since_us, Some(promotion_id))? })
 }
 
 /// See [`crate::store::Store::counts`].
@@ -95,8 +132,8 @@ pub fn counts(conn: &Connection, edge: &Edge, since_us: i64, promotion_id: Optio
             .optional()?
             .unwrap_or((0, 0)),
     };
-    let (recent_buys, recent_units) = recent(conn, edge, since_us, promotion_id)?;
-    Ok(Counts { total_buys, total_units, recent_buys, recent_units })
+    let recent = recent(conn, edge, since_us, promotion_id)?;
+    Ok(Counts { total_buys, total_units, recent_buys: recent.buys, recent_units: recent.units })
 }
 
 const RANKED_COLUMNS: &str =
@@ -162,7 +199,7 @@ pub fn with_recent(
         .into_iter()
         .map(|(promotion, buys, _)| (promotion, buys))
         .collect();
-    let mut rollups = conn.prepare_cached(RECENT_PROMOTION)?;
+    let mut rollups = conn.prepare_cached(&RECENT_PROMOTION)?;
     for promotion in &mut page {
         let id = promotion.promotion_id;
         let whole: i64 = rollups.query_row(params![second, minute, hour, id], |r| r.get(0))?;
@@ -177,12 +214,12 @@ pub fn promotion_stats(
     conn: &Connection,
     edge: &Edge,
     promotion_id: i64,
-    since_us: i64,
+    (since_us, previous_since_us): (i64, i64),
 ) -> Result<PromotionStats, StoreError> {
     let totals = conn
         .prepare_cached(
             "SELECT revenue_cents, unique_buyers, first_buy_us, last_buy_us, views, unique_viewers,
-                    converted_viewers, priced_buys, repeat_buyers, new_customers
+                    converted_viewers, priced_buys, repeat_buyers, new_customers, total_buys, total_units
              FROM promotion_totals WHERE promotion_id = ?1",
         )?
         .query_row([promotion_id], |r| {
@@ -197,6 +234,7 @@ pub fn promotion_stats(
                 priced_buys: r.get(7)?,
                 repeat_buyers: r.get(8)?,
                 new_customers: r.get(9)?,
+                counts: Counts { total_buys: r.get(10)?, total_units: r.get(11)?, ..Counts::default() },
                 ..PromotionStats::default()
             })
         })
@@ -211,10 +249,16 @@ pub fn promotion_stats(
     let top_products = stmt
         .query_map([promotion_id], |r| Ok(ProductCount { product_id: r.get(0)?, buys: r.get(1)?, units: r.get(2)? }))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let recent = window_since(conn, edge, since_us, promotion_id)?;
+    // The previous window is what is in the longer window and not in this one.
+    let previous = window_since(conn, edge, previous_since_us, promotion_id)?.minus(recent);
+    let counts = Counts { recent_buys: recent.buys, recent_units: recent.units, ..totals.counts };
     Ok(PromotionStats {
-        counts: counts(conn, edge, since_us, Some(promotion_id))?,
+        counts,
         top_products,
-        recent_views: recent_views(conn, edge, since_us, promotion_id)?,
+        recent_views: recent.views,
+        recent_revenue_cents: recent.revenue_cents,
+        previous,
         ..totals
     })
 }
@@ -351,8 +395,8 @@ pub fn timing(
         }
     };
     // The partial second lies in one second, so in one cell.
-    let (buys, units) = edge.log.between(since_us, second * US, promotion_id, edge.applied)?;
-    add(since_us, buys, units);
+    let part = edge.log.between(since_us, second * US, promotion_id, edge.applied)?;
+    add(since_us, part.buys, part.units);
     let ranges = [(1, second, minute), (60, minute, i64::MAX)];
     for (granularity, from, to) in ranges {
         let read = |r: &rusqlite::Row| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?));

@@ -28,9 +28,10 @@ pub fn add_to_promotion_stats(
     conn: &Connection,
     stats: &mut PromotionStats,
     promotion_id: i64,
-    since_us: i64,
+    (since_us, previous_since_us): (i64, i64),
     (all_buys, views): (&[Fact], &[ViewFact]),
 ) -> Result<(), StoreError> {
+    let previous = previous_since_us..since_us;
     stats.new_customers += new_customers(conn, promotion_id, all_buys)?;
     let tail = all_buys.iter().filter(|f| f.buy.promotion_id == promotion_id);
     let mut users: BTreeMap<i64, i64> = BTreeMap::new();
@@ -40,11 +41,17 @@ pub fn add_to_promotion_stats(
         let counts = &mut stats.counts;
         counts.total_buys += 1;
         counts.total_units += units;
+        let revenue = revenue_cents(&fact.buy);
         if fact.timestamp_us >= since_us {
             counts.recent_buys += 1;
             counts.recent_units += units;
+            stats.recent_revenue_cents = stats.recent_revenue_cents.saturating_add(revenue);
+        } else if previous.contains(&fact.timestamp_us) {
+            stats.previous.buys += 1;
+            stats.previous.units += units;
+            stats.previous.revenue_cents = stats.previous.revenue_cents.saturating_add(revenue);
         }
-        stats.revenue_cents = stats.revenue_cents.saturating_add(revenue_cents(&fact.buy));
+        stats.revenue_cents = stats.revenue_cents.saturating_add(revenue);
         stats.first_buy_us = Some(stats.first_buy_us.map_or(fact.timestamp_us, |t| t.min(fact.timestamp_us)));
         stats.last_buy_us = Some(stats.last_buy_us.map_or(fact.timestamp_us, |t| t.max(fact.timestamp_us)));
         *users.entry(fact.buy.user_id).or_default() += 1;
@@ -57,6 +64,7 @@ pub fn add_to_promotion_stats(
     for fact in views {
         stats.views += 1;
         stats.recent_views += i64::from(fact.timestamp_us >= since_us);
+        stats.previous.views += i64::from(previous.contains(&fact.timestamp_us));
         viewers.insert(fact.view.user_id);
     }
     let gained = users_gained(conn, promotion_id, &users, &viewers)?;
