@@ -22,6 +22,7 @@ use crate::http::buy::{BATCH_BODY_LIMIT, BUY_BODY_LIMIT};
 use crate::http::forgery::AllowedOrigins;
 use crate::http::rate_limit::{self, RateLimiter};
 use crate::http::reads::ReadSlots;
+use crate::http::refund::{self, REFUND_BODY_LIMIT};
 use crate::http::state::{AppState, Shared};
 use crate::http::view::{VIEW_BODY_LIMIT, VIEWS_BODY_LIMIT};
 use crate::http::{buy, events, export, health, metrics, middleware, pages, promotions, root, stats, timing, view};
@@ -126,7 +127,8 @@ pub fn router(state: AppState, access: Access, limiter: Option<RateLimiter>, cor
         .route("/buy", post(buy::record_buy).layer(DefaultBodyLimit::max(BUY_BODY_LIMIT)))
         .route("/buys", post(buy::record_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)))
         .route("/view", post(view::record_view).layer(DefaultBodyLimit::max(VIEW_BODY_LIMIT)))
-        .route("/views", post(view::record_views).layer(DefaultBodyLimit::max(VIEWS_BODY_LIMIT)));
+        .route("/views", post(view::record_views).layer(DefaultBodyLimit::max(VIEWS_BODY_LIMIT)))
+        .route("/refunds", post(refund::record_refund).layer(DefaultBodyLimit::max(REFUND_BODY_LIMIT)));
     let mut reads = Router::new()
         .route("/stats", get(stats::stats))
         .route("/stats/timeseries", get(stats::timeseries))

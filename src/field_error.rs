@@ -157,6 +157,11 @@ impl FieldError {
         Self::new("value_error", loc, "Input should be an IANA time zone name, such as Europe/Paris or UTC", input)
     }
 
+    /// A refund of a buy with no units left to refund.
+    pub fn nothing_to_refund(loc: &[Value], input: &Value) -> Self {
+        Self::new("value_error", loc, "Every unit of this buy is already refunded", input)
+    }
+
     /// A header value that breaks its rules.
     pub fn bad_header(name: &str, msg: &str, input: &Value) -> Self {
         Self::new("value_error", &[json!("header"), json!(name)], msg, input)

@@ -16,6 +16,7 @@ use crate::field_error::FieldError;
 use crate::http::error::ApiError;
 use crate::lock::lock;
 use crate::page_view::PageView;
+use crate::refund::Refund;
 use crate::store::IdempotencyClaim;
 
 /// The header's name.
@@ -71,6 +72,18 @@ pub fn claim_views(key: String, endpoint: &str, views: &[PageView]) -> Idempoten
             Some(p) => hasher.update([&[1u8][..], &p.to_le_bytes()].concat()),
             None => hasher.update([0u8]),
         }
+    }
+    IdempotencyClaim { key, fingerprint: hasher.finalize().into() }
+}
+
+/// The claim for `key` on a refund request to `endpoint` (as [`claim`] for buys).
+pub fn claim_refund(key: String, endpoint: &str, refund: &Refund) -> IdempotencyClaim {
+    let mut hasher = Sha256::new();
+    hasher.update(endpoint.as_bytes());
+    hasher.update(refund.buy_count.to_le_bytes());
+    match refund.units {
+        Some(units) => hasher.update([&[1u8][..], &units.to_le_bytes()].concat()),
+        None => hasher.update([0u8]),
     }
     IdempotencyClaim { key, fingerprint: hasher.finalize().into() }
 }

@@ -6,9 +6,12 @@
 //! (`http::forgery`), parses the body into a [`domain::Buy`] (invalid values cannot exist past
 //! this point), stamps it with the request time ([`request_time`]) and the client IP
 //! ([`client_ip`]), and hands it to the group-commit writer (`writer`). The writer commits
-//! whatever is queued in one transaction of the [`store`] (buys, sequence numbers, rollups for
-//! analytics and idempotency keys together) and only then answers each waiting request. Reads
-//! such as `/stats` use the rollups, never scanning the buys.
+//! whatever is queued in one transaction of the [`store`]'s log (the facts, their sequence
+//! numbers and the idempotency keys, nothing else) and only then answers each waiting request.
+//! Every analytic is a view of the log, applied by a stage of its own off that path
+//! (`store::views`); reads such as `/stats` read the views' rollups plus the log's few newest
+//! facts, never scanning the buys. Page views ([`page_view`]) and refunds ([`refund`]) are facts
+//! of their own kinds, recorded the same way.
 //!
 //! The map:
 //! - start-up: `main.rs` (signals, exit codes), [`cli`] (options into a `Config`), [`app`]
@@ -33,6 +36,7 @@ pub(crate) mod idempotency;
 pub(crate) mod lock;
 pub(crate) mod metrics;
 pub mod page_view;
+pub mod refund;
 pub mod request_time;
 pub(crate) mod server;
 pub mod store;

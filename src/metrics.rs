@@ -20,6 +20,8 @@ pub const HTTP_DURATION: &str = "http_request_duration_seconds";
 pub const BUYS_RECORDED: &str = "buy_tracker_buys_recorded_total";
 /// Views recorded (`docs/reference.md` §9).
 pub const VIEWS_RECORDED: &str = "buy_tracker_views_recorded_total";
+/// Refunds committed (replays not counted).
+pub const REFUNDS_RECORDED: &str = "buy_tracker_refunds_recorded_total";
 /// Time of one group commit.
 pub const COMMIT_DURATION: &str = "buy_tracker_commit_duration_seconds";
 /// Buys per group commit.
@@ -78,6 +80,7 @@ fn describe() {
     metrics::describe_histogram!(HTTP_DURATION, metrics::Unit::Seconds, "HTTP request latency by route pattern");
     metrics::describe_counter!(BUYS_RECORDED, "Buys committed to the store");
     metrics::describe_counter!(VIEWS_RECORDED, "Page views committed to the store");
+    metrics::describe_counter!(REFUNDS_RECORDED, "Refunds committed to the store");
     metrics::describe_histogram!(COMMIT_DURATION, metrics::Unit::Seconds, "Duration of one group commit");
     metrics::describe_histogram!(COMMIT_BATCH, "Buys per group commit");
     metrics::describe_gauge!(QUEUE_DEPTH, "Writes waiting for the writer");
@@ -123,6 +126,11 @@ pub fn commit(elapsed: Duration, (buys, views): (usize, usize), ok: bool) {
     } else {
         m.commit_failures.increment(1);
     }
+}
+
+/// Count one committed refund.
+pub fn refund_recorded() {
+    metrics::counter!(REFUNDS_RECORDED).increment(1);
 }
 
 /// Count a write discarded because its requester had given up.

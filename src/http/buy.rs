@@ -189,8 +189,7 @@ async fn record(
     record_stamped(state, peer, headers, buys, claim, facts).await
 }
 
-/// Commit one write of `parsed`: read its key (`claim` fingerprints the request), stamp it with
-/// the request's time and client IP, make its facts with `facts`, and wait for the commit.
+/// Commit one write of `parsed` (see [`submit_stamped`]) and answer what it recorded.
 pub(super) async fn record_stamped<T>(
     state: &AppState,
     peer: SocketAddr,
@@ -199,6 +198,27 @@ pub(super) async fn record_stamped<T>(
     claim: impl FnOnce(String, &T) -> crate::store::IdempotencyClaim,
     facts: impl FnOnce(T, Stamp) -> Facts,
 ) -> Result<Recorded, ApiError> {
+    match submit_stamped(state, peer, headers, parsed, claim, facts).await? {
+        Outcome::Recorded { last_seq, recorded } => Ok(Recorded { last_seq, recorded, replayed: false }),
+        Outcome::Replayed { last_seq, recorded } => Ok(Recorded { last_seq, recorded, replayed: true }),
+        Outcome::KeyMismatch => Err(ApiError::IdempotencyMismatch),
+        // Only a write of a refund is answered so.
+        Outcome::Refunded { .. } | Outcome::RefundRefused(_) => {
+            Err(ApiError::Internal("a write of buys or views was answered as a refund".into()))
+        }
+    }
+}
+
+/// Commit one write of `parsed`: read its key (`claim` fingerprints the request), stamp it with
+/// the request's time and client IP, make its facts with `facts`, and wait for the commit.
+pub(super) async fn submit_stamped<T>(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    parsed: T,
+    claim: impl FnOnce(String, &T) -> crate::store::IdempotencyClaim,
+    facts: impl FnOnce(T, Stamp) -> Facts,
+) -> Result<Outcome, ApiError> {
     let key = idempotency::key_from(&headers)?;
     // Held until the answer is sent, so a concurrent retry with the same key gets 409.
     let _in_flight = key.as_deref().map(|k| state.in_flight.enter(k)).transpose()?;
@@ -216,9 +236,5 @@ pub(super) async fn record_stamped<T>(
         key,
     };
     // Every submit error means "not acknowledged": nothing, or nothing known, was committed.
-    match state.writer.submit(Submission { facts: facts(parsed, stamp), idempotency: claim }).await? {
-        Outcome::Recorded { last_seq, recorded } => Ok(Recorded { last_seq, recorded, replayed: false }),
-        Outcome::Replayed { last_seq, recorded } => Ok(Recorded { last_seq, recorded, replayed: true }),
-        Outcome::KeyMismatch => Err(ApiError::IdempotencyMismatch),
-    }
+    Ok(state.writer.submit(Submission { facts: facts(parsed, stamp), idempotency: claim }).await?)
 }

@@ -40,6 +40,9 @@ pub enum ApiError {
     /// 415: a write whose body is declared as something the endpoint does not take.
     #[error("unsupported media type")]
     UnsupportedMediaType(&'static str),
+    /// 404: what the request names does not exist.
+    #[error("not found")]
+    NotFound(&'static str),
     /// 409: the same Idempotency-Key is still being processed.
     #[error("idempotency key in flight")]
     IdempotencyInFlight,
@@ -111,6 +114,7 @@ impl IntoResponse for ApiError {
                 json!({"detail": "Writes from this origin are not allowed: the service's --cors-origin does not list it"}),
             ),
             ApiError::UnsupportedMediaType(why) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, json!({ "detail": why })),
+            ApiError::NotFound(what) => (StatusCode::NOT_FOUND, json!({ "detail": what })),
             ApiError::IdempotencyInFlight => (
                 StatusCode::CONFLICT,
                 json!({"detail": "A request with this Idempotency-Key is still being processed; retry later"}),

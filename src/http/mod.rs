@@ -19,6 +19,7 @@ pub(crate) mod promotions;
 pub(crate) mod query;
 pub mod rate_limit;
 pub(crate) mod reads;
+pub(crate) mod refund;
 pub(crate) mod root;
 pub(crate) mod state;
 pub(crate) mod stats;

@@ -3,7 +3,7 @@
 use utoipa::OpenApi;
 
 use crate::http::error::{ValidationError, ValidationErrors};
-use crate::http::{buy, events, export, health, metrics, promotions, root, stats, timing, view};
+use crate::http::{buy, events, export, health, metrics, promotions, refund, root, stats, timing, view};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -21,11 +21,12 @@ not before 2000 and at most 5 minutes ahead; else the server time. The client IP
 Writes take JSON only (`application/json` or `…+json`; no `Content-Type` is read as JSON): another declared type gets 415. `/view` and `/views` also take `text/plain` (what `navigator.sendBeacon` sends). A write carrying an `Origin` that `--cors-origin` does not allow gets 403. \
 503 bodies say what happened in a fixed sentence; causes are only logged. The full rules: `docs/reference.md` in the repository.",
     ),
-    paths(root::index, buy::record_buy, buy::record_batch, view::record_view, view::record_views, stats::stats, stats::timeseries, timing::timing, promotions::list, promotions::stats, promotions::customers, export::export, events::events, health::health, health::live, metrics::metrics),
+    paths(root::index, buy::record_buy, buy::record_batch, view::record_view, view::record_views, refund::record_refund, stats::stats, stats::timeseries, timing::timing, promotions::list, promotions::stats, promotions::customers, export::export, events::events, health::health, health::live, metrics::metrics),
     components(schemas(ValidationErrors, ValidationError)),
     tags(
         (name = "buys", description = "Recording purchases"),
         (name = "views", description = "Recording page views (for conversion)"),
+        (name = "refunds", description = "Recording refunds of buys (for net revenue)"),
         (name = "analytics", description = "Counts over the recorded purchases"),
         (name = "health", description = "Service status"),
     )

@@ -89,6 +89,14 @@ pub struct PromotionStatsResponse {
     recent_revenue_cents: i64,
     /// The same counts over the window of the same length just before this one.
     previous: PreviousWindow,
+    /// Units given back by refunds of the promotion's buys.
+    refunded_units: i64,
+    /// Cents given back by them.
+    refunded_cents: i64,
+    /// revenue_cents − refunded_cents.
+    net_revenue_cents: i64,
+    /// refunded_units / total_units; null with no units.
+    refund_rate: Option<f64>,
 }
 
 /// The window of the same length that ends where the asked one starts: timestamps in
@@ -198,6 +206,10 @@ pub async fn stats(
             recent_revenue_cents: s.previous.revenue_cents,
             recent_views: s.previous.views,
         },
+        refunded_units: s.refunded_units,
+        refunded_cents: s.refunded_cents,
+        net_revenue_cents: s.revenue_cents.saturating_sub(s.refunded_cents),
+        refund_rate: (s.counts.total_units > 0).then(|| s.refunded_units as f64 / s.counts.total_units as f64),
     }))
 }
 

@@ -31,6 +31,28 @@ pub struct ViewFact {
     pub timestamp_us: i64,
 }
 
+/// A recorded refund as the views see it: its number among refunds, and its buy's promotion,
+/// product and user (copied from the buy when it was recorded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefundFact {
+    /// The refund's sequence number (among refunds).
+    pub seq: i64,
+    /// The buy refunded.
+    pub buy_count: i64,
+    /// The buy's user.
+    pub user_id: i64,
+    /// The buy's promotion.
+    pub promotion_id: i64,
+    /// The buy's product.
+    pub product_id: i64,
+    /// Units given back.
+    pub units: i64,
+    /// Their price (saturating).
+    pub cents: i64,
+    /// Request generation time, microseconds since the Unix epoch.
+    pub timestamp_us: i64,
+}
+
 /// A place in the log: the last number of each kind of fact (each kind is numbered on its own,
 /// so "every fact up to here" is one prefix of each).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,12 +61,14 @@ pub struct Position {
     pub buys: i64,
     /// The last view number.
     pub views: i64,
+    /// The last refund number.
+    pub refunds: i64,
 }
 
 impl Position {
     /// Whether every fact up to `other` is included here.
     pub fn covers(&self, other: Position) -> bool {
-        self.buys >= other.buys && self.views >= other.views
+        self.buys >= other.buys && self.views >= other.views && self.refunds >= other.refunds
     }
 }
 
@@ -109,10 +133,25 @@ pub trait FactLog: Send + Sync + 'static {
     /// The highest view number committed.
     fn last_view_seq(&self) -> Result<i64, StoreError>;
 
-    /// The last number committed of each kind of fact.
+    /// The highest refund number committed.
+    fn last_refund_seq(&self) -> Result<i64, StoreError>;
+
+    /// The last number committed of each kind of fact. Refunds are read first: a refund's buy
+    /// was committed before it, so every refund of the position has its buy in it.
     fn position(&self) -> Result<Position, StoreError> {
-        Ok(Position { buys: self.last_seq()?, views: self.last_view_seq()? })
+        let refunds = self.last_refund_seq()?;
+        Ok(Position { refunds, buys: self.last_seq()?, views: self.last_view_seq()? })
     }
+
+    /// The refunds numbered in `after + 1 ..= up_to` (at most `limit`), over all or one
+    /// promotion, in sequence order.
+    fn refunds_in(
+        &self,
+        after: i64,
+        up_to: i64,
+        promotion_id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<RefundFact>, StoreError>;
 
     /// Up to `limit` page views numbered after `after`, in sequence order.
     fn views_after(&self, after: i64, limit: usize) -> Result<Vec<ViewFact>, StoreError>;

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use crate::domain::BuyRecord;
 use crate::page_view::PageViewRecord;
+use crate::refund::{RefundReceipt, RefundRecord, RefundRefusal};
 
 /// Where the data lives, parsed from `--database-url` (`docs/reference.md` §1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +149,8 @@ pub enum Facts {
     Buys(Vec<BuyRecord>),
     /// Page views, in request order (numbered among views).
     Views(Vec<PageViewRecord>),
+    /// One refund (numbered among refunds), decided against its buy inside the transaction.
+    Refund(RefundRecord),
 }
 
 impl Facts {
@@ -156,6 +159,7 @@ impl Facts {
         match self {
             Facts::Buys(buys) => buys.len(),
             Facts::Views(views) => views.len(),
+            Facts::Refund(_) => 1,
         }
     }
 
@@ -180,7 +184,7 @@ impl Submission {
     pub(crate) fn buys_mut(&mut self) -> &mut Vec<BuyRecord> {
         match &mut self.facts {
             Facts::Buys(buys) => buys,
-            Facts::Views(_) => panic!("a write of views, not buys"),
+            Facts::Views(_) | Facts::Refund(_) => panic!("not a write of buys"),
         }
     }
 }
@@ -195,6 +199,11 @@ pub enum Outcome {
     Replayed { last_seq: i64, recorded: usize },
     /// The key was already used with a different request: nothing recorded.
     KeyMismatch,
+    /// A refund was recorded (`replayed`: this is the answer an earlier request with the same
+    /// Idempotency-Key got, and nothing was recorded now).
+    Refunded { receipt: RefundReceipt, replayed: bool },
+    /// A refund was refused: nothing recorded.
+    RefundRefused(RefundRefusal),
 }
 
 impl Outcome {
@@ -239,12 +248,14 @@ pub struct PromotionSummary {
     pub unique_viewers: i64,
     /// Distinct users who viewed and bought in it.
     pub converted_viewers: i64,
+    /// Cents given back by its refunds.
+    pub refunded_cents: i64,
 }
 
 impl PromotionSummary {
-    /// Revenue after refunds (no refunds are recorded yet: the revenue).
+    /// Revenue after refunds.
     pub fn net_revenue_cents(&self) -> i64 {
-        self.revenue_cents
+        self.revenue_cents.saturating_sub(self.refunded_cents)
     }
 
     /// `converted_viewers / unique_viewers`, or `None` without viewers.
@@ -292,7 +303,8 @@ impl PromotionOrder {
     /// page is found among the views' first entries and the tail's promotions. A conversion
     /// rate can fall when new viewers arrive.
     pub fn only_grows(self) -> bool {
-        self != PromotionOrder::ConversionRate
+        // A conversion rate falls with new viewers, net revenue with refunds.
+        !matches!(self, PromotionOrder::ConversionRate | PromotionOrder::NetRevenue)
     }
 
     /// `a` before `b` in this order (descending, nulls last, ties by id).
@@ -415,6 +427,10 @@ pub struct PromotionStats {
     pub recent_revenue_cents: i64,
     /// The window of the same length before this one: timestamps in `previous_since..since`.
     pub previous: Window,
+    /// Units given back by refunds of its buys.
+    pub refunded_units: i64,
+    /// Cents given back by them (saturating).
+    pub refunded_cents: i64,
 }
 
 /// Buys, units, revenue and views with timestamps in one window.
@@ -722,17 +738,19 @@ pub(crate) fn assert_pruning_changes_no_answer(
     assert_same_answers(pruned, kept, (&since, now_us), &[0, 1, 2], (from, to), (0, to));
 }
 
-/// Commit a generated history of buys and views through `stores` in turn (replicas of one log,
-/// or one store), with late and out-of-order timestamps and views before and after buys, and
-/// after every few commits require each store's funnel and customer fields of every promotion
-/// (views, viewers, converted, recent views, buyers, repeat buyers, new customers, priced buys,
-/// revenue) to equal a recount from the facts committed so far. Every other check first calls `settle`, which should
+/// Commit a generated history of buys, views and refunds through `stores` in turn (replicas of
+/// one log, or one store), with late and out-of-order timestamps and views before and after
+/// buys, and after every few commits require each store's funnel and customer fields of every
+/// promotion (views, viewers, converted, recent views, buyers, repeat buyers, new customers,
+/// priced buys, revenue, the previous window, refunded units and cents) to equal a recount from
+/// the facts committed so far. Every other check first calls `settle`, which should
 /// let the views apply everything (so both the views and the log's tail are checked).
 #[cfg(test)]
 pub(crate) fn assert_funnel_matches_a_recount(stores: &[&dyn Store], settle: &dyn Fn(), now_us: i64) {
     use std::collections::BTreeSet;
 
     use crate::page_view::PageViewRecord;
+    use crate::refund::RefundRecord;
     use views::deltas::US;
 
     struct Rng(u64);
@@ -754,9 +772,30 @@ pub(crate) fn assert_funnel_matches_a_recount(stores: &[&dyn Store], settle: &dy
     // sequence order.
     let mut buys: Vec<(i64, i64, i64, Option<i64>)> = Vec::new();
     let mut views: Vec<(i64, i64, i64)> = Vec::new();
+    // Units refunded of each buy (by position in `buys`), and the refunds expected to be refused.
+    let mut refunded: Vec<i64> = Vec::new();
     for round in 0..40 {
         let mut writes = Vec::new();
+        let mut refusals = Vec::new();
         for _ in 0..1 + rng.next(6) {
+            if !buys.is_empty() && rng.next(4) == 0 {
+                // A buy committed in an earlier round (so it is in the log before the refund).
+                let index = rng.next(refunded.len().max(1) as u64) as usize;
+                if index < refunded.len() {
+                    let units = (rng.next(2) == 0).then_some(1);
+                    let left = 1 - refunded[index];
+                    let granted = match units {
+                        Some(u) if u <= left => u,
+                        None if left > 0 => left,
+                        _ => 0,
+                    };
+                    refunded[index] += granted;
+                    refusals.push((writes.len(), granted == 0));
+                    let record = RefundRecord::test(index as i64 + 1, units, rng.at(now_us));
+                    writes.push(Submission { facts: Facts::Refund(record), idempotency: None });
+                    continue;
+                }
+            }
             let n = 1 + rng.next(4);
             let (user, promotion) = (rng.next(30), rng.next(4));
             if rng.next(2) == 0 {
@@ -780,7 +819,11 @@ pub(crate) fn assert_funnel_matches_a_recount(stores: &[&dyn Store], settle: &dy
                 writes.push(Submission { facts: Facts::Views(records), idempotency: None });
             }
         }
-        stores[round % stores.len()].commit(&writes, now_us).unwrap();
+        let outcomes = stores[round % stores.len()].commit(&writes, now_us).unwrap();
+        for (i, refused) in refusals {
+            assert_eq!(matches!(outcomes[i], Outcome::RefundRefused(_)), refused, "round {round}: {:?}", outcomes[i]);
+        }
+        refunded.resize(buys.len(), 0);
         if round % 5 != 4 {
             continue;
         }
@@ -795,6 +838,10 @@ pub(crate) fn assert_funnel_matches_a_recount(stores: &[&dyn Store], settle: &dy
             let new_customers = buyers.iter().filter(first_here).count();
             let priced: Vec<i64> = buys.iter().filter(|b| b.1 == p).filter_map(|b| b.3).collect();
             let customers = (repeat as i64, new_customers as i64, priced.len() as i64, priced.iter().sum::<i64>());
+            // Every buy is of one unit: a refunded buy gives back its price.
+            let refunds: Vec<&(i64, i64, i64, Option<i64>)> =
+                buys.iter().zip(&refunded).filter(|(b, r)| b.1 == p && **r > 0).map(|(b, _)| b).collect();
+            let refunds = (refunds.len() as i64, refunds.iter().filter_map(|b| b.3).sum::<i64>());
             for since in [0, now_us - 3_600 * US, now_us - 1_800 * US + 1] {
                 let expected = (
                     views.iter().filter(|v| v.1 == p).count() as i64,
@@ -824,6 +871,8 @@ pub(crate) fn assert_funnel_matches_a_recount(stores: &[&dyn Store], settle: &dy
                     assert_eq!(got, expected, "round {round}, promotion {p}, since {since}");
                     let got = (s.repeat_buyers, s.new_customers, s.priced_buys, s.revenue_cents);
                     assert_eq!(got, customers, "round {round}, promotion {p}: repeat, new, priced, revenue");
+                    let got = (s.refunded_units, s.refunded_cents);
+                    assert_eq!(got, refunds, "round {round}, promotion {p}: refunded units and cents");
                 }
             }
         }

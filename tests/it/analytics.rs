@@ -112,7 +112,8 @@ async fn promotion_stats_on_known_data(kind: StoreKind) {
                "converted_viewers": 0, "conversion_rate": null, "recent_views": 0,
                "average_order_value_cents": null, "repeat_buyers": 0, "new_customers": 0,
                "recent_revenue_cents": 0,
-               "previous": {"n_recent_buys": 0, "recent_units": 0, "recent_revenue_cents": 0, "recent_views": 0}})
+               "previous": {"n_recent_buys": 0, "recent_units": 0, "recent_revenue_cents": 0, "recent_views": 0},
+               "refunded_units": 0, "refunded_cents": 0, "net_revenue_cents": 0, "refund_rate": null})
     );
     assert_eq!(app.get("/promotions/abc/stats").await.status(), 422);
     assert_eq!(app.get("/promotions/7/stats?timeframe_hours=200").await.status(), 422);

@@ -17,6 +17,7 @@ mod limits;
 mod pg_outage;
 mod properties;
 mod proxy;
+mod refunds;
 mod replicas;
 mod schemathesis;
 mod views;

@@ -65,6 +65,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 use super::{describe, is_broken, is_retryable};
 use crate::domain::BuyRecord;
 use crate::page_view::PageViewRecord;
+use crate::refund::{RefundReceipt, RefundRecord, RefundRefusal, decide};
 use crate::store::{Facts, IDEMPOTENCY_TTL_US, Outcome, Submission};
 
 /// Longest a commit may wait for PostgreSQL's answers before it is abandoned as unknown. This
@@ -136,13 +137,68 @@ const NUMBER_VIEWS: &str = "
         WHERE idempotency.key = f.key)
     SELECT total FROM taken";
 
+/// As [`NUMBER_VIEWS`], for refunds and their counter, taken after the other two. Refund `r`
+/// gets `total - $1 + r`; a key ($14) whose refund is `rel_last` ($15) gets `total - $1 + rel_last`.
+const NUMBER_REFUNDS: &str = "
+    WITH taken AS (UPDATE refund_counter SET total = total + $1 WHERE id = 1 RETURNING total),
+    inserted AS (
+        INSERT INTO refunds (refund_count, buy_count, user_id, promotion_id, product_id, refunded_units,
+                             refunded_cents, remaining_units, ip_address, timestamp_us, received_at_us,
+                             timestamp_source, idempotency_key)
+        SELECT t.total - $1 + f.r, f.buy_count, f.user_id, f.promotion_id, f.product_id, f.units, f.cents,
+               f.remaining, f.ip, f.stamp, f.received, f.source, f.key
+        FROM taken AS t,
+             UNNEST(CAST($2 AS BIGINT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]), CAST($5 AS BIGINT[]),
+                    CAST($6 AS BIGINT[]), CAST($7 AS BIGINT[]), CAST($8 AS BIGINT[]), CAST($9 AS BIGINT[]),
+                    CAST($10 AS TEXT[]), CAST($11 AS BIGINT[]), CAST($12 AS BIGINT[]), CAST($13 AS TEXT[]),
+                    CAST($16 AS TEXT[]))
+                 AS f (r, buy_count, user_id, promotion_id, product_id, units, cents, remaining, ip, stamp,
+                       received, source, key)),
+    filled AS (
+        UPDATE idempotency SET last_seq = t.total - $1 + f.rel_last
+        FROM taken AS t, UNNEST(CAST($14 AS TEXT[]), CAST($15 AS BIGINT[])) AS f (key, rel_last)
+        WHERE idempotency.key = f.key)
+    SELECT total FROM taken";
+
+/// Locks the buys a batch refunds, in buy order (so replicas refunding the same buys wait for
+/// each other instead of deadlocking), and reads them. Taken before any counter.
+const LOCK_BUYS: &str = "
+    SELECT buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents FROM buys
+    WHERE buy_count = ANY(CAST($1 AS BIGINT[])) ORDER BY buy_count FOR UPDATE";
+
+/// The units left of each locked buy after its last refund. Run after [`LOCK_BUYS`], so (read
+/// committed) it sees every refund committed by whoever held a lock before.
+const REMAINING: &str = "
+    SELECT DISTINCT ON (buy_count) buy_count, remaining_units FROM refunds
+    WHERE buy_count = ANY(CAST($1 AS BIGINT[])) ORDER BY buy_count, refund_count DESC";
+
+/// The answers of earlier refunds, to replay them.
+const RECEIPTS: &str = "
+    SELECT refund_count, buy_count, refunded_units, remaining_units, refunded_cents FROM refunds
+    WHERE refund_count = ANY(CAST($1 AS BIGINT[]))";
+
+/// Frees keys claimed in this transaction by refunds that were refused (nothing recorded).
+const RELEASE_KEYS: &str = "DELETE FROM idempotency WHERE key = ANY(CAST($1 AS TEXT[]))";
+
 /// Deletes one chunk of expired keys.
 const PRUNE_KEYS: &str = "
     DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency WHERE created_at_us < $1 LIMIT $2)";
 
 /// Every statement of the write path, prepared once per connection.
-fn write_statements() -> [&'static str; 6] {
-    [DELETE_EXPIRED_KEYS, CLAIM_KEYS, FIND_KEYS, NUMBER_BUYS, NUMBER_VIEWS, PRUNE_KEYS]
+fn write_statements() -> [&'static str; 11] {
+    [
+        DELETE_EXPIRED_KEYS,
+        CLAIM_KEYS,
+        FIND_KEYS,
+        NUMBER_BUYS,
+        NUMBER_VIEWS,
+        NUMBER_REFUNDS,
+        LOCK_BUYS,
+        REMAINING,
+        RECEIPTS,
+        RELEASE_KEYS,
+        PRUNE_KEYS,
+    ]
 }
 
 /// Why a commit (or a prune) did not succeed, and what may follow.
@@ -357,21 +413,73 @@ enum KeyState<'a> {
 }
 
 /// Which counter numbers a write's facts.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Buys = 0,
     Views = 1,
+    Refunds = 2,
 }
 
 /// An outcome whose sequence numbers are relative to the block (of its kind) not yet taken.
 enum Pending {
-    Recorded { kind: Kind, rel_last: i64, recorded: usize },
-    Replayed { kind: Kind, rel_last: i64, recorded: usize },
+    Recorded {
+        kind: Kind,
+        rel_last: i64,
+        recorded: usize,
+    },
+    Replayed {
+        kind: Kind,
+        rel_last: i64,
+        recorded: usize,
+    },
+    /// A refund granted in this batch, numbered `rel` among its refunds.
+    Refunded {
+        rel: i64,
+        replayed: bool,
+    },
     Final(Outcome),
 }
 
-/// Run one transaction: claim keys (first round trip, only with keys), decide outcomes, then
-/// record everything and COMMIT (one pipelined round trip).
+/// One refund granted in this batch, with what its row copies from the buy.
+struct GrantedRefund<'a> {
+    record: &'a RefundRecord,
+    user_id: i64,
+    promotion_id: i64,
+    product_id: i64,
+    units: i64,
+    cents: i64,
+    remaining: i64,
+}
+
+/// What the batch knows of the buys it refunds: read under their row locks.
+#[derive(Default)]
+struct RefundLedger {
+    /// Buy number → (user, promotion, product, price).
+    buys: HashMap<i64, (i64, i64, i64, Option<i64>)>,
+    /// Buy number → units not refunded yet (updated as the batch grants refunds).
+    remaining: HashMap<i64, i64>,
+    /// Earlier refunds' answers, by refund number (for replays).
+    receipts: HashMap<i64, RefundReceipt>,
+}
+
+impl RefundLedger {
+    /// Grant or refuse `record` against what is left of its buy.
+    fn decide<'a>(&mut self, record: &'a RefundRecord) -> Result<GrantedRefund<'a>, RefundRefusal> {
+        let buy_count = record.refund.buy_count;
+        let (Some(&(user_id, promotion_id, product_id, price)), Some(remaining)) =
+            (self.buys.get(&buy_count), self.remaining.get_mut(&buy_count))
+        else {
+            return Err(RefundRefusal::UnknownBuy);
+        };
+        let (units, cents) = decide(record.refund.units, *remaining, price)?;
+        *remaining -= units;
+        Ok(GrantedRefund { record, user_id, promotion_id, product_id, units, cents, remaining: *remaining })
+    }
+}
+
+/// Run one transaction: claim keys (first round trip, only with keys), lock and read the buys of
+/// any refunds (one more), decide outcomes, then record everything and COMMIT (one pipelined
+/// round trip).
 async fn run_transaction(
     client: &Client,
     st: &Statements,
@@ -379,46 +487,56 @@ async fn run_transaction(
     now_us: i64,
 ) -> Result<Vec<Outcome>, Failure> {
     let mut keys = HashMap::new();
-    let began = writes.iter().any(|w| w.idempotency.is_some());
+    let mut began = writes.iter().any(|w| w.idempotency.is_some());
     if began {
         keys = claim_keys(client, st, writes, now_us).await?;
     }
+    let mut ledger = RefundLedger::default();
+    if writes.iter().any(|w| matches!(w.facts, Facts::Refund(_))) {
+        ledger = read_refunded_buys(client, st, writes, &keys, began).await?;
+        began = true;
+    }
 
-    // Decide every outcome, numbering recorded buys (and views) 1, 2, … within the batch.
-    let mut rel = [0i64; 2];
+    // Decide every outcome, numbering recorded buys, views and refunds 1, 2, … within the batch.
+    let mut rel = [0i64; 3];
     let mut pending = Vec::with_capacity(writes.len());
     let mut recorded = Vec::new();
     let mut recorded_views = Vec::new();
-    let mut filled: [Vec<(&str, i64)>; 2] = [Vec::new(), Vec::new()];
+    let mut granted = Vec::new();
+    let mut filled: [Vec<(&str, i64)>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut released = Vec::new();
     for write in writes {
         let kind = match write.facts {
             Facts::Buys(_) => Kind::Buys,
             Facts::Views(_) => Kind::Views,
+            Facts::Refund(_) => Kind::Refunds,
         };
         let n = write.facts.len();
+        // A refund is decided before its key is used: a refused one records nothing.
+        let refund = match &write.facts {
+            Facts::Refund(record) => Some(record),
+            _ => None,
+        };
+        let mut claimed = None;
         if let Some(claim) = &write.idempotency {
             match keys.get_mut(claim.key.as_str()) {
                 Some(KeyState::Stored { fingerprint, last_seq, recorded }) => {
-                    pending.push(Pending::Final(if fingerprint[..] == claim.fingerprint[..] {
-                        Outcome::Replayed { last_seq: *last_seq, recorded: *recorded as usize }
-                    } else {
-                        Outcome::KeyMismatch
+                    pending.push(Pending::Final(match ledger.receipts.get(last_seq) {
+                        _ if fingerprint[..] != claim.fingerprint[..] => Outcome::KeyMismatch,
+                        Some(&receipt) if kind == Kind::Refunds => Outcome::Refunded { receipt, replayed: true },
+                        _ => Outcome::Replayed { last_seq: *last_seq, recorded: *recorded as usize },
                     }));
                     continue;
                 }
-                Some(KeyState::Used { fingerprint, kind, rel_last, recorded }) => {
-                    pending.push(if **fingerprint == claim.fingerprint {
-                        Pending::Replayed { kind: *kind, rel_last: *rel_last, recorded: *recorded }
-                    } else {
-                        Pending::Final(Outcome::KeyMismatch)
+                Some(KeyState::Used { fingerprint, kind: used, rel_last, recorded }) => {
+                    pending.push(match () {
+                        _ if **fingerprint != claim.fingerprint => Pending::Final(Outcome::KeyMismatch),
+                        _ if *used == Kind::Refunds => Pending::Refunded { rel: *rel_last, replayed: true },
+                        _ => Pending::Replayed { kind: *used, rel_last: *rel_last, recorded: *recorded },
                     });
                     continue;
                 }
-                Some(state @ KeyState::Claimed) => {
-                    let rel_last = rel[kind as usize] + n as i64;
-                    *state = KeyState::Used { fingerprint: &claim.fingerprint, kind, rel_last, recorded: n };
-                    filled[kind as usize].push((claim.key.as_str(), rel_last));
-                }
+                Some(KeyState::Claimed) => claimed = Some(claim),
                 // claim_keys gives every key of the batch a state.
                 None => {
                     let _ = client.batch_execute("ROLLBACK").await;
@@ -431,18 +549,42 @@ async fn run_transaction(
                 }
             }
         }
-        rel[kind as usize] += n as i64;
+        if let Some(record) = refund {
+            match ledger.decide(record) {
+                Ok(refund) => granted.push(refund),
+                Err(refusal) => {
+                    // The key was claimed for it: free it again, so a retry is decided afresh.
+                    released.extend(claimed.map(|c| c.key.as_str()));
+                    pending.push(Pending::Final(Outcome::RefundRefused(refusal)));
+                    continue;
+                }
+            }
+        }
+        let rel_last = rel[kind as usize] + n as i64;
+        if let Some(claim) = claimed {
+            let state = keys.get_mut(claim.key.as_str()).expect("claimed above");
+            *state = KeyState::Used { fingerprint: &claim.fingerprint, kind, rel_last, recorded: n };
+            filled[kind as usize].push((claim.key.as_str(), rel_last));
+        }
+        rel[kind as usize] = rel_last;
         match &write.facts {
             Facts::Buys(buys) => recorded.extend(buys),
             Facts::Views(views) => recorded_views.extend(views),
+            Facts::Refund(_) => {}
         }
-        pending.push(Pending::Recorded { kind, rel_last: rel[kind as usize], recorded: n });
+        pending.push(match kind {
+            Kind::Refunds => Pending::Refunded { rel: rel_last, replayed: false },
+            _ => Pending::Recorded { kind, rel_last, recorded: n },
+        });
     }
 
-    let [buys_total, views_total] = number_and_commit(client, st, (&recorded, &recorded_views), &filled, began).await?;
+    let facts = (&recorded[..], &recorded_views[..], &granted[..]);
+    let [buys_total, views_total, refunds_total] =
+        number_and_commit(client, st, facts, (&filled, &released), began).await?;
     let base = [
         buys_total.map_or(0, |total| total - recorded.len() as i64),
         views_total.map_or(0, |total| total - recorded_views.len() as i64),
+        refunds_total.map_or(0, |total| total - granted.len() as i64),
     ];
     Ok(pending
         .into_iter()
@@ -453,9 +595,84 @@ async fn run_transaction(
             Pending::Replayed { kind, rel_last, recorded } => {
                 Outcome::Replayed { last_seq: base[kind as usize] + rel_last, recorded }
             }
+            Pending::Refunded { rel, replayed } => {
+                let g = &granted[rel as usize - 1];
+                let receipt = RefundReceipt {
+                    refund_count: base[Kind::Refunds as usize] + rel,
+                    buy_count: g.record.refund.buy_count,
+                    refunded_units: g.units,
+                    remaining_units: g.remaining,
+                    refunded_cents: g.cents,
+                };
+                Outcome::Refunded { receipt, replayed }
+            }
             Pending::Final(outcome) => outcome,
         })
         .collect())
+}
+
+/// Lock the buys the batch's refunds name and read them, what is left of each, and the answers
+/// of the refunds its keys replay, in one pipelined round trip (beginning the transaction too
+/// unless `began`). Rolls back on failure.
+async fn read_refunded_buys(
+    client: &Client,
+    st: &Statements,
+    writes: &[Submission],
+    keys: &HashMap<&str, KeyState<'_>>,
+    began: bool,
+) -> Result<RefundLedger, Failure> {
+    let mut buy_counts: Vec<i64> = Vec::new();
+    let mut replayed: Vec<i64> = Vec::new();
+    for write in writes {
+        if let Facts::Refund(record) = &write.facts {
+            buy_counts.push(record.refund.buy_count);
+            let stored = write.idempotency.as_ref().and_then(|c| keys.get(c.key.as_str()));
+            if let Some(KeyState::Stored { last_seq, .. }) = stored {
+                replayed.push(*last_seq);
+            }
+        }
+    }
+    buy_counts.sort_unstable();
+    buy_counts.dedup();
+    let (buys_param, replayed_param): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
+        ([&buy_counts], [&replayed]);
+    let (begin, locked, remaining, receipts) = join!(
+        async { if began { Ok(()) } else { client.batch_execute("BEGIN").await } },
+        client.query(st.get(LOCK_BUYS), &buys_param),
+        client.query(st.get(REMAINING), &buys_param),
+        client.query(st.get(RECEIPTS), &replayed_param),
+    );
+    let read = || -> Result<RefundLedger, tokio_postgres::Error> {
+        begin?;
+        let mut ledger = RefundLedger::default();
+        for row in locked? {
+            let buy_count: i64 = row.try_get(0)?;
+            let ids = (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(5)?);
+            ledger.buys.insert(buy_count, ids);
+            ledger.remaining.insert(buy_count, row.try_get(4)?);
+        }
+        for row in remaining? {
+            ledger.remaining.insert(row.try_get(0)?, row.try_get(1)?);
+        }
+        for row in receipts? {
+            let receipt = RefundReceipt {
+                refund_count: row.try_get(0)?,
+                buy_count: row.try_get(1)?,
+                refunded_units: row.try_get(2)?,
+                remaining_units: row.try_get(3)?,
+                refunded_cents: row.try_get(4)?,
+            };
+            ledger.receipts.insert(receipt.refund_count, receipt);
+        }
+        Ok(ledger)
+    };
+    match read() {
+        Ok(ledger) => Ok(ledger),
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(Failure::not_committed(&e, client))
+        }
+    }
 }
 
 /// BEGIN, then claim the batch's keys and read back those already used elsewhere, in one
@@ -533,10 +750,10 @@ async fn claim_keys<'a>(
 async fn number_and_commit(
     client: &Client,
     st: &Statements,
-    (recorded, recorded_views): (&[&BuyRecord], &[&PageViewRecord]),
-    [filled, filled_views]: &[Vec<(&str, i64)>; 2],
+    (recorded, recorded_views, granted): (&[&BuyRecord], &[&PageViewRecord], &[GrantedRefund<'_>]),
+    ([filled, filled_views, filled_refunds], released): (&KeyFills<'_>, &[&str]),
     began: bool,
-) -> Result<[Option<i64>; 2], Failure> {
+) -> Result<[Option<i64>; 3], Failure> {
     let r = Recording::new(recorded);
     let some = r.n > 0;
     let (filled_keys, filled_rel): (Vec<&str>, Vec<i64>) = filled.iter().copied().unzip();
@@ -578,10 +795,35 @@ async fn number_and_commit(
         &filled_rel,
     ];
 
+    let f = RefundRecording::new(granted);
+    let (refund_keys, refund_rel): (Vec<&str>, Vec<i64>) = filled_refunds.iter().copied().unzip();
+    let [f_rel, f_buys, f_users, f_promotions, f_products, f_units, f_cents, f_remaining, f_stamps, f_received] =
+        &f.ids.0;
+    let refund_numbering: [&(dyn ToSql + Sync); 16] = [
+        &f.n,
+        f_rel,
+        f_buys,
+        f_users,
+        f_promotions,
+        f_products,
+        f_units,
+        f_cents,
+        f_remaining,
+        &f.ips,
+        f_stamps,
+        f_received,
+        &f.sources,
+        &refund_keys,
+        &refund_rel,
+        &f.keys,
+    ];
+    let released: Vec<&str> = released.to_vec();
+
     // Each future sends its statement when first polled, and `join!` polls them in this order:
     // the statements reach the server in this order, without waiting for each other's answers.
-    let (begin, total, views_total, commit) = join!(
+    let (begin, freed, total, views_total, refunds_total, commit) = join!(
         async { if began { Ok(()) } else { client.batch_execute("BEGIN").await } },
+        async { if released.is_empty() { Ok(0) } else { client.execute(st.get(RELEASE_KEYS), &[&released]).await } },
         async {
             if some || !filled.is_empty() {
                 client.query_one(st.get(NUMBER_BUYS), &numbering).await.map(Some)
@@ -596,6 +838,9 @@ async fn number_and_commit(
                 Ok(None)
             }
         },
+        async {
+            if f.n > 0 { client.query_one(st.get(NUMBER_REFUNDS), &refund_numbering).await.map(Some) } else { Ok(None) }
+        },
         client.batch_execute("COMMIT"),
     );
 
@@ -609,7 +854,11 @@ async fn number_and_commit(
         Ok(row) => (row, None),
         Err(e) => (None, Some(e)),
     };
-    let statements = [begin.err(), total_error, views_error];
+    let (refunds_total, refunds_error) = match refunds_total {
+        Ok(row) => (row, None),
+        Err(e) => (None, Some(e)),
+    };
+    let statements = [begin.err(), freed.err(), total_error, views_error, refunds_error];
     if let Some(e) = statements.iter().flatten().next() {
         return Err(if e.as_db_error().is_some() {
             // The server refused a statement, so the transaction was aborted and the pipelined
@@ -641,7 +890,52 @@ async fn number_and_commit(
         }),
         None => Ok(None),
     };
-    Ok([read(total)?, read(views_total)?])
+    Ok([read(total)?, read(views_total)?, read(refunds_total)?])
+}
+
+/// Per kind of fact, the keys claimed by this batch's writes and each write's last relative number.
+type KeyFills<'a> = [Vec<(&'a str, i64)>; 3];
+
+/// Every parameter of the statement that records the refunds, gathered before anything is sent.
+struct RefundRecording<'a> {
+    n: i64,
+    /// Relative number (1..=n), buy, user, promotion, product, units, cents, remaining units,
+    /// timestamp, receive time.
+    ids: Columns<10>,
+    ips: Vec<&'a str>,
+    sources: Vec<&'a str>,
+    keys: Vec<Option<&'a str>>,
+}
+
+impl<'a> RefundRecording<'a> {
+    fn new(granted: &[GrantedRefund<'a>]) -> RefundRecording<'a> {
+        let mut r = RefundRecording {
+            n: granted.len() as i64,
+            ids: Columns::default(),
+            ips: Vec::new(),
+            sources: Vec::new(),
+            keys: Vec::new(),
+        };
+        for (i, g) in granted.iter().enumerate() {
+            let record = g.record;
+            r.ids.push([
+                i as i64 + 1,
+                record.refund.buy_count,
+                g.user_id,
+                g.promotion_id,
+                g.product_id,
+                g.units,
+                g.cents,
+                g.remaining,
+                record.timestamp_us,
+                record.received_at_us,
+            ]);
+            r.ips.push(record.ip_address.as_str());
+            r.sources.push(record.timestamp_source.as_str());
+            r.keys.push(record.idempotency_key.as_deref());
+        }
+        r
+    }
 }
 
 /// Every parameter of the statement that records the views, gathered before anything is sent.

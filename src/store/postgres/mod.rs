@@ -38,7 +38,7 @@ use read::ReadConn;
 use super::pool::Pool;
 use super::{ExportFilter, ExportRow, OpenError, Outcome, StoreError, StoreErrorKind, Submission};
 use crate::lock::lock;
-use crate::store::log::{Fact, FactLog, Log, Position, Tail, ViewFact};
+use crate::store::log::{Fact, FactLog, Log, Position, RefundFact, Tail, ViewFact};
 
 /// How long opening a connection may take before the call fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -346,9 +346,23 @@ impl FactLog for PostgresStore {
         Ok(self.position()?.views)
     }
 
-    /// Both shared counters, in one round trip.
+    fn last_refund_seq(&self) -> Result<i64, StoreError> {
+        Ok(self.position()?.refunds)
+    }
+
+    /// Every shared counter, in one round trip.
     fn position(&self) -> Result<Position, StoreError> {
         self.read(read::position)
+    }
+
+    fn refunds_in(
+        &self,
+        after: i64,
+        up_to: i64,
+        promotion_id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<RefundFact>, StoreError> {
+        self.read(|conn| read::refunds_in(conn, after, up_to, promotion_id, limit))
     }
 
     fn views_after(&self, after: i64, limit: usize) -> Result<Vec<ViewFact>, StoreError> {
@@ -558,7 +572,7 @@ mod tests {
             .flatten()
             .map(|w| match &w.facts {
                 Facts::Buys(b) => b[0].timestamp_us,
-                Facts::Views(_) => unreachable!(),
+                Facts::Views(_) | Facts::Refund(_) => unreachable!(),
             })
             .collect();
         let out_of_order = stamps.windows(2).filter(|pair| pair[1] < pair[0]).count();

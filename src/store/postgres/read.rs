@@ -8,7 +8,7 @@ use postgres::{Client, Statement};
 
 use crate::domain::{Buy, Quantity};
 use crate::page_view::PageView;
-use crate::store::log::{Fact, Position, Slice, Tail, ViewFact};
+use crate::store::log::{Fact, Position, RefundFact, Slice, Tail, ViewFact};
 use crate::store::{ExportFilter, ExportRow};
 
 /// A read connection with the statements it has prepared so far.
@@ -213,13 +213,47 @@ pub fn tail(
     })
 }
 
-const POSITION: &str = "SELECT (SELECT total FROM counter WHERE id = 1), (SELECT total FROM view_counter WHERE id = 1)";
+const POSITION: &str = "SELECT (SELECT total FROM counter WHERE id = 1), (SELECT total FROM view_counter WHERE id = 1),
+    (SELECT total FROM refund_counter WHERE id = 1)";
 
-/// See [`crate::store::log::FactLog::position`]: both counters in one round trip.
+/// See [`crate::store::log::FactLog::position`]: every counter in one statement, so in one
+/// snapshot (a refund visible there has its buy visible too).
 pub fn position(conn: &mut ReadConn) -> Result<Position, postgres::Error> {
     let statement = conn.statement(POSITION)?;
     let row = conn.client.query_one(&statement, &[])?;
-    Ok(Position { buys: row.try_get(0)?, views: row.try_get(1)? })
+    Ok(Position { buys: row.try_get(0)?, views: row.try_get(1)?, refunds: row.try_get(2)? })
+}
+
+const REFUNDS_IN: &str = "
+    SELECT refund_count, buy_count, user_id, promotion_id, product_id, refunded_units, refunded_cents, timestamp_us
+    FROM refunds WHERE refund_count > $1 AND refund_count <= $2 AND (CAST($3 AS BIGINT) IS NULL OR promotion_id = $3)
+    ORDER BY refund_count LIMIT $4";
+
+/// See [`crate::store::log::FactLog::refunds_in`].
+pub fn refunds_in(
+    conn: &mut ReadConn,
+    after: i64,
+    up_to: i64,
+    promotion_id: Option<i64>,
+    limit: usize,
+) -> Result<Vec<RefundFact>, postgres::Error> {
+    let statement = conn.statement(REFUNDS_IN)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = conn.client.query(&statement, &[&after, &up_to, &promotion_id, &limit])?;
+    rows.iter()
+        .map(|r| {
+            Ok(RefundFact {
+                seq: r.try_get(0)?,
+                buy_count: r.try_get(1)?,
+                user_id: r.try_get(2)?,
+                promotion_id: r.try_get(3)?,
+                product_id: r.try_get(4)?,
+                units: r.try_get(5)?,
+                cents: r.try_get(6)?,
+                timestamp_us: r.try_get(7)?,
+            })
+        })
+        .collect()
 }
 
 const VIEWS_AFTER: &str = "

@@ -210,6 +210,31 @@ CREATE TABLE view_counter (
 );
 INSERT INTO view_counter (id, total) VALUES (1, 0);
 "#,
+    r#"
+-- Refunds: a third kind of fact with a counter of its own, taken last as the others. Each row
+-- copies its buy's user, promotion and product, and keeps the buy's units left after it.
+CREATE TABLE refunds (
+    refund_count     BIGINT PRIMARY KEY,
+    buy_count        BIGINT NOT NULL,
+    user_id          BIGINT NOT NULL,
+    promotion_id     BIGINT NOT NULL,
+    product_id       BIGINT NOT NULL,
+    refunded_units   BIGINT NOT NULL,
+    refunded_cents   BIGINT NOT NULL,
+    remaining_units  BIGINT NOT NULL,
+    ip_address       TEXT   NOT NULL,
+    timestamp_us     BIGINT NOT NULL,
+    received_at_us   BIGINT NOT NULL,
+    timestamp_source TEXT   NOT NULL,
+    idempotency_key  TEXT
+);
+CREATE INDEX refunds_by_buy ON refunds (buy_count, refund_count);
+CREATE TABLE refund_counter (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    total BIGINT NOT NULL
+);
+INSERT INTO refund_counter (id, total) VALUES (1, 0);
+"#,
 ];
 
 /// Bring the schema up to date. Holds the advisory lock for the whole run, so replicas starting

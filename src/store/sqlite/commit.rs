@@ -1,9 +1,10 @@
-//! The write transaction: the facts (buys and page views), their sequence numbers and the
+//! The write transaction: the facts (buys, page views, refunds), their sequence numbers and the
 //! idempotency keys, nothing else. Every analytic is a view of the facts, applied off this path
 //! (`store::views`).
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::refund::{RefundReceipt, RefundRecord, RefundRefusal, decide};
 use crate::store::log::Position;
 use crate::store::{Facts, IDEMPOTENCY_TTL_US, Outcome, Submission};
 
@@ -16,6 +17,9 @@ pub fn apply(tx: &Connection, writes: &[Submission], now_us: i64) -> rusqlite::R
     let views_before: i64 =
         tx.prepare_cached("SELECT total FROM view_counter WHERE id = 1")?.query_row([], |r| r.get(0))?;
     let mut view_seq = views_before;
+    let refunds_before: i64 =
+        tx.prepare_cached("SELECT total FROM refund_counter WHERE id = 1")?.query_row([], |r| r.get(0))?;
+    let mut refund_seq = refunds_before;
     let mut find_key = tx.prepare_cached(
         "SELECT fingerprint, last_seq, recorded FROM idempotency WHERE key = ?1 AND created_at_us >= ?2",
     )?;
@@ -35,10 +39,10 @@ pub fn apply(tx: &Connection, writes: &[Submission], now_us: i64) -> rusqlite::R
                 })
                 .optional()?;
             if let Some((fingerprint, last_seq, recorded)) = earlier {
-                outcomes.push(if fingerprint == claim.fingerprint {
-                    Outcome::Replayed { last_seq, recorded: recorded as usize }
-                } else {
-                    Outcome::KeyMismatch
+                outcomes.push(match &write.facts {
+                    _ if fingerprint != claim.fingerprint => Outcome::KeyMismatch,
+                    Facts::Refund(_) => Outcome::Refunded { receipt: receipt(tx, last_seq)?, replayed: true },
+                    _ => Outcome::Replayed { last_seq, recorded: recorded as usize },
                 });
                 continue;
             }
@@ -54,6 +58,21 @@ pub fn apply(tx: &Connection, writes: &[Submission], now_us: i64) -> rusqlite::R
                 view_seq += views.len() as i64;
                 view_seq
             }
+            Facts::Refund(record) => match refund(tx, refund_seq + 1, record)? {
+                Ok(receipt) => {
+                    refund_seq += 1;
+                    if let Some(claim) = &write.idempotency {
+                        claim_key.execute(params![claim.key, &claim.fingerprint[..], refund_seq, 1, now_us])?;
+                    }
+                    outcomes.push(Outcome::Refunded { receipt, replayed: false });
+                    continue;
+                }
+                // Nothing recorded, and the key stays free: a retry is decided afresh.
+                Err(refusal) => {
+                    outcomes.push(Outcome::RefundRefused(refusal));
+                    continue;
+                }
+            },
         };
         let recorded = write.facts.len();
         if let Some(claim) = &write.idempotency {
@@ -66,7 +85,83 @@ pub fn apply(tx: &Connection, writes: &[Submission], now_us: i64) -> rusqlite::R
     if view_seq != views_before {
         tx.prepare_cached("UPDATE view_counter SET total = ?1 WHERE id = 1")?.execute([view_seq])?;
     }
-    Ok((outcomes, Position { buys: seq, views: view_seq }))
+    if refund_seq != refunds_before {
+        tx.prepare_cached("UPDATE refund_counter SET total = ?1 WHERE id = 1")?.execute([refund_seq])?;
+    }
+    Ok((outcomes, Position { buys: seq, views: view_seq, refunds: refund_seq }))
+}
+
+/// Decide `record` against its buy as this transaction sees it (buys and refunds committed
+/// before, and those of this batch so far) and, if it is granted, insert it numbered `number`.
+fn refund(
+    tx: &Connection,
+    number: i64,
+    record: &RefundRecord,
+) -> rusqlite::Result<Result<RefundReceipt, RefundRefusal>> {
+    let buy_count = record.refund.buy_count;
+    let buy = tx
+        .prepare_cached(
+            "SELECT user_id, promotion_id, product_id, product_quantity, unit_price_cents FROM buys WHERE buy_count = ?1",
+        )?
+        .query_row([buy_count], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get(4)?))
+        })
+        .optional()?;
+    let Some((user_id, promotion_id, product_id, quantity, price)) = buy else {
+        return Ok(Err(RefundRefusal::UnknownBuy));
+    };
+    let remaining: i64 = tx
+        .prepare_cached("SELECT remaining_units FROM refunds WHERE buy_count = ?1 ORDER BY refund_count DESC LIMIT 1")?
+        .query_row([buy_count], |r| r.get(0))
+        .optional()?
+        .unwrap_or(quantity);
+    let (units, cents) = match decide(record.refund.units, remaining, price) {
+        Ok(granted) => granted,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    tx.prepare_cached(
+        "INSERT INTO refunds (refund_count, buy_count, user_id, promotion_id, product_id, refunded_units,
+            refunded_cents, remaining_units, ip_address, timestamp_us, received_at_us, timestamp_source, idempotency_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        number,
+        buy_count,
+        user_id,
+        promotion_id,
+        product_id,
+        units,
+        cents,
+        remaining - units,
+        record.ip_address,
+        record.timestamp_us,
+        record.received_at_us,
+        record.timestamp_source.as_str(),
+        record.idempotency_key,
+    ])?;
+    Ok(Ok(RefundReceipt {
+        refund_count: number,
+        buy_count,
+        refunded_units: units,
+        remaining_units: remaining - units,
+        refunded_cents: cents,
+    }))
+}
+
+/// The answer refund `number` got, to replay it.
+fn receipt(tx: &Connection, number: i64) -> rusqlite::Result<RefundReceipt> {
+    tx.prepare_cached(
+        "SELECT buy_count, refunded_units, remaining_units, refunded_cents FROM refunds WHERE refund_count = ?1",
+    )?
+    .query_row([number], |r| {
+        Ok(RefundReceipt {
+            refund_count: number,
+            buy_count: r.get(0)?,
+            refunded_units: r.get(1)?,
+            remaining_units: r.get(2)?,
+            refunded_cents: r.get(3)?,
+        })
+    })
 }
 
 /// Insert `buys` numbered after `seq`; returns their units.

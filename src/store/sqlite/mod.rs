@@ -22,7 +22,7 @@ use schema::migrate;
 use super::pool::Pool;
 use super::{ExportFilter, ExportRow, OpenError, Outcome, StoreError, Submission};
 use crate::lock::lock;
-use crate::store::log::{Fact, FactLog, Log, Tail, ViewFact};
+use crate::store::log::{Fact, FactLog, Log, Position, RefundFact, Tail, ViewFact};
 
 /// SQLite behind the [`Store`] interface.
 pub struct SqliteStore {
@@ -31,9 +31,11 @@ pub struct SqliteStore {
     readers: Option<ReadPool>,
     /// Set on drop to stop the checkpointer thread.
     stop: Arc<AtomicBool>,
-    /// The highest buy and view numbers committed, published after each commit.
+    /// The highest buy, view and refund numbers committed, published after each commit (refunds
+    /// last, so a refund's buy is published before it).
     committed: AtomicI64,
     committed_views: AtomicI64,
+    committed_refunds: AtomicI64,
 }
 
 /// How often the checkpointer copies the WAL back into the database file.
@@ -102,15 +104,16 @@ impl SqliteStore {
         .map_err(|e| describe(&e))?;
         let mut conn = conn;
         migrate(&mut conn).map_err(|e| describe(&e))?;
-        let (committed, committed_views) = last_committed(&conn).map_err(|e| describe(&e))?;
+        let committed = last_committed(&conn).map_err(|e| describe(&e))?;
         let stop = Arc::new(AtomicBool::new(false));
         start_checkpointer(path.to_path_buf(), stop.clone()).map_err(|e| describe(&e))?;
         Ok(SqliteStore {
             writer: Mutex::new(conn),
             readers: Some(ReadPool { path: path.to_path_buf(), connections: Pool::new(MAX_READERS, "SQLite") }),
             stop,
-            committed: AtomicI64::new(committed),
-            committed_views: AtomicI64::new(committed_views),
+            committed: AtomicI64::new(committed.buys),
+            committed_views: AtomicI64::new(committed.views),
+            committed_refunds: AtomicI64::new(committed.refunds),
         })
     }
 
@@ -125,6 +128,7 @@ impl SqliteStore {
             stop: Arc::new(AtomicBool::new(true)),
             committed: AtomicI64::new(0),
             committed_views: AtomicI64::new(0),
+            committed_refunds: AtomicI64::new(0),
         })
     }
 
@@ -151,6 +155,7 @@ impl Log for SqliteStore {
             in_write_transaction(&conn, |tx| commit::apply(tx, writes, now_us)).map_err(unavailable)?;
         self.committed.fetch_max(last.buys, Ordering::Release);
         self.committed_views.fetch_max(last.views, Ordering::Release);
+        self.committed_refunds.fetch_max(last.refunds, Ordering::Release);
         Ok(outcomes)
     }
 
@@ -193,11 +198,12 @@ fn in_write_transaction<T>(
 }
 
 /// The counters' totals: the highest buy and view numbers committed.
-fn last_committed(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+fn last_committed(conn: &Connection) -> rusqlite::Result<Position> {
     conn.query_row(
-        "SELECT (SELECT total FROM counter WHERE id = 1), (SELECT total FROM view_counter WHERE id = 1)",
+        "SELECT (SELECT total FROM counter WHERE id = 1), (SELECT total FROM view_counter WHERE id = 1),
+                (SELECT total FROM refund_counter WHERE id = 1)",
         [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok(Position { buys: r.get(0)?, views: r.get(1)?, refunds: r.get(2)? }),
     )
 }
 
@@ -238,6 +244,20 @@ impl FactLog for SqliteStore {
 
     fn last_view_seq(&self) -> Result<i64, StoreError> {
         Ok(self.committed_views.load(Ordering::Acquire))
+    }
+
+    fn last_refund_seq(&self) -> Result<i64, StoreError> {
+        Ok(self.committed_refunds.load(Ordering::Acquire))
+    }
+
+    fn refunds_in(
+        &self,
+        after: i64,
+        up_to: i64,
+        promotion_id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<RefundFact>, StoreError> {
+        self.read(|conn| read::refunds_in(conn, after, up_to, promotion_id, limit))
     }
 
     fn views_after(&self, after: i64, limit: usize) -> Result<Vec<ViewFact>, StoreError> {

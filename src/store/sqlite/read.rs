@@ -5,7 +5,7 @@ use rusqlite::{Connection, params};
 
 use crate::domain::{Buy, Quantity};
 use crate::page_view::PageView;
-use crate::store::log::{Fact, Slice, Tail, ViewFact, join_halves};
+use crate::store::log::{Fact, RefundFact, Slice, Tail, ViewFact, join_halves};
 use crate::store::{ExportFilter, ExportRow};
 
 /// See [`crate::store::Store::export_page`].
@@ -159,6 +159,34 @@ pub fn views_in(
          ORDER BY view_count",
     )?;
     stmt.query_map(params![after, up_to, promotion_id], view_fact)?.collect()
+}
+
+/// See [`crate::store::log::FactLog::refunds_in`]: a range of the primary key.
+pub fn refunds_in(
+    conn: &Connection,
+    after: i64,
+    up_to: i64,
+    promotion_id: Option<i64>,
+    limit: usize,
+) -> rusqlite::Result<Vec<RefundFact>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT refund_count, buy_count, user_id, promotion_id, product_id, refunded_units, refunded_cents, timestamp_us
+         FROM refunds WHERE refund_count > ?1 AND refund_count <= ?2 AND (?3 IS NULL OR promotion_id = ?3)
+         ORDER BY refund_count LIMIT ?4",
+    )?;
+    stmt.query_map(params![after, up_to, promotion_id, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+        Ok(RefundFact {
+            seq: r.get(0)?,
+            buy_count: r.get(1)?,
+            user_id: r.get(2)?,
+            promotion_id: r.get(3)?,
+            product_id: r.get(4)?,
+            units: r.get(5)?,
+            cents: r.get(6)?,
+            timestamp_us: r.get(7)?,
+        })
+    })?
+    .collect()
 }
 
 /// A row of `views` selected as in [`views_after`], as a fact.

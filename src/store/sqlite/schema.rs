@@ -143,6 +143,32 @@ CREATE TABLE view_counter (
 );
 INSERT INTO view_counter (id, total) VALUES (1, 0);
 "#,
+    // 6: refunds, a third kind of fact numbered on its own. Each row copies its buy's user,
+    // promotion and product (the views and the export read refunds without joining the buys) and
+    // keeps the buy's units left after it, so the next refund of that buy reads one row.
+    r#"
+CREATE TABLE refunds (
+    refund_count     INTEGER PRIMARY KEY,
+    buy_count        INTEGER NOT NULL,
+    user_id          INTEGER NOT NULL,
+    promotion_id     INTEGER NOT NULL,
+    product_id       INTEGER NOT NULL,
+    refunded_units   INTEGER NOT NULL,
+    refunded_cents   INTEGER NOT NULL,
+    remaining_units  INTEGER NOT NULL,
+    ip_address       TEXT    NOT NULL,
+    timestamp_us     INTEGER NOT NULL,
+    received_at_us   INTEGER NOT NULL,
+    timestamp_source TEXT    NOT NULL,
+    idempotency_key  TEXT
+);
+CREATE INDEX refunds_by_buy ON refunds (buy_count, refund_count);
+CREATE TABLE refund_counter (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    total INTEGER NOT NULL
+);
+INSERT INTO refund_counter (id, total) VALUES (1, 0);
+"#,
 ];
 
 /// Bring the schema up to date, one transaction per version.
@@ -206,6 +232,9 @@ mod tests {
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        assert_eq!(tables, ["buys", "counter", "idempotency", "store_identity", "view_counter", "views"]);
+        assert_eq!(
+            tables,
+            ["buys", "counter", "idempotency", "refund_counter", "refunds", "store_identity", "view_counter", "views"]
+        );
     }
 }

@@ -6,7 +6,9 @@
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use crate::store::log::{Fact, ViewFact};
+use std::collections::BTreeMap;
+
+use crate::store::log::{Fact, RefundFact, ViewFact};
 use crate::store::views::deltas::{Deltas, ViewDeltas};
 
 /// Apply `facts` (numbered consecutively after the applied sequence number) inside `tx`;
@@ -205,6 +207,46 @@ pub fn apply_views(tx: &Transaction, views: &[ViewFact]) -> rusqlite::Result<i64
         totals.execute(params![promotion_id, p.views, p.new_viewers, p.converted])?;
     }
     tx.execute("UPDATE applied SET views_seq = ?1 WHERE id = 1", [last])?;
+    Ok(last)
+}
+
+/// Apply `refunds` (numbered consecutively after the applied refund number, each of a buy
+/// already applied) inside `tx`; returns the new applied refund number. Refunds change only the
+/// refunded figures: buys, units and revenue stay gross.
+pub fn apply_refunds(tx: &Transaction, refunds: &[RefundFact]) -> rusqlite::Result<i64> {
+    let applied: i64 = tx.query_row("SELECT refunds_seq FROM applied WHERE id = 1", [], |r| r.get(0))?;
+    let mut last = applied;
+    let mut promotions: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    let mut buyers: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+    for refund in refunds {
+        if refund.seq != last + 1 {
+            return Err(rusqlite::Error::InvalidParameterName(format!(
+                "refund {} follows {last}: the log must be applied in sequence order",
+                refund.seq
+            )));
+        }
+        last = refund.seq;
+        let p = promotions.entry(refund.promotion_id).or_default();
+        p.0 += refund.units;
+        p.1 = p.1.saturating_add(refund.cents);
+        *buyers.entry((refund.user_id, refund.promotion_id)).or_default() += refund.units;
+    }
+    let mut totals = tx.prepare_cached(
+        "UPDATE promotion_totals SET refunded_units = refunded_units + ?2,
+             refunded_cents = CASE WHEN refunded_cents > 9223372036854775807 - ?3
+                 THEN 9223372036854775807 ELSE refunded_cents + ?3 END
+         WHERE promotion_id = ?1",
+    )?;
+    for (promotion_id, (units, cents)) in promotions {
+        totals.execute(params![promotion_id, units, cents])?;
+    }
+    let mut buyer = tx.prepare_cached(
+        "UPDATE promotion_buyers SET refunded_units = refunded_units + ?3 WHERE user_id = ?1 AND promotion_id = ?2",
+    )?;
+    for ((user_id, promotion_id), units) in buyers {
+        buyer.execute(params![user_id, promotion_id, units])?;
+    }
+    tx.execute("UPDATE applied SET refunds_seq = ?1 WHERE id = 1", [last])?;
     Ok(last)
 }
 

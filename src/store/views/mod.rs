@@ -141,8 +141,8 @@ impl Views {
             tracing::info!("{what}: created; they are built from the log");
         }
         let applied = conn
-            .query_row("SELECT seq, views_seq FROM applied WHERE id = 1", [], |r| {
-                Ok(Position { buys: r.get(0)?, views: r.get(1)? })
+            .query_row("SELECT seq, views_seq, refunds_seq FROM applied WHERE id = 1", [], |r| {
+                Ok(Position { buys: r.get(0)?, views: r.get(1)?, refunds: r.get(2)? })
             })
             .map_err(fail)?;
         Ok(Views {
@@ -185,8 +185,8 @@ impl Views {
     pub fn adopt(&self, store_id: &str, last: Position) -> Result<bool, StoreError> {
         let mut conn = lock(&self.writer);
         let (store, applied): (Option<String>, Position) =
-            conn.query_row("SELECT store, seq, views_seq FROM applied WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, Position { buys: r.get(1)?, views: r.get(2)? }))
+            conn.query_row("SELECT store, seq, views_seq, refunds_seq FROM applied WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, Position { buys: r.get(1)?, views: r.get(2)?, refunds: r.get(3)? }))
             })?;
         let foreign = store.is_some_and(|s| s != store_id) || !last.covers(applied);
         if foreign {
@@ -268,9 +268,12 @@ impl Views {
     /// returns how many of the kind with more (a full batch means more may be waiting).
     fn apply_batch(&self, log: &dyn FactLog, limit: usize) -> Result<usize, StoreError> {
         let after = self.applied();
+        // Refunds first: each was committed after its buy, so the buys read next include the
+        // buys of all of them, unless the batch's limit cuts the buys short.
+        let refunds = log.refunds_in(after.refunds, i64::MAX, None, limit)?;
         let facts = log.facts_after(after.buys, limit)?;
         let views = log.views_after(after.views, limit)?;
-        if facts.is_empty() && views.is_empty() {
+        if facts.is_empty() && views.is_empty() && refunds.is_empty() {
             return Ok(0);
         }
         let mut conn = lock(&self.writer);
@@ -280,11 +283,18 @@ impl Views {
         let buys = if facts.is_empty() { after.buys } else { apply::apply(&tx, &facts).map_err(unavailable)? };
         let views_last =
             if views.is_empty() { after.views } else { apply::apply_views(&tx, &views).map_err(unavailable)? };
+        // Refunds whose buy is applied: the rest wait for the next batch.
+        let refunds_last = match refunds.iter().position(|r| r.buy_count > buys) {
+            Some(0) => after.refunds,
+            Some(n) => apply::apply_refunds(&tx, &refunds[..n]).map_err(unavailable)?,
+            None if refunds.is_empty() => after.refunds,
+            None => apply::apply_refunds(&tx, &refunds).map_err(unavailable)?,
+        };
         tx.commit().map_err(unavailable)?;
         drop(conn);
-        *lock(&self.applied) = Position { buys, views: views_last };
+        *lock(&self.applied) = Position { buys, views: views_last, refunds: refunds_last };
         self.advanced.notify_all();
-        Ok(facts.len().max(views.len()))
+        Ok(facts.len().max(views.len()).max(refunds.len()))
     }
 
     /// The stage: apply batches as facts arrive; prune now and then.
@@ -343,7 +353,8 @@ impl Views {
         let snapshot = |conn: &Connection| -> Result<T, StoreError> {
             let tx = conn.unchecked_transaction()?;
             let applied = read::applied(&tx)?;
-            let edge = Edge { log, applied: applied.buys, views_applied: applied.views };
+            let edge =
+                Edge { log, applied: applied.buys, views_applied: applied.views, refunds_applied: applied.refunds };
             let value = f(&tx, &edge)?;
             tx.finish()?;
             Ok(value)
@@ -381,7 +392,8 @@ impl Views {
         self.read(log, |conn, edge| {
             let tail = log.facts_in(edge.applied, up_to.buys, None)?;
             let views = log.views_in(edge.views_applied, up_to.views, None)?;
-            tail::promotions_page(conn, edge, since_us, page, (&tail, &views))
+            let refunds = log.refunds_in(edge.refunds_applied, up_to.refunds, None, usize::MAX)?;
+            tail::promotions_page(conn, edge, since_us, page, (&tail, &views, &refunds))
         })
     }
 
@@ -399,7 +411,12 @@ impl Views {
             // Every buy of the tail: new customers depend on buys in other promotions.
             let tail = log.facts_in(edge.applied, up_to.buys, None)?;
             let views = log.views_in(edge.views_applied, up_to.views, Some(promotion_id))?;
+            let refunds = log.refunds_in(edge.refunds_applied, up_to.refunds, Some(promotion_id), usize::MAX)?;
             tail::add_to_promotion_stats(conn, &mut stats, promotion_id, windows, (&tail, &views))?;
+            for refund in &refunds {
+                stats.refunded_units += refund.units;
+                stats.refunded_cents = stats.refunded_cents.saturating_add(refund.cents);
+            }
             Ok(stats)
         })
     }
@@ -456,7 +473,8 @@ impl Views {
     ) -> Result<(Vec<Customer>, i64), StoreError> {
         self.read(log, |conn, edge| {
             let tail = log.facts_in(edge.applied, up_to.buys, Some(promotion_id))?;
-            tail::customers_page(conn, promotion_id, page, &tail)
+            let refunds = log.refunds_in(edge.refunds_applied, up_to.refunds, Some(promotion_id), usize::MAX)?;
+            tail::customers_page(conn, promotion_id, page, (&tail, &refunds))
         })
     }
 

@@ -69,6 +69,8 @@ pub struct Edge<'a> {
     pub applied: i64,
     /// The last view of the views' snapshot.
     pub views_applied: i64,
+    /// The last refund of the views' snapshot.
+    pub refunds_applied: i64,
 }
 
 /// Buys, units and revenue with `timestamp >= since_us`, over all buys or one promotion: the
@@ -94,8 +96,8 @@ fn recent(conn: &Connection, edge: &Edge, since_us: i64, promotion_id: Option<i6
 /// The last buy and view applied in this snapshot.
 pub fn applied(conn: &Connection) -> Result<Position, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT seq, views_seq FROM applied WHERE id = 1")?
-        .query_row([], |r| Ok(Position { buys: r.get(0)?, views: r.get(1)? }))?)
+        .prepare_cached("SELECT seq, views_seq, refunds_seq FROM applied WHERE id = 1")?
+        .query_row([], |r| Ok(Position { buys: r.get(0)?, views: r.get(1)?, refunds: r.get(2)? }))?)
 }
 
 /// Views with `timestamp >= since_us`, over all or one promotion: the partial second from the
@@ -137,7 +139,7 @@ pub fn counts(conn: &Connection, edge: &Edge, since_us: i64, promotion_id: Optio
 }
 
 const RANKED_COLUMNS: &str =
-    "promotion_id, total_buys, total_units, revenue_cents, views, unique_viewers, converted_viewers";
+    "promotion_id, total_buys, total_units, revenue_cents, views, unique_viewers, converted_viewers, refunded_cents";
 
 /// A `promotion_totals` row selected with [`RANKED_COLUMNS`], without its recent buys.
 fn ranked_row(r: &rusqlite::Row) -> rusqlite::Result<PromotionSummary> {
@@ -150,6 +152,7 @@ fn ranked_row(r: &rusqlite::Row) -> rusqlite::Result<PromotionSummary> {
         views: r.get(4)?,
         unique_viewers: r.get(5)?,
         converted_viewers: r.get(6)?,
+        refunded_cents: r.get(7)?,
     })
 }
 
@@ -164,8 +167,9 @@ pub fn ranked(
     let by = match order {
         PromotionOrder::Buys => "total_buys",
         PromotionOrder::Units => "total_units",
-        // No refunds are recorded yet: net revenue is the revenue.
-        PromotionOrder::Revenue | PromotionOrder::NetRevenue => "revenue_cents",
+        PromotionOrder::Revenue => "revenue_cents",
+        // Refunds lower it: every promotion is a candidate (see `only_grows`).
+        PromotionOrder::NetRevenue => "revenue_cents - refunded_cents",
         PromotionOrder::Views => "views",
         // A rate is not a column: every promotion is a candidate, ranked by the caller.
         PromotionOrder::ConversionRate => "promotion_id",
@@ -219,7 +223,8 @@ pub fn promotion_stats(
     let totals = conn
         .prepare_cached(
             "SELECT revenue_cents, unique_buyers, first_buy_us, last_buy_us, views, unique_viewers,
-                    converted_viewers, priced_buys, repeat_buyers, new_customers, total_buys, total_units
+                    converted_viewers, priced_buys, repeat_buyers, new_customers, total_buys, total_units,
+                    refunded_units, refunded_cents
              FROM promotion_totals WHERE promotion_id = ?1",
         )?
         .query_row([promotion_id], |r| {
@@ -235,6 +240,8 @@ pub fn promotion_stats(
                 repeat_buyers: r.get(8)?,
                 new_customers: r.get(9)?,
                 counts: Counts { total_buys: r.get(10)?, total_units: r.get(11)?, ..Counts::default() },
+                refunded_units: r.get(12)?,
+                refunded_cents: r.get(13)?,
                 ..PromotionStats::default()
             })
         })
@@ -316,14 +323,14 @@ pub fn timeseries(
     Ok(buckets.into_values().collect())
 }
 
-/// A `promotion_buyers` row (user, buys, units, revenue, first, last) as a customer.
+/// A `promotion_buyers` row (user, buys, units, revenue, first, last, refunded) as a customer.
 fn customer_row(r: &rusqlite::Row) -> rusqlite::Result<Customer> {
     Ok(Customer {
         user_id: r.get(0)?,
         buys: r.get(1)?,
         units: r.get(2)?,
         revenue_cents: r.get(3)?,
-        refunded_units: 0,
+        refunded_units: r.get(6)?,
         first_buy_us: r.get(4)?,
         last_buy_us: r.get(5)?,
     })
@@ -338,17 +345,17 @@ pub fn top_customers(
 ) -> Result<Vec<Customer>, StoreError> {
     let sql = match order {
         CustomerOrder::Revenue => {
-            "SELECT user_id, buys, units, revenue_cents, first_buy_us, last_buy_us
+            "SELECT user_id, buys, units, revenue_cents, first_buy_us, last_buy_us, refunded_units
              FROM promotion_buyers INDEXED BY promotion_buyers_by_revenue
              WHERE promotion_id = ?1 ORDER BY revenue_cents DESC, user_id LIMIT ?2"
         }
         CustomerOrder::Units => {
-            "SELECT user_id, buys, units, revenue_cents, first_buy_us, last_buy_us
+            "SELECT user_id, buys, units, revenue_cents, first_buy_us, last_buy_us, refunded_units
              FROM promotion_buyers INDEXED BY promotion_buyers_by_units
              WHERE promotion_id = ?1 ORDER BY units DESC, user_id LIMIT ?2"
         }
         CustomerOrder::Buys => {
-            "SELECT user_id, buys, units, revenue_cents, first_buy_us, last_buy_us
+            "SELECT user_id, buys, units, revenue_cents, first_buy_us, last_buy_us, refunded_units
              FROM promotion_buyers INDEXED BY promotion_buyers_by_buys
              WHERE promotion_id = ?1 ORDER BY buys DESC, user_id LIMIT ?2"
         }
@@ -360,7 +367,7 @@ pub fn top_customers(
 pub fn customer(conn: &Connection, promotion_id: i64, user_id: i64) -> Result<Option<Customer>, StoreError> {
     Ok(conn
         .prepare_cached(
-            "SELECT user_id, buys, units, revenue_cents, first_buy_us, last_buy_us
+            "SELECT user_id, buys, units, revenue_cents, first_buy_us, last_buy_us, refunded_units
              FROM promotion_buyers WHERE user_id = ?1 AND promotion_id = ?2",
         )?
         .query_row(params![user_id, promotion_id], customer_row)

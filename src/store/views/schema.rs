@@ -8,18 +8,20 @@
 use rusqlite::Connection;
 
 /// The version of this schema. A views file of another version is dropped and rebuilt.
-pub const VERSION: i64 = 8;
+pub const VERSION: i64 = 9;
 
 pub const SCHEMA: &str = r#"
--- The last buy and view applied, the totals over every buy up to it, and the store they come from.
+-- The last buy, view and refund applied, the totals over every buy up to it, and the store they
+-- come from.
 CREATE TABLE applied (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     seq         INTEGER NOT NULL,
     total_units INTEGER NOT NULL,
     views_seq   INTEGER NOT NULL,
+    refunds_seq INTEGER NOT NULL,
     store       TEXT
 );
-INSERT INTO applied (id, seq, total_units, views_seq) VALUES (1, 0, 0, 0);
+INSERT INTO applied (id, seq, total_units, views_seq, refunds_seq) VALUES (1, 0, 0, 0, 0);
 -- Buys and units per bucket of 1, 60 and 3600 seconds of `timestamp`, over all buys and per
 -- promotion: a window reads a few hundred rows at most, a timeseries one row per bucket.
 CREATE TABLE rollup (
@@ -73,7 +75,10 @@ CREATE TABLE promotion_totals (
     -- Buyers with at least two buys in the promotion.
     repeat_buyers     INTEGER NOT NULL DEFAULT 0,
     -- Buyers whose first buy in any promotion (the lowest buy number) was in this one.
-    new_customers     INTEGER NOT NULL DEFAULT 0
+    new_customers     INTEGER NOT NULL DEFAULT 0,
+    -- Units and cents given back by refunds (buys, units and revenue above stay gross).
+    refunded_units    INTEGER NOT NULL DEFAULT 0,
+    refunded_cents    INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE promotion_products (
     promotion_id INTEGER NOT NULL,
@@ -97,6 +102,7 @@ CREATE TABLE promotion_buyers (
     revenue_cents INTEGER NOT NULL,
     first_buy_us  INTEGER NOT NULL,
     last_buy_us   INTEGER NOT NULL,
+    refunded_units INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (user_id, promotion_id)
 ) WITHOUT ROWID;
 -- A promotion's customers in each order of GET /promotions/{id}/customers: a page reads the

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::store::log::{Fact, ViewFact};
+use crate::store::log::{Fact, RefundFact, ViewFact};
 use crate::store::views::deltas::{BuyerDelta, bucket_start, revenue_cents};
 use crate::store::views::read::{self, Edge};
 use crate::store::{
@@ -190,6 +190,7 @@ struct Gains {
     revenue_cents: i64,
     recent_buys: i64,
     views: i64,
+    refunded_cents: i64,
     buyers: BTreeMap<i64, i64>,
     viewers: BTreeSet<i64>,
 }
@@ -206,7 +207,7 @@ pub fn promotions_page(
     edge: &Edge,
     since_us: i64,
     (order, limit, offset): (PromotionOrder, i64, i64),
-    (tail, views): (&[Fact], &[ViewFact]),
+    (tail, views, refunds): (&[Fact], &[ViewFact], &[RefundFact]),
 ) -> Result<(Vec<PromotionSummary>, i64), StoreError> {
     let mut gained: BTreeMap<i64, Gains> = BTreeMap::new();
     for fact in tail {
@@ -221,6 +222,10 @@ pub fn promotions_page(
         let g = gained.entry(fact.view.promotion_id).or_default();
         g.views += 1;
         g.viewers.insert(fact.view.user_id);
+    }
+    for refund in refunds {
+        let g = gained.entry(refund.promotion_id).or_default();
+        g.refunded_cents = g.refunded_cents.saturating_add(refund.cents);
     }
     let first = order.only_grows().then(|| offset.saturating_add(limit));
     let (mut candidates, mut total) = read::ranked(conn, order, first)?;
@@ -242,6 +247,7 @@ pub fn promotions_page(
             row.total_units += g.units;
             row.revenue_cents = row.revenue_cents.saturating_add(g.revenue_cents);
             row.views += g.views;
+            row.refunded_cents = row.refunded_cents.saturating_add(g.refunded_cents);
             row.unique_viewers += users.viewers;
             row.converted_viewers += users.converted;
         }
@@ -265,7 +271,7 @@ pub fn customers_page(
     conn: &Connection,
     promotion_id: i64,
     (order, limit, offset): (CustomerOrder, i64, i64),
-    tail: &[Fact],
+    (tail, refunds): (&[Fact], &[RefundFact]),
 ) -> Result<(Vec<Customer>, i64), StoreError> {
     let mut gained: BTreeMap<i64, BuyerDelta> = BTreeMap::new();
     for fact in tail.iter().filter(|f| f.buy.promotion_id == promotion_id) {
@@ -302,6 +308,10 @@ pub fn customers_page(
             row.first_buy_us = row.first_buy_us.min(g.first_us);
             row.last_buy_us = row.last_buy_us.max(g.last_us);
         }
+    }
+    // Refunds leave the order (it is of gross figures) as it is.
+    for row in &mut candidates {
+        row.refunded_units += refunds.iter().filter(|r| r.user_id == row.user_id).map(|r| r.units).sum::<i64>();
     }
     candidates.sort_by(|a, b| order.compare(a, b));
     let page = candidates
