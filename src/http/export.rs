@@ -20,7 +20,7 @@ use super::query::Params;
 use super::state::AppState;
 use crate::clock::format_micros;
 use crate::http::error::ApiError;
-use crate::store::{ExportFilter, ExportRow};
+use crate::store::{ExportFilter, ExportKind, ExportRow};
 
 /// Exports streamed at once. Each keeps a thread formatting rows, a reader connection in turns
 /// and a few hundred KiB of chunks; more at once only slow each other and starve the rest of the
@@ -47,7 +47,20 @@ const CHUNK_BYTES: usize = 32 * 1024;
 /// Chunks buffered between the reader and the socket.
 const CHUNKS_IN_FLIGHT: usize = 4;
 
-const COLUMNS: &str = "buy_count,user_id,promotion_id,product_id,product_quantity,unit_price_cents,ip_address,timestamp,received_at,timestamp_source";
+/// The header row of each kind's CSV.
+fn columns(kind: ExportKind) -> &'static str {
+    match kind {
+        ExportKind::Buys => {
+            "buy_count,user_id,promotion_id,product_id,product_quantity,unit_price_cents,ip_address,timestamp,received_at,timestamp_source"
+        }
+        ExportKind::Views => {
+            "view_count,user_id,promotion_id,product_id,ip_address,timestamp,received_at,timestamp_source"
+        }
+        ExportKind::Refunds => {
+            "refund_count,buy_count,user_id,promotion_id,product_id,refunded_units,refunded_cents,ip_address,timestamp,received_at,timestamp_source"
+        }
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -55,14 +68,17 @@ enum Format {
     Ndjson,
 }
 
+/// An optional integer as a CSV field: empty when absent.
+fn optional(value: Option<i64>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_default()
+}
+
 impl Format {
     /// Append one row. No CSV field can hold a comma, quote or newline (integers, IP addresses,
     /// RFC 3339 times, header names), so none needs quoting.
-    fn write(self, out: &mut String, r: &ExportRow) {
-        let price = r.unit_price_cents.map(|p| p.to_string());
-        let (timestamp, received_at) = (format_micros(r.timestamp_us), format_micros(r.received_at_us));
-        let _ = match self {
-            Format::Csv => writeln!(
+    fn write(self, out: &mut String, row: &ExportRow) {
+        let _ = match (self, row) {
+            (Format::Csv, ExportRow::Buy(r)) => writeln!(
                 out,
                 "{},{},{},{},{},{},{},{},{},{}",
                 r.buy_count,
@@ -70,37 +86,87 @@ impl Format {
                 r.promotion_id,
                 r.product_id,
                 r.product_quantity,
-                price.as_deref().unwrap_or(""),
+                optional(r.unit_price_cents),
                 r.ip_address,
-                timestamp,
-                received_at,
+                format_micros(r.timestamp_us),
+                format_micros(r.received_at_us),
                 r.timestamp_source
             ),
-            Format::Ndjson => writeln!(
+            (Format::Csv, ExportRow::View(r)) => writeln!(
+                out,
+                "{},{},{},{},{},{},{},{}",
+                r.view_count,
+                r.user_id,
+                r.promotion_id,
+                optional(r.product_id),
+                r.ip_address,
+                format_micros(r.timestamp_us),
+                format_micros(r.received_at_us),
+                r.timestamp_source
+            ),
+            (Format::Csv, ExportRow::Refund(r)) => writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{},{}",
+                r.refund_count,
+                r.buy_count,
+                r.user_id,
+                r.promotion_id,
+                r.product_id,
+                r.refunded_units,
+                r.refunded_cents,
+                r.ip_address,
+                format_micros(r.timestamp_us),
+                format_micros(r.received_at_us),
+                r.timestamp_source
+            ),
+            (Format::Ndjson, ExportRow::Buy(r)) => writeln!(
                 out,
                 "{}",
                 serde_json::json!({
                     "buy_count": r.buy_count, "user_id": r.user_id, "promotion_id": r.promotion_id,
                     "product_id": r.product_id, "product_quantity": r.product_quantity,
                     "unit_price_cents": r.unit_price_cents, "ip_address": r.ip_address,
-                    "timestamp": timestamp, "received_at": received_at, "timestamp_source": r.timestamp_source,
+                    "timestamp": format_micros(r.timestamp_us), "received_at": format_micros(r.received_at_us),
+                    "timestamp_source": r.timestamp_source,
+                })
+            ),
+            (Format::Ndjson, ExportRow::View(r)) => writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "view_count": r.view_count, "user_id": r.user_id, "promotion_id": r.promotion_id,
+                    "product_id": r.product_id, "ip_address": r.ip_address,
+                    "timestamp": format_micros(r.timestamp_us), "received_at": format_micros(r.received_at_us),
+                    "timestamp_source": r.timestamp_source,
+                })
+            ),
+            (Format::Ndjson, ExportRow::Refund(r)) => writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "refund_count": r.refund_count, "buy_count": r.buy_count, "user_id": r.user_id,
+                    "promotion_id": r.promotion_id, "product_id": r.product_id,
+                    "refunded_units": r.refunded_units, "refunded_cents": r.refunded_cents,
+                    "ip_address": r.ip_address, "timestamp": format_micros(r.timestamp_us),
+                    "received_at": format_micros(r.received_at_us), "timestamp_source": r.timestamp_source,
                 })
             ),
         };
     }
 }
 
-/// Every stored field of the selected buys.
+/// Every stored field of the selected buys, views or refunds.
 #[utoipa::path(
     get, path = "/export", tag = "analytics",
     params(
+        ("kind" = Option<String>, Query, description = "`buys` (default), `views` or `refunds`"),
         ("format" = Option<String>, Query, description = "`csv` (default, with a header row) or `ndjson`"),
         ("promotion_id" = Option<i64>, Query, description = "Only this promotion"),
         ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339: buys with timestamp at or after this time"),
         ("until" = Option<String>, Query, format = DateTime, description = "RFC 3339: buys with timestamp before this time"),
     ),
     responses(
-        (status = 200, description = "Streamed in sequence order: buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents, ip_address, timestamp, received_at, timestamp_source. Buys recorded after the request started are not included. If the store fails mid-stream, or the client stops reading for 30 s, the transfer is cut off (never silently truncated).", content(
+        (status = 200, description = "Streamed in sequence order (of the kind). Buys: buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents, ip_address, timestamp, received_at, timestamp_source. Views: view_count, user_id, promotion_id, product_id (empty / null when absent), ip_address, timestamp, received_at, timestamp_source. Refunds: refund_count, buy_count, user_id, promotion_id, product_id, refunded_units, refunded_cents, ip_address, timestamp, received_at, timestamp_source. Facts recorded after the request started are not included. If the store fails mid-stream, or the client stops reading for 30 s, the transfer is cut off (never silently truncated).", content(
             (String = "text/csv"),
             (String = "application/x-ndjson"),
         )),
@@ -115,7 +181,13 @@ pub async fn export(State(state): State<AppState>, RawQuery(query): RawQuery) ->
         Some("ndjson") => Format::Ndjson,
         _ => Format::Csv,
     };
+    let kind = match params.choice("kind", &["buys", "views", "refunds"])? {
+        Some("views") => ExportKind::Views,
+        Some("refunds") => ExportKind::Refunds,
+        _ => ExportKind::Buys,
+    };
     let filter = ExportFilter {
+        kind,
         promotion_id: params.promotion_id()?,
         since_us: params.time("since")?,
         until_us: params.time("until")?,
@@ -127,7 +199,12 @@ pub async fn export(State(state): State<AppState>, RawQuery(query): RawQuery) ->
     };
     let slot = slot.expect("the export semaphore is never closed");
     // Fix the end now, so an export under constant writes still ends.
-    let up_to = state.read_store(|store| store.position()).await?.buys;
+    let position = state.read_store(|store| store.position()).await?;
+    let up_to = match kind {
+        ExportKind::Buys => position.buys,
+        ExportKind::Views => position.views,
+        ExportKind::Refunds => position.refunds,
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
     // Set once the last chunk is handed over. A stream that ends without it was cut off (the
     // store failed, or the client stopped reading) and must end in an error, which aborts the
@@ -154,7 +231,7 @@ pub async fn export(State(state): State<AppState>, RawQuery(query): RawQuery) ->
         let mut after = 0;
         let mut out = String::new();
         if format == Format::Csv {
-            out.push_str(COLUMNS);
+            out.push_str(columns(kind));
             out.push('\n');
         }
         loop {
@@ -197,14 +274,19 @@ pub async fn export(State(state): State<AppState>, RawQuery(query): RawQuery) ->
         }
     });
     let body = Body::from_stream(chunks);
-    let (content_type, name) = match format {
-        Format::Csv => ("text/csv; charset=utf-8", "buys.csv"),
-        Format::Ndjson => ("application/x-ndjson", "buys.ndjson"),
+    let name = match kind {
+        ExportKind::Buys => "buys",
+        ExportKind::Views => "views",
+        ExportKind::Refunds => "refunds",
+    };
+    let (content_type, extension) = match format {
+        Format::Csv => ("text/csv; charset=utf-8", "csv"),
+        Format::Ndjson => ("application/x-ndjson", "ndjson"),
     };
     Ok((
         [
             (header::CONTENT_TYPE, content_type.to_string()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}.{extension}\"")),
         ],
         body,
     )

@@ -474,9 +474,23 @@ pub struct Bucket {
     pub revenue_cents: i64,
 }
 
-/// Which buys `GET /export` selects.
+/// Which kind of fact `GET /export` streams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExportKind {
+    /// Buys (the default).
+    #[default]
+    Buys,
+    /// Page views.
+    Views,
+    /// Refunds.
+    Refunds,
+}
+
+/// Which facts `GET /export` selects.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExportFilter {
+    /// The kind of fact; `after` and `up_to` of a page are numbers among this kind.
+    pub kind: ExportKind,
     /// Only this promotion.
     pub promotion_id: Option<i64>,
     /// `timestamp >= since` (microseconds).
@@ -485,9 +499,68 @@ pub struct ExportFilter {
     pub until_us: Option<i64>,
 }
 
+/// One exported fact, with every stored field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportRow {
+    /// A buy.
+    Buy(BuyRow),
+    /// A page view.
+    View(ViewRow),
+    /// A refund.
+    Refund(RefundRow),
+}
+
+/// Every stored field of one page view, as exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewRow {
+    /// Its number among views.
+    pub view_count: i64,
+    /// See [`crate::page_view::PageView`].
+    pub user_id: i64,
+    /// See [`crate::page_view::PageView`].
+    pub promotion_id: i64,
+    /// See [`crate::page_view::PageView`].
+    pub product_id: Option<i64>,
+    /// Client IP.
+    pub ip_address: String,
+    /// Request generation time, microseconds.
+    pub timestamp_us: i64,
+    /// Server receive time, microseconds.
+    pub received_at_us: i64,
+    /// Header the timestamp came from, or `server`.
+    pub timestamp_source: String,
+}
+
+/// Every stored field of one refund, as exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRow {
+    /// Its number among refunds.
+    pub refund_count: i64,
+    /// The buy refunded.
+    pub buy_count: i64,
+    /// The buy's user.
+    pub user_id: i64,
+    /// The buy's promotion.
+    pub promotion_id: i64,
+    /// The buy's product.
+    pub product_id: i64,
+    /// Units given back.
+    pub refunded_units: i64,
+    /// Their price.
+    pub refunded_cents: i64,
+    /// Client IP.
+    pub ip_address: String,
+    /// Request generation time, microseconds.
+    pub timestamp_us: i64,
+    /// Server receive time, microseconds.
+    pub received_at_us: i64,
+    /// Header the timestamp came from, or `server`.
+    pub timestamp_source: String,
+}
+
 /// Every stored field of one buy, as exported.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportRow {
+pub struct BuyRow {
     /// The sequence number.
     pub buy_count: i64,
     /// See [`crate::domain::Buy`].
@@ -576,7 +649,8 @@ pub trait Store: Send + Sync + 'static {
         promotion_id: Option<i64>,
     ) -> Result<Vec<Bucket>, StoreError>;
 
-    /// Up to `limit` selected buys with `after < buy_count <= up_to`, in sequence order (export
+    /// Up to `limit` selected facts of the filter's kind numbered in `after + 1 ..= up_to`, in
+    /// sequence order (export
     /// pages through with this, so memory stays flat and no snapshot is held for long).
     fn export_page(
         &self,

@@ -153,7 +153,53 @@ async fn concurrent_refunds_never_exceed_the_buy(kind: StoreKind) {
     assert_eq!((stats["refunded_units"].as_i64(), stats["refunded_cents"].as_i64()), (Some(10), Some(1000)));
 }
 
+/// `GET /export?kind=views|refunds`: each kind's columns, in its own numbering, with the filters.
+async fn views_and_refunds_are_exported(kind: StoreKind) {
+    let app = TestApp::spawn(kind).await;
+    assert_eq!(app.post("/buy", &priced(1, 7, 10, 3, 100)).await.status(), 200);
+    assert_eq!(app.post("/buy", &buy(2, 8, 11, 1)).await.status(), 200);
+    let views =
+        json!({"views": [{"user_id": 1, "promotion_id": 7, "product_id": 10}, {"user_id": 5, "promotion_id": 8}]});
+    assert_eq!(app.post("/views", &views).await.status(), 200);
+    assert_eq!(refund(&app, json!({"buy_count": 1, "product_quantity": 2})).await.0, 200);
+    assert_eq!(refund(&app, json!({"buy_count": 2})).await.0, 200);
+
+    let csv = app.get("/export?kind=views").await.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "view_count,user_id,promotion_id,product_id,ip_address,timestamp,received_at,timestamp_source"
+    );
+    assert_eq!(lines.len(), 3);
+    assert!(lines[1].starts_with("1,1,7,10,127.0.0.1,"), "{}", lines[1]);
+    assert!(lines[2].starts_with("2,5,8,,127.0.0.1,"), "an absent product is empty: {}", lines[2]);
+    let ndjson = app.get("/export?kind=views&format=ndjson&promotion_id=8").await.text().await.unwrap();
+    let rows: Vec<Value> = ndjson.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0]["view_count"].as_i64(), rows[0]["product_id"].clone()), (Some(2), Value::Null));
+
+    let csv = app.get("/export?kind=refunds").await.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "refund_count,buy_count,user_id,promotion_id,product_id,refunded_units,refunded_cents,ip_address,timestamp,received_at,timestamp_source"
+    );
+    assert!(lines[1].starts_with("1,1,1,7,10,2,200,127.0.0.1,"), "{}", lines[1]);
+    assert!(lines[2].starts_with("2,2,2,8,11,1,0,127.0.0.1,"), "{}", lines[2]);
+    let ndjson = app.get("/export?kind=refunds&format=ndjson&promotion_id=7").await.text().await.unwrap();
+    let rows: Vec<Value> = ndjson.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["refunded_cents"], 200);
+    assert_eq!(rows[0]["timestamp_source"], "server");
+    // Buys stay the default, and unknown kinds are refused.
+    assert_eq!(app.get("/export").await.text().await.unwrap().lines().count(), 3);
+    let bad = app.get("/export?kind=carts").await;
+    assert_eq!(bad.status(), 422);
+    assert_eq!(bad.json::<Value>().await.unwrap()["detail"][0]["loc"], json!(["query", "kind"]));
+}
+
 on_every_store!(
+    views_and_refunds_are_exported,
     refunds_give_back_at_most_what_a_buy_holds,
     a_retried_refund_is_replayed,
     concurrent_refunds_never_exceed_the_buy,

@@ -695,8 +695,18 @@ mod tests {
         let total = sqlite.counts(0, None).unwrap().total_buys;
         let filters = [
             ExportFilter::default(),
-            ExportFilter { promotion_id: Some(4), since_us: Some(base + 3600 * US), until_us: None },
-            ExportFilter { promotion_id: None, since_us: None, until_us: Some(base + 2 * 3600 * US) },
+            ExportFilter {
+                promotion_id: Some(4),
+                since_us: Some(base + 3600 * US),
+                until_us: None,
+                ..ExportFilter::default()
+            },
+            ExportFilter {
+                promotion_id: None,
+                since_us: None,
+                until_us: Some(base + 2 * 3600 * US),
+                ..ExportFilter::default()
+            },
         ];
         for filter in &filters {
             for (after, limit) in [(0, 1000), (10, 7), (total - 3, 100)] {

@@ -3,13 +3,14 @@
 //! index). Each is one statement, so it sees one snapshot.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use postgres::{Client, Statement};
 
 use crate::domain::{Buy, Quantity};
 use crate::page_view::PageView;
 use crate::store::log::{Fact, Position, RefundFact, Slice, Tail, ViewFact};
-use crate::store::{ExportFilter, ExportRow};
+use crate::store::{BuyRow, ExportFilter, ExportKind, ExportRow, RefundRow, ViewRow};
 
 /// A read connection with the statements it has prepared so far.
 pub struct ReadConn {
@@ -35,15 +36,42 @@ impl ReadConn {
     }
 }
 
-const EXPORT_PAGE: &str = "
-    SELECT buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents,
-           ip_address, timestamp_us, received_at_us, timestamp_source
-    FROM buys
-    WHERE buy_count > $1 AND buy_count <= $2
-      AND (CAST($3 AS BIGINT) IS NULL OR promotion_id = $3)
-      AND (CAST($4 AS BIGINT) IS NULL OR timestamp_us >= $4)
-      AND (CAST($5 AS BIGINT) IS NULL OR timestamp_us < $5)
-    ORDER BY buy_count LIMIT $6";
+/// One page of an export of `table` (numbered by `number`): a range of its numbers, then the
+/// filter.
+fn export_sql(columns: &str, table: &str, number: &str) -> String {
+    format!(
+        "SELECT {columns} FROM {table}
+         WHERE {number} > $1 AND {number} <= $2
+           AND (CAST($3 AS BIGINT) IS NULL OR promotion_id = $3)
+           AND (CAST($4 AS BIGINT) IS NULL OR timestamp_us >= $4)
+           AND (CAST($5 AS BIGINT) IS NULL OR timestamp_us < $5)
+         ORDER BY {number} LIMIT $6"
+    )
+}
+
+static EXPORT_BUYS: LazyLock<String> = LazyLock::new(|| {
+    export_sql(
+        "buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents,
+         ip_address, timestamp_us, received_at_us, timestamp_source",
+        "buys",
+        "buy_count",
+    )
+});
+static EXPORT_VIEWS: LazyLock<String> = LazyLock::new(|| {
+    export_sql(
+        "view_count, user_id, promotion_id, product_id, ip_address, timestamp_us, received_at_us, timestamp_source",
+        "views",
+        "view_count",
+    )
+});
+static EXPORT_REFUNDS: LazyLock<String> = LazyLock::new(|| {
+    export_sql(
+        "refund_count, buy_count, user_id, promotion_id, product_id, refunded_units, refunded_cents,
+         ip_address, timestamp_us, received_at_us, timestamp_source",
+        "refunds",
+        "refund_count",
+    )
+});
 
 /// Cheap proof that the store answers and holds our schema.
 pub const PING: &str = "SELECT total FROM counter WHERE id = 1";
@@ -56,24 +84,54 @@ pub fn export_page(
     up_to: i64,
     limit: usize,
 ) -> Result<Vec<ExportRow>, postgres::Error> {
-    let statement = conn.statement(EXPORT_PAGE)?;
+    let sql: &'static str = match filter.kind {
+        ExportKind::Buys => EXPORT_BUYS.as_str(),
+        ExportKind::Views => EXPORT_VIEWS.as_str(),
+        ExportKind::Refunds => EXPORT_REFUNDS.as_str(),
+    };
+    let statement = conn.statement(sql)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = conn
         .client
         .query(&statement, &[&after, &up_to, &filter.promotion_id, &filter.since_us, &filter.until_us, &limit])?;
     rows.iter()
         .map(|r| {
-            Ok(ExportRow {
-                buy_count: r.try_get(0)?,
-                user_id: r.try_get(1)?,
-                promotion_id: r.try_get(2)?,
-                product_id: r.try_get(3)?,
-                product_quantity: r.try_get(4)?,
-                unit_price_cents: r.try_get(5)?,
-                ip_address: r.try_get(6)?,
-                timestamp_us: r.try_get(7)?,
-                received_at_us: r.try_get(8)?,
-                timestamp_source: r.try_get(9)?,
+            Ok(match filter.kind {
+                ExportKind::Buys => ExportRow::Buy(BuyRow {
+                    buy_count: r.try_get(0)?,
+                    user_id: r.try_get(1)?,
+                    promotion_id: r.try_get(2)?,
+                    product_id: r.try_get(3)?,
+                    product_quantity: r.try_get(4)?,
+                    unit_price_cents: r.try_get(5)?,
+                    ip_address: r.try_get(6)?,
+                    timestamp_us: r.try_get(7)?,
+                    received_at_us: r.try_get(8)?,
+                    timestamp_source: r.try_get(9)?,
+                }),
+                ExportKind::Views => ExportRow::View(ViewRow {
+                    view_count: r.try_get(0)?,
+                    user_id: r.try_get(1)?,
+                    promotion_id: r.try_get(2)?,
+                    product_id: r.try_get(3)?,
+                    ip_address: r.try_get(4)?,
+                    timestamp_us: r.try_get(5)?,
+                    received_at_us: r.try_get(6)?,
+                    timestamp_source: r.try_get(7)?,
+                }),
+                ExportKind::Refunds => ExportRow::Refund(RefundRow {
+                    refund_count: r.try_get(0)?,
+                    buy_count: r.try_get(1)?,
+                    user_id: r.try_get(2)?,
+                    promotion_id: r.try_get(3)?,
+                    product_id: r.try_get(4)?,
+                    refunded_units: r.try_get(5)?,
+                    refunded_cents: r.try_get(6)?,
+                    ip_address: r.try_get(7)?,
+                    timestamp_us: r.try_get(8)?,
+                    received_at_us: r.try_get(9)?,
+                    timestamp_source: r.try_get(10)?,
+                }),
             })
         })
         .collect()

@@ -6,7 +6,7 @@ use rusqlite::{Connection, params};
 use crate::domain::{Buy, Quantity};
 use crate::page_view::PageView;
 use crate::store::log::{Fact, RefundFact, Slice, Tail, ViewFact, join_halves};
-use crate::store::{ExportFilter, ExportRow};
+use crate::store::{BuyRow, ExportFilter, ExportKind, ExportRow, RefundRow, ViewRow};
 
 /// See [`crate::store::Store::export_page`].
 pub fn export_page(
@@ -16,31 +16,90 @@ pub fn export_page(
     up_to: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<ExportRow>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents,
-                ip_address, timestamp_us, received_at_us, timestamp_source
-         FROM buys
-         WHERE buy_count > ?1 AND buy_count <= ?2
-           AND (?3 IS NULL OR promotion_id = ?3)
-           AND (?4 IS NULL OR timestamp_us >= ?4)
-           AND (?5 IS NULL OR timestamp_us < ?5)
-         ORDER BY buy_count LIMIT ?6",
-    )?;
-    stmt.query_map(params![after, up_to, filter.promotion_id, filter.since_us, filter.until_us, limit as i64], |r| {
-        Ok(ExportRow {
-            buy_count: r.get(0)?,
-            user_id: r.get(1)?,
-            promotion_id: r.get(2)?,
-            product_id: r.get(3)?,
-            product_quantity: r.get(4)?,
-            unit_price_cents: r.get(5)?,
-            ip_address: r.get(6)?,
-            timestamp_us: r.get(7)?,
-            received_at_us: r.get(8)?,
-            timestamp_source: r.get(9)?,
-        })
-    })?
-    .collect()
+    let values = params![after, up_to, filter.promotion_id, filter.since_us, filter.until_us, limit as i64];
+    // The same selection of each kind: a range of its numbers, then the filter.
+    let select = |columns: &str, table: &str, number: &str| {
+        format!(
+            "SELECT {columns} FROM {table}
+             WHERE {number} > ?1 AND {number} <= ?2
+               AND (?3 IS NULL OR promotion_id = ?3)
+               AND (?4 IS NULL OR timestamp_us >= ?4)
+               AND (?5 IS NULL OR timestamp_us < ?5)
+             ORDER BY {number} LIMIT ?6"
+        )
+    };
+    match filter.kind {
+        ExportKind::Buys => {
+            let sql = select(
+                "buy_count, user_id, promotion_id, product_id, product_quantity, unit_price_cents,
+                 ip_address, timestamp_us, received_at_us, timestamp_source",
+                "buys",
+                "buy_count",
+            );
+            conn.prepare_cached(&sql)?
+                .query_map(values, |r| {
+                    Ok(ExportRow::Buy(BuyRow {
+                        buy_count: r.get(0)?,
+                        user_id: r.get(1)?,
+                        promotion_id: r.get(2)?,
+                        product_id: r.get(3)?,
+                        product_quantity: r.get(4)?,
+                        unit_price_cents: r.get(5)?,
+                        ip_address: r.get(6)?,
+                        timestamp_us: r.get(7)?,
+                        received_at_us: r.get(8)?,
+                        timestamp_source: r.get(9)?,
+                    }))
+                })?
+                .collect()
+        }
+        ExportKind::Views => {
+            let sql = select(
+                "view_count, user_id, promotion_id, product_id, ip_address, timestamp_us, received_at_us, timestamp_source",
+                "views",
+                "view_count",
+            );
+            conn.prepare_cached(&sql)?
+                .query_map(values, |r| {
+                    Ok(ExportRow::View(ViewRow {
+                        view_count: r.get(0)?,
+                        user_id: r.get(1)?,
+                        promotion_id: r.get(2)?,
+                        product_id: r.get(3)?,
+                        ip_address: r.get(4)?,
+                        timestamp_us: r.get(5)?,
+                        received_at_us: r.get(6)?,
+                        timestamp_source: r.get(7)?,
+                    }))
+                })?
+                .collect()
+        }
+        ExportKind::Refunds => {
+            let sql = select(
+                "refund_count, buy_count, user_id, promotion_id, product_id, refunded_units, refunded_cents,
+                 ip_address, timestamp_us, received_at_us, timestamp_source",
+                "refunds",
+                "refund_count",
+            );
+            conn.prepare_cached(&sql)?
+                .query_map(values, |r| {
+                    Ok(ExportRow::Refund(RefundRow {
+                        refund_count: r.get(0)?,
+                        buy_count: r.get(1)?,
+                        user_id: r.get(2)?,
+                        promotion_id: r.get(3)?,
+                        product_id: r.get(4)?,
+                        refunded_units: r.get(5)?,
+                        refunded_cents: r.get(6)?,
+                        ip_address: r.get(7)?,
+                        timestamp_us: r.get(8)?,
+                        received_at_us: r.get(9)?,
+                        timestamp_source: r.get(10)?,
+                    }))
+                })?
+                .collect()
+        }
+    }
 }
 
 /// See [`crate::store::log::FactLog::facts_after`]: a range of the buys' primary key.
