@@ -46,8 +46,10 @@ const selected = document.querySelector('#top-promotions tr[data-promotion-id][a
 const banner = (id) => { const e = document.getElementById(id); return !!e && !e.hidden; };
 const revenue = {};
 document.querySelectorAll("#top-promotions tr[data-promotion-id]").forEach((row) => {
-  revenue[row.getAttribute("data-promotion-id")] = row.cells[row.cells.length - 1].textContent.trim();
+  const cell = row.querySelector('[data-col="revenue"]');
+  revenue[row.getAttribute("data-promotion-id")] = cell ? cell.textContent.trim() : null;
 });
+const heat = Array.from(document.querySelectorAll("#timing-heatmap [data-buys]"));
 return {
   state: document.body.getAttribute("data-state"),
   connection: text("connection-status"),
@@ -67,6 +69,17 @@ return {
   promoTitle: text("promotion-title"),
   promoUniqueBuyers: text("promo-unique-buyers"),
   promoRevenue: text("promo-revenue"),
+  promoNetRevenue: text("promo-net-revenue"),
+  promoRefundRate: text("promo-refund-rate"),
+  promoViews: text("promo-views"),
+  promoViewers: text("promo-viewers"),
+  promoConverted: text("promo-converted"),
+  promoConversion: text("promo-conversion"),
+  promoChange: document.getElementById("promo-change").getAttribute("data-change"),
+  customers: ids("#top-customers tr[data-user-id]", "data-user-id"),
+  heatCells: heat.length,
+  heatSum: heat.reduce((sum, cell) => sum + Number(cell.getAttribute("data-buys")), 0),
+  heatZone: document.getElementById("timing-heatmap").getAttribute("data-tz"),
   disconnectedBanner: banner("disconnected-banner"),
   authBanner: banner("auth-banner"),
   clientWidth: document.documentElement.clientWidth,
@@ -130,6 +143,11 @@ async fn dashboard_updates_live_in_a_real_browser() {
         let response = app.post("/buy", body).await;
         assert_eq!(response.status(), 200, "POST /buy {body}");
     }
+    // §9: users 1 to 8 view promotion 202 (5 of them bought: 62.5 %), and 3 of buy 13's units
+    // (user 1's first buy in 202, 3 × 19.99) are refunded.
+    let views: Vec<Value> = (1..=8).map(|user| json!({"user_id": user, "promotion_id": 202})).collect();
+    assert_eq!(app.post("/views", &json!({ "views": views })).await.status(), 200);
+    assert_eq!(app.post("/refunds", &json!({"buy_count": 13, "product_quantity": 3})).await.status(), 200);
 
     // --- The numbers follow from the event stream, the chart and tables from their endpoints. ---
     let page = browser
@@ -165,6 +183,23 @@ async fn dashboard_updates_live_in_a_real_browser() {
         .await;
     assert_eq!(digits(&page["promoUniqueBuyers"]), "5", "202 had 5 distinct buyers: {page}");
     assert_eq!(digits(&page["promoRevenue"]), "39980", "202's revenue: {page}");
+    let page = browser
+        .wait_for("202's funnel, customers and heatmap", SHOW, |p| {
+            p["promoViews"] == "8" && p["customers"].as_array().is_some_and(|c| c.len() == 5) && p["heatSum"] == 8
+        })
+        .await;
+    assert_eq!((&page["promoViewers"], &page["promoConverted"]), (&json!("8"), &json!("5")), "{page}");
+    assert!(page["promoConversion"].as_str().is_some_and(|t| t.starts_with("63")), "62.5 % rounds: {page}");
+    assert_eq!(digits(&page["promoNetRevenue"]), "33983", "399.80 − 59.97: {page}");
+    assert_eq!(page["promoRefundRate"], "15 %", "3 of 20 units: {page}");
+    assert_eq!(page["promoChange"], "new", "no buys in the hour before: {page}");
+    assert_eq!(page["customers"], json!(["1", "2", "3", "4", "5"]), "by revenue, ties by user: {page}");
+    assert_eq!(page["heatCells"], 168, "a week of hours: {page}");
+    assert!(page["heatZone"].as_str().is_some_and(|z| !z.is_empty()), "{page}");
+    // The ranking follows the chosen order: by net revenue 202 leads, the others tie at 0.
+    let net = browser.find(r#"#promotions-order option[value="net_revenue"]"#).await;
+    browser.click(&net).await;
+    browser.wait_for("promotions by net revenue", SHOW, |p| p["promotions"] == json!(["202", "101", "303"])).await;
     assert_eq!(page["errors"], json!([]), "no uncaught script errors: {page}");
 
     // --- Screenshots: the whole page at 1280 px, then a phone. ---
