@@ -10,7 +10,7 @@ ROUNDS times; medians are reported, and the ratio is service median / baseline m
 
     bench/harness.py [--quick] [--rounds N] [--seconds S] [PART ...]
 
-PART: buy-sweep, buy-64, mix, batch (together: throughput), growth, locust, plots. Parts not
+PART: buy-sweep, buy-64, view-64, mix, batch (together: throughput), growth, locust, plots. Parts not
 measured in this run are carried over from the previous results.json, with their own date.
 """
 import argparse
@@ -39,14 +39,16 @@ BASELINE_BIN = ROOT / "target/release/examples/baseline"
 OUT_ROOT = ROOT / "target/bench"
 DOCS = ROOT / "docs/bench"
 
-THROUGHPUT = ["buy-sweep", "buy-64", "mix", "batch"]
+THROUGHPUT = ["buy-sweep", "buy-64", "view-64", "mix", "batch"]
 PARTS = THROUGHPUT + ["growth", "locust"]
 SWEEP = [5, 10, 50, 100, 200, 300]
 BATCH = 100  # buys per POST /buys request, as in bench/batch.lua
 NAMES = {"baseline": "baseline (in memory)", "sqlite": "SQLite (durable)", "postgres": "PostgreSQL, 1 replica",
          "postgres-1": "PostgreSQL, 1 replica", "postgres-2": "PostgreSQL, 2 replicas (total)",
          "postgres-2-apart": "control: 2 processes, a database each (total)",
-         "sqlite-2-apart": "control: 2 SQLite processes, a file each (total)"}
+         "sqlite-2-apart": "control: 2 SQLite processes, a file each (total)",
+         "sqlite-buy": "SQLite, POST /buy", "sqlite-view": "SQLite, POST /view",
+         "postgres-buy": "PostgreSQL, POST /buy", "postgres-view": "PostgreSQL, POST /view"}
 GROWTH_READS = {"stats": "GET /stats", "stats_168h": "GET /stats?timeframe_hours=168",
                 "promo_stats": "GET /promotions/{top}/stats", "promotions": "GET /promotions",
                 "timeseries": "GET /stats/timeseries (minute, 24 h)"}
@@ -570,6 +572,31 @@ def scenario_buy_64(run):
     return {"conns": 64, "runs": runs, "skipped": skipped}
 
 
+def scenario_view_64(run):
+    """POST /view (text/plain, as sendBeacon sends it) against POST /buy on the same store kind,
+    beside the baseline, at 64 connections: a view must cost no more than a buy to record."""
+    a = run.args
+    base = start_baseline(run, "view-64-baseline")
+    sq_buy = start_service(run, "view-64-sqlite-buy", run.sqlite_url("view64_buy"))
+    sq_view = start_service(run, "view-64-sqlite-view", run.sqlite_url("view64_view"))
+    servers = [base, sq_buy, sq_view]
+    targets = [Target("baseline", [base], lua("post_buy")), Target("sqlite-buy", [sq_buy], lua("post_buy")),
+               Target("sqlite-view", [sq_view], lua("post_view"))]
+    skipped = {}
+    if run.pg_url("view64_buy"):
+        pg_buy = start_service(run, "view-64-postgres-buy", run.pg_url("view64_buy"))
+        pg_view = start_service(run, "view-64-postgres-view", run.pg_url("view64_view"))
+        servers += [pg_buy, pg_view]
+        targets += [Target("postgres-buy", [pg_buy], lua("post_buy")), Target("postgres-view", [pg_view], lua("post_view"))]
+    else:
+        skipped["postgres-buy"] = skipped["postgres-view"] = run.pg.skip_reason()
+    for s in servers:
+        check_buy(s)
+    runs = measure(run, "view-64", targets, 64, a.rounds, a.seconds)
+    stop_servers(servers)
+    return {"conns": 64, "runs": runs, "skipped": skipped}
+
+
 def scenario_mix(run):
     return store_scenario(run, "mix", lua("mix"), "/")
 
@@ -669,7 +696,7 @@ def scenario_locust(run):
     return {"levels": levels}
 
 
-SCENARIOS = {"buy-sweep": scenario_buy_sweep, "buy-64": scenario_buy_64, "mix": scenario_mix,
+SCENARIOS = {"buy-sweep": scenario_buy_sweep, "buy-64": scenario_buy_64, "view-64": scenario_view_64, "mix": scenario_mix,
              "batch": scenario_batch, "growth": scenario_growth, "locust": scenario_locust}
 
 
@@ -935,6 +962,16 @@ def md_buy_64(part):
     return out
 
 
+def md_view_64(part):
+    d = part["data"]
+    out = ["POST /view (`bench/post_view.lua`: `text/plain` holding JSON, as `navigator.sendBeacon` sends it, "
+           "a new user each time) against POST /buy (`bench/post_buy.lua`) at 64 connections, each on a fresh "
+           "store of its own, beside the baseline in the same run. The target: a view costs no more than a buy.", ""]
+    out += [x + "  " for x in skipped_lines(d)]
+    out += throughput_and_cpu(d["runs"], ["baseline", "sqlite-buy", "sqlite-view", "postgres-buy", "postgres-view"])
+    return out
+
+
 def md_routes(d):
     out = []
     for store, routes in d.get("server_routes", {}).items():
@@ -1022,6 +1059,7 @@ def md_locust(part):
 
 
 SECTIONS = [("buy-sweep", "POST /buy against concurrency", md_buy_sweep), ("buy-64", "POST /buy at 64 connections", md_buy_64),
+            ("view-64", "POST /view against POST /buy", md_view_64),
             ("mix", "Realistic mix", md_mix), ("batch", "Batches: POST /buys", md_batch),
             ("growth", "Growth: reads, start-up and memory against stored buys", md_growth),
             ("locust", "Locust (the original's traffic mix)", md_locust)]
@@ -1174,7 +1212,7 @@ def publish(results):
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("parts", nargs="*", help="throughput, buy-sweep, buy-64, mix, batch, growth, locust, plots (default: all)")
+    ap.add_argument("parts", nargs="*", help="throughput, buy-sweep, buy-64, view-64, mix, batch, growth, locust, plots (default: all)")
     ap.add_argument("--quick", action="store_true", help="short smoke run for development")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--seconds", type=int, default=None)

@@ -4,7 +4,7 @@
 # target/bench/<UTC time>/ (raw lines, logs, results.json) plus docs/bench/results.md and PNG plots.
 #
 # Usage: bench/run.sh [--quick] [--rounds N] [--seconds S] [PART...]
-#   PART: throughput (= buy-sweep buy-64 mix batch), buy-sweep, buy-64, mix, batch, growth, locust,
+#   PART: throughput (= buy-sweep buy-64 view-64 mix batch), buy-sweep, buy-64, view-64, mix, batch, growth, locust,
 #         profile (bench/profile.sh: perf samples under POST /buy load, into docs/bench/profile-{sqlite,postgres}.txt),
 #         plots (only regenerate docs/bench/ from the latest results.json). Default: everything.
 #   --quick: a smoke run for development (1 round, 2 s per run, growth 1000 and 20000 buys,
