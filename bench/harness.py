@@ -48,7 +48,8 @@ NAMES = {"baseline": "baseline (in memory)", "sqlite": "SQLite (durable)", "post
          "postgres-2-apart": "control: 2 processes, a database each (total)",
          "sqlite-2-apart": "control: 2 SQLite processes, a file each (total)",
          "sqlite-buy": "SQLite, POST /buy", "sqlite-view": "SQLite, POST /view",
-         "postgres-buy": "PostgreSQL, POST /buy", "postgres-view": "PostgreSQL, POST /view"}
+         "postgres-buy": "PostgreSQL, POST /buy", "postgres-view": "PostgreSQL, POST /view",
+         "sqlite-buys-100": "SQLite, POST /buys of 100", "sqlite-views-100": "SQLite, POST /views of 100"}
 GROWTH_READS = {"stats": "GET /stats", "stats_168h": "GET /stats?timeframe_hours=168",
                 "promo_stats": "GET /promotions/{top}/stats", "promotions": "GET /promotions",
                 "timeseries": "GET /stats/timeseries (minute, 24 h)"}
@@ -579,9 +580,12 @@ def scenario_view_64(run):
     base = start_baseline(run, "view-64-baseline")
     sq_buy = start_service(run, "view-64-sqlite-buy", run.sqlite_url("view64_buy"))
     sq_view = start_service(run, "view-64-sqlite-view", run.sqlite_url("view64_view"))
-    servers = [base, sq_buy, sq_view]
+    sq_buys = start_service(run, "view-64-sqlite-buys-100", run.sqlite_url("view64_buys100"))
+    sq_views = start_service(run, "view-64-sqlite-views-100", run.sqlite_url("view64_views100"))
+    servers = [base, sq_buy, sq_view, sq_buys, sq_views]
     targets = [Target("baseline", [base], lua("post_buy")), Target("sqlite-buy", [sq_buy], lua("post_buy")),
-               Target("sqlite-view", [sq_view], lua("post_view"))]
+               Target("sqlite-view", [sq_view], lua("post_view")),
+               Target("sqlite-buys-100", [sq_buys], lua("batch")), Target("sqlite-views-100", [sq_views], lua("views_batch"))]
     skipped = {}
     if run.pg_url("view64_buy"):
         pg_buy = start_service(run, "view-64-postgres-buy", run.pg_url("view64_buy"))
@@ -968,7 +972,10 @@ def md_view_64(part):
            "a new user each time) against POST /buy (`bench/post_buy.lua`) at 64 connections, each on a fresh "
            "store of its own, beside the baseline in the same run. The target: a view costs no more than a buy.", ""]
     out += [x + "  " for x in skipped_lines(d)]
-    out += throughput_and_cpu(d["runs"], ["baseline", "sqlite-buy", "sqlite-view", "postgres-buy", "postgres-view"])
+    out += throughput_and_cpu(d["runs"], ["baseline", "sqlite-buy", "sqlite-view", "postgres-buy", "postgres-view",
+                                          "sqlite-buys-100", "sqlite-views-100"])
+    out += ["", "The batch rows are requests of 100 records each (`bench/batch.lua`, `bench/views_batch.lua`): "
+            "records per second are 100 × their req/s."]
     return out
 
 
