@@ -21,7 +21,8 @@
 #        A size may name the days its buys span (default 7, ending now): 10000000:70 has the
 #        buy rate of 1000000 over 7 days, which separates "more buys stored" from "more buys
 #        per second in the window".
-# Env:   ROUNDS (5), SECONDS_PER_RUN (5), STARTS (3), CONNS (8), RAW=FILE (keep the raw lines)
+# Env:   ROUNDS (5), SECONDS_PER_RUN (5), STARTS (3), CONNS (8), RAW=FILE (keep the raw lines),
+#        VIEWS_PER_BUY (0: page views the loader records beside each buy)
 # Needs wrk (apt-get install -y wrk), curl and python3. Everything runs on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,7 +83,7 @@ for size in "${sizes[@]}"; do
   n=${size%%:*}; days=7; [[ $size == *:* ]] && days=${size#*:}
   echo "== $n buys over $days days"
   dir="$work/store-${size/:/-}"; mkdir -p "$dir"
-  load=$(./target/release/examples/load "sqlite:$dir/store.db" "$n" "$days" | grep '^RESULT')
+  load=$(./target/release/examples/load "sqlite:$dir/store.db" "$n" "$days" 42 "${VIEWS_PER_BUY:-0}" | grep '^RESULT')
   echo "load size=$size ${load#RESULT } db_mib=$(du -sm "$dir" | cut -f1)" | tee -a "$results"
   for r in $(seq "$starts"); do
     start_server "$size" "$r" "$dir/store.db"
@@ -93,7 +94,7 @@ for size in "${sizes[@]}"; do
 done
 
 # 2. Reads, interleaved across sizes.
-names=(stats stats_168h promo_stats promotions timeseries)
+names=(stats stats_168h promo_stats promotions timeseries customers timing)
 path() { # name size
   case $1 in
     stats) echo "/stats" ;;
@@ -101,6 +102,8 @@ path() { # name size
     promo_stats) echo "/promotions/${promo[$2]}/stats" ;;
     promotions) echo "/promotions" ;;
     timeseries) echo "/stats/timeseries?bucket=minute&timeframe_hours=24" ;;
+    customers) echo "/promotions/${promo[$2]}/customers?order_by=units" ;;
+    timing) echo "/stats/timing?tz=Europe/Paris&promotion_id=${promo[$2]}" ;;
   esac
 }
 for size in "${sizes[@]}"; do # every endpoint must answer 200 before it is timed
@@ -146,10 +149,12 @@ def title(size):
     return f"{int(n):,} buys" + (f" over {days} days" if days else "")
 med = statistics.median
 mib = lambda kib: int(kib) / 1024
-names = ["stats", "stats_168h", "promo_stats", "promotions", "timeseries"]
+names = ["stats", "stats_168h", "promo_stats", "promotions", "timeseries", "customers", "timing"]
 label = {"stats": "GET /stats", "stats_168h": "GET /stats?timeframe_hours=168",
          "promo_stats": "GET /promotions/{top}/stats", "promotions": "GET /promotions",
-         "timeseries": "GET /stats/timeseries?bucket=minute&timeframe_hours=24"}
+         "timeseries": "GET /stats/timeseries?bucket=minute&timeframe_hours=24",
+         "customers": "GET /promotions/{top}/customers?order_by=units",
+         "timing": "GET /stats/timing?tz=Europe/Paris&promotion_id={top}"}
 p99, summary = {}, {}
 print()
 for size in sizes:

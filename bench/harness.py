@@ -52,7 +52,8 @@ NAMES = {"baseline": "baseline (in memory)", "sqlite": "SQLite (durable)", "post
          "sqlite-buys-100": "SQLite, POST /buys of 100", "sqlite-views-100": "SQLite, POST /views of 100"}
 GROWTH_READS = {"stats": "GET /stats", "stats_168h": "GET /stats?timeframe_hours=168",
                 "promo_stats": "GET /promotions/{top}/stats", "promotions": "GET /promotions",
-                "timeseries": "GET /stats/timeseries (minute, 24 h)"}
+                "timeseries": "GET /stats/timeseries (minute, 24 h)",
+                "customers": "GET /promotions/{top}/customers", "timing": "GET /stats/timing (Europe/Paris)"}
 BUY_BODY = b'{"user_id": 1, "promotion_id": 1, "product_id": 1, "product_quantity": 1}'
 
 

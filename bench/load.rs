@@ -3,8 +3,9 @@
 //! buys, then builds the views from them as `buy-tracker rebuild-views` does (the time is in its
 //! RESULT line).
 //!
-//! Run: `cargo run --release --example load -- sqlite:PATH N [DAYS] [SEED]`
-//! (DAYS, default 7: the span the timestamps cover, ending now; SEED, default 42.)
+//! Run: `cargo run --release --example load -- sqlite:PATH N [DAYS] [SEED] [VIEWS_PER_BUY]`
+//! (DAYS, default 7: the span the timestamps cover, ending now; SEED, default 42; VIEWS_PER_BUY,
+//! default 0: page views recorded beside each buy, at its time.)
 //!
 //! The data is shaped like a real week of campaigns:
 //! - timestamps cover the last 7 days (DAYS) up to now, in arrival order (buy sequence follows time, as
@@ -13,7 +14,10 @@
 //! - 5000 products, Zipf (s = 1.1) within each promotion, each promotion favouring its own;
 //! - user ids drawn uniformly from 1 million users;
 //! - 30% of buys carry `unit_price_cents`; quantities mostly 1;
-//! - 20% of buys take their time from an `x-client-time` header, the rest from the server clock.
+//! - 20% of buys take their time from an `x-client-time` header, the rest from the server clock;
+//! - with VIEWS_PER_BUY = k, each buy comes with k views at its time: the first by its buyer of
+//!   its promotion (so viewers convert), the others by users drawn as buyers are, of promotions
+//!   drawn by the same popularity.
 //!
 //! Generation runs on its own thread, one batch ahead of the commits, so the figure printed at the
 //! end (`RESULT ... buys_per_s=...`) is the store's rate, not the generator's.
@@ -22,6 +26,7 @@ use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
 use buy_tracker::domain::{Buy, BuyRecord, Quantity};
+use buy_tracker::page_view::{PageView, PageViewRecord};
 use buy_tracker::request_time::{TIME_HEADERS, TimestampSource};
 use buy_tracker::store::{self, Facts, StoreUrl, Submission};
 
@@ -124,6 +129,26 @@ struct Generator {
 }
 
 impl Generator {
+    /// `k` views at the time of `buy`: the first by its buyer in its promotion.
+    fn views(&mut self, buy: &BuyRecord, k: u64, out: &mut Vec<PageViewRecord>) {
+        for j in 0..k {
+            let (user_id, promotion_id) = if j == 0 {
+                (buy.buy.user_id, buy.buy.promotion_id)
+            } else {
+                let rank = self.promotions.sample(&mut self.rng);
+                ((1 + self.rng.below(USERS)) as i64, (1 + (rank * 37 + 11) % PROMOTIONS) as i64)
+            };
+            out.push(PageViewRecord {
+                view: PageView { user_id, promotion_id, product_id: Some(buy.buy.product_id) },
+                ip_address: buy.ip_address.clone(),
+                timestamp_us: buy.timestamp_us,
+                received_at_us: buy.received_at_us,
+                timestamp_source: buy.timestamp_source,
+                idempotency_key: None,
+            });
+        }
+    }
+
     fn record(&mut self, i: u64) -> BuyRecord {
         let rng = &mut self.rng;
         // Promotion ids 1..=200, popularity rank scrambled so id 1 is not the top one.
@@ -168,11 +193,12 @@ impl Generator {
 
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: load sqlite:PATH N [DAYS] [SEED]";
+    let usage = "usage: load sqlite:PATH N [DAYS] [SEED] [VIEWS_PER_BUY]";
     let url = args.first().ok_or(usage)?;
     let n: u64 = args.get(1).and_then(|n| n.replace('_', "").parse().ok()).ok_or(usage)?;
     let days: u32 = args.get(2).map_or(Ok(7), |d| d.parse()).ok().filter(|&d| d >= 1).ok_or(usage)?;
     let seed: u64 = args.get(3).map_or(Ok(42), |s| s.parse()).map_err(|_| usage)?;
+    let views_per_buy: u64 = args.get(4).map_or(Ok(0), |s| s.parse()).map_err(|_| usage)?;
     // The facts alone, as fast as the log takes them; the views are built once at the end, with
     // `rebuild-views`' code, so the service starts on views that hold every buy.
     let url = StoreUrl::parse(url)?;
@@ -186,14 +212,18 @@ fn main() -> Result<(), String> {
         arrivals: Arrivals::new(end_us, days),
         total: n,
     };
-    let (tx, rx) = sync_channel::<Vec<BuyRecord>>(2);
+    let (tx, rx) = sync_channel::<(Vec<BuyRecord>, Vec<PageViewRecord>)>(2);
     let producer = std::thread::spawn(move || {
         let mut i = 0;
         while i < n {
             let size = BATCH.min((n - i) as usize);
             let batch: Vec<BuyRecord> = (i..i + size as u64).map(|k| generator.record(k)).collect();
+            let mut views = Vec::with_capacity(size * views_per_buy as usize);
+            for buy in &batch {
+                generator.views(buy, views_per_buy, &mut views);
+            }
             i += size as u64;
-            if tx.send(batch).is_err() {
+            if tx.send((batch, views)).is_err() {
                 return;
             }
         }
@@ -204,14 +234,17 @@ fn main() -> Result<(), String> {
     let mut last_report = Instant::now();
     let mut window = (Instant::now(), 0u64);
     let mut commit_s = 0.0;
-    for buys in rx {
+    let mut viewed = 0u64;
+    for (buys, views) in rx {
         let size = buys.len() as u64;
+        viewed += views.len() as u64;
         let t = Instant::now();
+        let mut writes = vec![Submission { facts: Facts::Buys(buys), idempotency: None }];
+        if !views.is_empty() {
+            writes.push(Submission { facts: Facts::Views(views), idempotency: None });
+        }
         store
-            .commit(
-                &[Submission { facts: Facts::Buys(buys), idempotency: None }],
-                chrono::Utc::now().timestamp_micros(),
-            )
+            .commit(&writes, chrono::Utc::now().timestamp_micros())
             .map_err(|e| format!("commit failed after {loaded} buys: {e}"))?;
         commit_s += t.elapsed().as_secs_f64();
         loaded += size;
@@ -233,7 +266,7 @@ fn main() -> Result<(), String> {
     let applied = store::rebuild_views(&url, None).map_err(|e| buy_tracker::telemetry::error_chain(&e))?;
     let rebuild_s = rebuilding.elapsed().as_secs_f64();
     println!(
-        "RESULT buys={loaded} seconds={seconds:.2} buys_per_s={:.0} commit_seconds={commit_s:.2} \
+        "RESULT buys={loaded} page_views={viewed} seconds={seconds:.2} buys_per_s={:.0} commit_seconds={commit_s:.2} \
          views_rebuilt={applied} rebuild_seconds={rebuild_s:.2}",
         loaded as f64 / seconds
     );
