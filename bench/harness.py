@@ -588,8 +588,9 @@ def scenario_view_64(run):
                Target("sqlite-view", [sq_view], lua("post_view")),
                Target("sqlite-buys-100", [sq_buys], lua("batch")), Target("sqlite-views-100", [sq_views], lua("views_batch"))]
     skipped = {}
-    if run.pg_url("view64_buy"):
-        pg_buy = start_service(run, "view-64-postgres-buy", run.pg_url("view64_buy"))
+    buy_url = run.pg_url("view64_buy")
+    if buy_url:
+        pg_buy = start_service(run, "view-64-postgres-buy", buy_url)
         pg_view = start_service(run, "view-64-postgres-view", run.pg_url("view64_view"))
         servers += [pg_buy, pg_view]
         targets += [Target("postgres-buy", [pg_buy], lua("post_buy")), Target("postgres-view", [pg_view], lua("post_view"))]
