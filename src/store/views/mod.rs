@@ -49,10 +49,14 @@ const BATCH_FACTS: usize = 20_000;
 /// Facts per transaction when rebuilding, which no read waits for.
 const REBUILD_BATCH_FACTS: usize = 200_000;
 /// How often the stage applies what the log holds when no read waits for it. Applying less often
-/// makes batches bigger, and a batch's cost is mostly its commit (every page it touched written
-/// to the WAL once), not its facts: measured per-commit batches cost the stage 15 µs a buy. A read
-/// that waits wakes the stage at once, so this is no read's latency.
-const APPLY_EVERY: Duration = Duration::from_millis(25);
+/// makes batches bigger, and a batch's cost is mostly its commit and the WAL checkpoints it
+/// triggers (every page it touched written once), not its facts: measured per-commit batches cost
+/// the stage 15 µs a buy. With §9's views, 25 ms cost 14 µs a buy under `POST /buy` at 64
+/// connections (the stage's CPU is taken from the writes on 2 cores: buys/s fell to 0.74 of the
+/// build before §9); 100 ms costs 8–10 µs, and buys/s are back within noise of it (median 0.97 over
+/// six A/B rounds, `docs/performance.md`). Reads never wait for this: they add the log's tail (up to
+/// 100 ms of facts), and a read that must wait wakes the stage at once.
+const APPLY_EVERY: Duration = Duration::from_millis(100);
 /// How often the stage prunes buckets no read can reach.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Read connections on a views file.
