@@ -52,10 +52,7 @@ pub fn claim(key: String, endpoint: &str, buys: &[Buy]) -> IdempotencyClaim {
         for n in [buy.user_id, buy.promotion_id, buy.product_id, buy.quantity.get()] {
             hasher.update(n.to_le_bytes());
         }
-        match buy.unit_price_cents {
-            Some(p) => hasher.update([&[1u8][..], &p.to_le_bytes()].concat()),
-            None => hasher.update([0u8]),
-        }
+        hash_optional(&mut hasher, buy.unit_price_cents);
     }
     IdempotencyClaim { key, fingerprint: hasher.finalize().into() }
 }
@@ -68,10 +65,7 @@ pub fn claim_views(key: String, endpoint: &str, views: &[PageView]) -> Idempoten
         for n in [view.user_id, view.promotion_id] {
             hasher.update(n.to_le_bytes());
         }
-        match view.product_id {
-            Some(p) => hasher.update([&[1u8][..], &p.to_le_bytes()].concat()),
-            None => hasher.update([0u8]),
-        }
+        hash_optional(&mut hasher, view.product_id);
     }
     IdempotencyClaim { key, fingerprint: hasher.finalize().into() }
 }
@@ -81,11 +75,17 @@ pub fn claim_refund(key: String, endpoint: &str, refund: &Refund) -> Idempotency
     let mut hasher = Sha256::new();
     hasher.update(endpoint.as_bytes());
     hasher.update(refund.buy_count.to_le_bytes());
-    match refund.units {
-        Some(units) => hasher.update([&[1u8][..], &units.to_le_bytes()].concat()),
+    hash_optional(&mut hasher, refund.units);
+    IdempotencyClaim { key, fingerprint: hasher.finalize().into() }
+}
+
+/// An optional number in a fingerprint: a marker byte, then the number when present, so that
+/// "absent" never hashes like any value.
+fn hash_optional(hasher: &mut Sha256, value: Option<i64>) {
+    match value {
+        Some(v) => hasher.update([&[1u8][..], &v.to_le_bytes()].concat()),
         None => hasher.update([0u8]),
     }
-    IdempotencyClaim { key, fingerprint: hasher.finalize().into() }
 }
 
 /// Keys whose first request is being processed in this process.
