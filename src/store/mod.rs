@@ -9,6 +9,7 @@ mod logged;
 mod pool;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
+mod tail_cache;
 pub(crate) mod views;
 
 use std::path::PathBuf;

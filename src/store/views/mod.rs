@@ -102,6 +102,8 @@ pub struct Views {
     demand: Mutex<bool>,
     woken: Condvar,
     stop: AtomicBool,
+    /// What reads of the newest snapshot have looked up for their tails' users.
+    known: Mutex<tail::KnownPairs>,
     /// The folder of views opened without a path, deleted with them (last: after every
     /// connection to the file is closed).
     _temporary: Option<tempfile::TempDir>,
@@ -153,6 +155,7 @@ impl Views {
             _lock: lock,
             writer: Mutex::new(conn),
             readers: (path.to_path_buf(), Pool::new(MAX_READERS, "views")),
+            known: Mutex::default(),
             applied: Mutex::new(applied),
             advanced: Condvar::new(),
             demand: Mutex::new(false),
@@ -397,7 +400,7 @@ impl Views {
             let tail = log.facts_in(edge.applied, up_to.buys, None)?;
             let views = log.views_in(edge.views_applied, up_to.views, None)?;
             let refunds = log.refunds_in(edge.refunds_applied, up_to.refunds, None, usize::MAX)?;
-            tail::promotions_page(conn, edge, since_us, page, (&tail, &views, &refunds))
+            tail::promotions_page((conn, &self.known), edge, since_us, page, (&tail, &views, &refunds))
         })
     }
 
@@ -416,7 +419,13 @@ impl Views {
             let tail = log.facts_in(edge.applied, up_to.buys, None)?;
             let views = log.views_in(edge.views_applied, up_to.views, Some(promotion_id))?;
             let refunds = log.refunds_in(edge.refunds_applied, up_to.refunds, Some(promotion_id), usize::MAX)?;
-            tail::add_to_promotion_stats(conn, &mut stats, promotion_id, windows, (&tail, &views))?;
+            tail::add_to_promotion_stats(
+                (conn, &self.known, edge.position()),
+                &mut stats,
+                promotion_id,
+                windows,
+                (&tail, &views),
+            )?;
             for refund in &refunds {
                 stats.refunded_units += refund.units;
                 stats.refunded_cents = stats.refunded_cents.saturating_add(refund.cents);

@@ -73,6 +73,13 @@ pub struct Edge<'a> {
     pub refunds_applied: i64,
 }
 
+impl Edge<'_> {
+    /// The snapshot's place in the log.
+    pub fn position(&self) -> Position {
+        Position { buys: self.applied, views: self.views_applied, refunds: self.refunds_applied }
+    }
+}
+
 /// Buys, units and revenue with `timestamp >= since_us`, over all buys or one promotion: the
 /// partial second from the log, whole seconds, minutes and hours from the rollups.
 fn recent(conn: &Connection, edge: &Edge, since_us: i64, promotion_id: Option<i64>) -> Result<Window, StoreError> {
