@@ -204,18 +204,26 @@ fn users_gained(
         let before: i64 = bought.query_row(params![user, promotion_id], |r| r.get(0)).optional()?.unwrap_or(0);
         Ok((before, viewed.exists(params![user, promotion_id])?))
     };
-    let mut known = lock(known);
-    let mut pairs = known.of(snapshot);
-    let mut gained = UsersGained::default();
     let users: BTreeSet<i64> = buyers.keys().chain(viewers).copied().collect();
+    // The lock is not held through the probes (a reader preempted while holding it would stall
+    // every other): look up, probe what is missing, then keep it.
+    let mut found: HashMap<i64, (i64, bool)> = match lock(known).of(snapshot) {
+        Some(pairs) => users.iter().filter_map(|&u| pairs.get(&(u, promotion_id)).map(|&pair| (u, pair))).collect(),
+        None => HashMap::new(),
+    };
+    let mut probed = Vec::new();
+    for &user in users.iter().filter(|u| !found.contains_key(u)) {
+        probed.push((user, probe(user)?));
+    }
+    if !probed.is_empty() {
+        if let Some(pairs) = lock(known).of(snapshot) {
+            pairs.extend(probed.iter().map(|&(user, pair)| ((user, promotion_id), pair)));
+        }
+        found.extend(probed);
+    }
+    let mut gained = UsersGained::default();
     for user in users {
-        let (before, had_viewed) = match pairs.as_deref_mut() {
-            Some(pairs) => match pairs.get(&(user, promotion_id)) {
-                Some(&pair) => pair,
-                None => *pairs.entry((user, promotion_id)).or_insert(probe(user)?),
-            },
-            None => probe(user)?,
-        };
+        let (before, had_viewed) = found[&user];
         let had_bought = before > 0;
         let now = buyers.get(&user).copied().unwrap_or(0);
         let (buys_now, views_now) = (now > 0, viewers.contains(&user));
