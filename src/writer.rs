@@ -330,8 +330,7 @@ mod tests {
             &self,
             _: i64,
             _: Option<i64>,
-            _: usize,
-            _: &(dyn Fn(i64) -> usize + Sync),
+            _: &dyn crate::store::TimingGrid,
         ) -> Result<Vec<(i64, i64)>, StoreError> {
             unused()
         }

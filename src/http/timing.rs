@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use chrono::{Datelike, TimeZone, Timelike};
+use chrono::{Datelike, Offset, TimeZone, Timelike};
 use chrono_tz::Tz;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -14,6 +14,7 @@ use super::query::{Params, Timeframe};
 use super::state::AppState;
 use crate::field_error::FieldError;
 use crate::http::error::ApiError;
+use crate::store::TimingGrid;
 
 /// Days × hours.
 const CELLS: usize = 7 * 24;
@@ -44,12 +45,34 @@ pub struct TimingResponse {
     cells: Vec<TimingCell>,
 }
 
-/// The cell (weekday × 24 + hour) of `timestamp_us` in `tz`.
-fn cell_of(tz: Tz, timestamp_us: i64) -> usize {
-    let local = tz.timestamp_micros(timestamp_us).single().map(|t| (t.weekday().num_days_from_monday(), t.hour()));
-    // Every instant has one local time (only local times can be ambiguous); out of chrono's range
-    // counts in no cell.
-    local.map_or(CELLS, |(day, hour)| (day * 24 + hour) as usize)
+/// The week's hours in one time zone.
+struct ZoneGrid(Tz);
+
+impl TimingGrid for ZoneGrid {
+    fn cells(&self) -> usize {
+        CELLS
+    }
+
+    /// Weekday × 24 + hour of `timestamp_us` in the zone.
+    fn cell_of(&self, timestamp_us: i64) -> usize {
+        let local =
+            self.0.timestamp_micros(timestamp_us).single().map(|t| (t.weekday().num_days_from_monday(), t.hour()));
+        // Every instant has one local time (only local times can be ambiguous); out of chrono's
+        // range counts in no cell.
+        local.map_or(CELLS, |(day, hour)| (day * 24 + hour) as usize)
+    }
+
+    /// The zone's offset is the same whole number of hours at the hour's first and last second
+    /// (no zone changes its offset twice within an hour).
+    fn hour_is_one_cell(&self, hour_s: i64) -> bool {
+        let offset = |s: i64| {
+            chrono::DateTime::from_timestamp(s, 0).map(|t| self.0.offset_from_utc_datetime(&t.naive_utc()).fix())
+        };
+        match (offset(hour_s), offset(hour_s.saturating_add(3599))) {
+            (Some(a), Some(b)) => a == b && a.local_minus_utc() % 3600 == 0,
+            _ => false,
+        }
+    }
 }
 
 /// Buys in the window by weekday and hour, in a time zone.
@@ -80,8 +103,7 @@ pub async fn timing(
         ApiError::Validation(vec![FieldError::not_a_time_zone(&loc, &json!(name))])
     })?;
     let since = state.clock.now_us() - timeframe.micros();
-    let counts =
-        state.read_store(move |store| store.timing(since, promotion_id, CELLS, &move |us| cell_of(tz, us))).await?;
+    let counts = state.read_store(move |store| store.timing(since, promotion_id, &ZoneGrid(tz))).await?;
     let cells = counts
         .into_iter()
         .enumerate()
@@ -99,10 +121,37 @@ mod tests {
     fn cells_follow_the_zone() {
         // 2026-12-07 is a Monday; 00:10 UTC.
         let at = chrono::Utc.with_ymd_and_hms(2026, 12, 7, 0, 10, 0).unwrap().timestamp_micros();
-        assert_eq!(cell_of(Tz::UTC, at), 0);
+        assert_eq!(ZoneGrid(Tz::UTC).cell_of(at), 0);
         // Kathmandu is UTC+5:45: 05:55 Monday.
-        assert_eq!(cell_of("Asia/Kathmandu".parse().unwrap(), at), 5);
+        assert_eq!(ZoneGrid("Asia/Kathmandu".parse().unwrap()).cell_of(at), 5);
         // St John's is UTC−3:30 in December: 20:40 Sunday.
-        assert_eq!(cell_of("America/St_Johns".parse().unwrap(), at), 6 * 24 + 20);
+        assert_eq!(ZoneGrid("America/St_Johns".parse().unwrap()).cell_of(at), 6 * 24 + 20);
+    }
+
+    /// An hour is one cell where the zone's offset is whole hours all through it, and exactly
+    /// there: checked against the cells of every minute of the hours around two transitions.
+    #[test]
+    fn whole_hours_are_those_whose_minutes_share_a_cell() {
+        let hour = |y, m, d, h| chrono::Utc.with_ymd_and_hms(y, m, d, h, 0, 0).unwrap().timestamp();
+        let cases = [
+            // Paris leaves summer time at 01:00 UTC on 2026-10-25: whole hours on both sides.
+            ("Europe/Paris", hour(2026, 10, 24, 22), 6),
+            // Lord Howe goes from +11 to +10:30 at 15:00 UTC on 2026-04-04.
+            ("Australia/Lord_Howe", hour(2026, 4, 4, 12), 3),
+            ("Asia/Kathmandu", hour(2026, 12, 7, 0), 0),
+            ("UTC", hour(2026, 12, 7, 0), 6),
+        ];
+        for (zone, start, whole) in cases {
+            let grid = ZoneGrid(zone.parse().unwrap());
+            let mut found = 0;
+            for h in 0..6 {
+                let hour_s = start + h * 3600;
+                let minutes: std::collections::BTreeSet<usize> =
+                    (0..60).map(|m| grid.cell_of((hour_s + m * 60) * 1_000_000)).collect();
+                assert_eq!(grid.hour_is_one_cell(hour_s), minutes.len() == 1, "{zone} at {hour_s}");
+                found += usize::from(minutes.len() == 1);
+            }
+            assert_eq!(found, whole, "{zone}");
+        }
     }
 }

@@ -14,7 +14,7 @@ use super::tail_cache::TailCache;
 use super::views::{BARRIER_TIMEOUT, Views};
 use super::{
     Bucket, Counts, Customer, CustomerOrder, ExportFilter, ExportRow, Outcome, PromotionOrder, PromotionStats,
-    PromotionSummary, Store, StoreError, Submission,
+    PromotionSummary, Store, StoreError, Submission, TimingGrid,
 };
 use crate::lock::lock;
 
@@ -129,11 +129,10 @@ impl Store for LoggedStore {
         &self,
         since_us: i64,
         promotion_id: Option<i64>,
-        cells: usize,
-        cell_of: &(dyn Fn(i64) -> usize + Sync),
+        grid: &dyn TimingGrid,
     ) -> Result<Vec<(i64, i64)>, StoreError> {
         let up_to = self.tail_end()?;
-        self.views.timing(&self.tail, (since_us, promotion_id), cells, cell_of, up_to)
+        self.views.timing(&self.tail, (since_us, promotion_id), grid, up_to)
     }
 
     fn customers(
@@ -385,6 +384,28 @@ mod tests {
         crate::store::assert_funnel_matches_a_recount(&[&store], &settle, 1_750_000_000 * US);
     }
 
+    /// Cells of whole hours for every third UTC hour, and for the others cells of a quarter of an
+    /// hour, as a zone with a 45-minute offset would see them start: both ways of reading
+    /// `timing` (hourly buckets, and minutes for split hours) in one answer.
+    struct MixedGrid;
+
+    impl TimingGrid for MixedGrid {
+        fn cells(&self) -> usize {
+            97
+        }
+        fn cell_of(&self, us: i64) -> usize {
+            let hour = us.div_euclid(3600 * US);
+            if hour % 3 == 0 {
+                hour.rem_euclid(97) as usize
+            } else {
+                ((us.div_euclid(60 * US) + 45) / 15).rem_euclid(97) as usize
+            }
+        }
+        fn hour_is_one_cell(&self, hour_s: i64) -> bool {
+            hour_s.div_euclid(3600) % 3 == 0
+        }
+    }
+
     /// Promotion stats, timeseries and the promotions page add the facts the views have not
     /// applied, exactly: with the stage stopped, answers over a tail that brings new and known
     /// buyers, moves products into and out of the top ten, a promotion up the ranking and a new
@@ -433,10 +454,7 @@ mod tests {
                     all.push(format!("{:?}", store.timeseries(g, series.0, series.1, Some(p)).unwrap()));
                 }
                 for &since in &windows {
-                    // Cells of a quarter of an hour, as a zone with a 45-minute offset would
-                    // see them start (any cell of whole minutes must do).
-                    let cell_of = |us: i64| ((us.div_euclid(60 * US) + 45) / 15).rem_euclid(97) as usize;
-                    all.push(format!("{:?}", store.timing(since, Some(p), 97, &cell_of).unwrap()));
+                    all.push(format!("{:?}", store.timing(since, Some(p), &MixedGrid).unwrap()));
                 }
                 for (_, order) in CustomerOrder::ALL {
                     for (limit, offset) in [(10, 0), (3, 2), (1000, 0)] {

@@ -593,6 +593,20 @@ pub const IDEMPOTENCY_TTL_US: i64 = 24 * 3600 * 1_000_000;
 /// for ever.
 pub const ROLLUP_KEEP_S: i64 = 337 * 3600;
 
+/// How `GET /stats/timing` lays instants out in cells (a weekday and an hour in a time zone).
+pub trait TimingGrid: Sync {
+    /// The number of cells.
+    fn cells(&self) -> usize;
+    /// The cell of the instant `us` (microseconds since the epoch); `cells()` or more for none.
+    /// Every instant of one UTC minute must have the same cell (a local hour of any time zone
+    /// does, their offsets being whole minutes).
+    fn cell_of(&self, us: i64) -> usize;
+    /// Whether every instant of the UTC hour that starts at `hour_s` (seconds) has the same cell.
+    /// Such an hour is read as one hourly bucket instead of 60 minute buckets: in a zone whose
+    /// offset is whole hours, every hour of the week.
+    fn hour_is_one_cell(&self, hour_s: i64) -> bool;
+}
+
 /// The operations the service needs from a store.
 pub trait Store: Send + Sync + 'static {
     /// Record `writes` in one transaction, assigning consecutive sequence numbers in order.
@@ -620,15 +634,12 @@ pub trait Store: Send + Sync + 'static {
     fn recent_views(&self, since_us: i64, promotion_id: Option<i64>) -> Result<i64, StoreError>;
 
     /// Buys and units with `timestamp >= since_us` (the edge of a window's recent counts), over
-    /// all buys or one promotion, summed into the cell `cell_of` gives each timestamp
-    /// (`0..cells`). `cell_of` must give every instant of one UTC minute the same cell (a local
-    /// hour of any time zone does, their offsets being whole minutes).
+    /// all buys or one promotion, summed into the cells of `grid` (`0..grid.cells()`).
     fn timing(
         &self,
         since_us: i64,
         promotion_id: Option<i64>,
-        cells: usize,
-        cell_of: &(dyn Fn(i64) -> usize + Sync),
+        grid: &dyn TimingGrid,
     ) -> Result<Vec<(i64, i64)>, StoreError>;
 
     /// One page of a promotion's buyers ranked by `order`, and the number of its buyers.

@@ -36,7 +36,7 @@ use super::log::{FactLog, Position};
 use super::pool::Pool;
 use super::{
     Bucket, Counts, Customer, CustomerOrder, OpenError, PromotionOrder, PromotionStats, PromotionSummary,
-    ROLLUP_KEEP_S, StoreError, StoreErrorKind,
+    ROLLUP_KEEP_S, StoreError, StoreErrorKind, TimingGrid,
 };
 use crate::lock::lock;
 use read::Edge;
@@ -456,16 +456,15 @@ impl Views {
         &self,
         log: &dyn FactLog,
         (since_us, promotion_id): (i64, Option<i64>),
-        cells: usize,
-        cell_of: &(dyn Fn(i64) -> usize + Sync),
+        grid: &dyn TimingGrid,
         up_to: Position,
     ) -> Result<Vec<(i64, i64)>, StoreError> {
         self.read(log, |conn, edge| {
-            let mut counts = vec![(0, 0); cells];
-            read::timing(conn, edge, since_us, promotion_id, &mut counts, cell_of)?;
+            let mut counts = vec![(0, 0); grid.cells()];
+            read::timing(conn, edge, since_us, promotion_id, &mut counts, grid)?;
             for fact in log.facts_in(edge.applied, up_to.buys, promotion_id)? {
                 if fact.timestamp_us >= since_us
-                    && let Some(cell) = counts.get_mut(cell_of(fact.timestamp_us))
+                    && let Some(cell) = counts.get_mut(grid.cell_of(fact.timestamp_us))
                 {
                     cell.0 += 1;
                     cell.1 += fact.buy.quantity.get();

@@ -10,7 +10,7 @@ use crate::store::log::{FactLog, Position, join_halves};
 use crate::store::views::deltas::{US, window_edges};
 use crate::store::{
     Bucket, Counts, Customer, CustomerOrder, ProductCount, PromotionOrder, PromotionStats, PromotionSummary,
-    StoreError, Window,
+    StoreError, TimingGrid, Window,
 };
 
 /// The sums of a window over the rollups of one scope (`{table}` and `{scope}` filled in): the
@@ -390,20 +390,23 @@ pub fn buyers(conn: &Connection, promotion_id: i64) -> Result<i64, StoreError> {
         .unwrap_or(0))
 }
 
-/// See [`crate::store::Store::timing`], over the views' snapshot: the partial second at the
-/// window's edge from the log, whole seconds up to the next minute and every minute after it
-/// from the rollups (a week of minutes is 10,080 rows at most).
+/// Buys and units with `timestamp >= since_us` in the views' snapshot (plus the partial second
+/// from the log), summed into `grid`'s cells: seconds up to the first whole minute, minutes up
+/// to the first whole hour, then whole hours. An hour whose instants fall in more than one cell
+/// (a zone with a half-hour offset) is read again as its minutes. Reading a week of one
+/// promotion by hours is 168 rows instead of 10,080, and as many time-zone conversions: at 10 M
+/// buys the minutes took p99 90 ms.
 pub fn timing(
     conn: &Connection,
     edge: &Edge,
     since_us: i64,
     promotion_id: Option<i64>,
     cells: &mut [(i64, i64)],
-    cell_of: &(dyn Fn(i64) -> usize + Sync),
+    grid: &dyn TimingGrid,
 ) -> Result<(), StoreError> {
-    let (second, minute, _) = window_edges(since_us);
+    let (second, minute, hour) = window_edges(since_us);
     let mut add = |at_us: i64, buys: i64, units: i64| {
-        if let Some(cell) = cells.get_mut(cell_of(at_us)) {
+        if let Some(cell) = cells.get_mut(grid.cell_of(at_us)) {
             cell.0 += buys;
             cell.1 += units;
         }
@@ -411,27 +414,44 @@ pub fn timing(
     // The partial second lies in one second, so in one cell.
     let part = edge.log.between(since_us, second * US, promotion_id, edge.applied)?;
     add(since_us, part.buys, part.units);
-    let ranges = [(1, second, minute), (60, minute, i64::MAX)];
-    for (granularity, from, to) in ranges {
+    let buckets = |granularity: i64, from: i64, to: i64| -> rusqlite::Result<Vec<(i64, i64, i64)>> {
         let read = |r: &rusqlite::Row| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?));
-        let rows = match promotion_id {
+        match promotion_id {
             None => conn
                 .prepare_cached(
                     "SELECT bucket_s, buys, units FROM rollup
                      WHERE granularity_s = ?1 AND bucket_s >= ?2 AND bucket_s < ?3",
                 )?
                 .query_map(params![granularity, from, to], read)?
-                .collect::<rusqlite::Result<Vec<_>>>()?,
+                .collect(),
             Some(p) => conn
                 .prepare_cached(
                     "SELECT bucket_s, buys, units FROM promotion_rollup INDEXED BY promotion_rollup_by_promotion
                      WHERE promotion_id = ?4 AND granularity_s = ?1 AND bucket_s >= ?2 AND bucket_s < ?3",
                 )?
                 .query_map(params![granularity, from, to, p], read)?
-                .collect::<rusqlite::Result<Vec<_>>>()?,
-        };
-        for (bucket_s, buys, units) in rows {
+                .collect(),
+        }
+    };
+    for (granularity, from, to) in [(1, second, minute), (60, minute, hour)] {
+        for (bucket_s, buys, units) in buckets(granularity, from, to)? {
             add(bucket_s.saturating_mul(US), buys, units);
+        }
+    }
+    let mut split = Vec::new();
+    for (bucket_s, buys, units) in buckets(3600, hour, i64::MAX)? {
+        if grid.hour_is_one_cell(bucket_s) {
+            add(bucket_s.saturating_mul(US), buys, units);
+        } else {
+            split.push(bucket_s);
+        }
+    }
+    // The split hours' minutes, in one range from the first to the last (hours come in order).
+    if let (Some(&first), Some(&last)) = (split.first(), split.last()) {
+        for (bucket_s, buys, units) in buckets(60, first, last.saturating_add(3600))? {
+            if split.binary_search(&(bucket_s - bucket_s.rem_euclid(3600))).is_ok() {
+                add(bucket_s.saturating_mul(US), buys, units);
+            }
         }
     }
     Ok(())
