@@ -32,6 +32,8 @@ pub const QUEUE_DEPTH: &str = "buy_tracker_write_queue_depth";
 pub const COMMIT_FAILURES: &str = "buy_tracker_commit_failures_total";
 /// Writes discarded uncommitted because their requester had given up.
 pub const WRITES_ABANDONED: &str = "buy_tracker_writes_abandoned_total";
+/// Facts committed that the views have not applied yet, by kind.
+pub const VIEWS_BEHIND: &str = "buy_tracker_views_behind_facts";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -86,6 +88,22 @@ fn describe() {
     metrics::describe_gauge!(QUEUE_DEPTH, "Writes waiting for the writer");
     metrics::describe_counter!(COMMIT_FAILURES, "Group commits that failed (nothing in them acknowledged)");
     metrics::describe_counter!(WRITES_ABANDONED, "Writes discarded uncommitted because their requester had given up");
+    metrics::describe_gauge!(
+        VIEWS_BEHIND,
+        "Facts committed to the log that the views have not applied yet, by kind (reads add them from the log; past 20,000 a read waits for the views)"
+    );
+}
+
+/// How far the views are behind the log, as the view stage last saw it: `(buys, views, refunds)`
+/// committed but not yet applied. Three series, one per kind.
+pub fn views_behind((buys, views, refunds): (i64, i64, i64)) {
+    static GAUGES: LazyLock<[Gauge; 3]> = LazyLock::new(|| {
+        handle();
+        ["buys", "views", "refunds"].map(|kind| metrics::gauge!(VIEWS_BEHIND, "kind" => kind))
+    });
+    for (gauge, behind) in GAUGES.iter().zip([buys, views, refunds]) {
+        gauge.set(behind.max(0) as f64);
+    }
 }
 
 /// The writer's metrics, registered once: each commit then updates them without a registry lookup.

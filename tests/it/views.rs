@@ -92,6 +92,14 @@ async fn the_funnel_counts_viewers_and_converts_in_either_order(kind: StoreKind)
         .find_map(|l| l.strip_prefix("buy_tracker_views_recorded_total "))
         .and_then(|v| v.trim().parse::<f64>().ok());
     assert!(recorded.is_some_and(|n| n >= 7.0), "{metrics}");
+    // How far the views are behind the log, one series per kind of fact (the value is whatever
+    // the last stage in this process saw).
+    for kind in ["buys", "views", "refunds"] {
+        let series = format!("buy_tracker_views_behind_facts{{kind=\"{kind}\"}} ");
+        let behind =
+            metrics.lines().find_map(|l| l.strip_prefix(series.as_str())).and_then(|v| v.trim().parse::<f64>().ok());
+        assert!(behind.is_some_and(|n| n >= 0.0), "{kind}: {metrics}");
+    }
 }
 
 /// Post a priced buy.

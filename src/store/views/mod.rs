@@ -328,6 +328,16 @@ impl Views {
                     continue;
                 }
             }
+            // Once per pass, when the stage has taken what it saw: one position of the log (on
+            // PostgreSQL a query, at most ten a second).
+            if let Ok(last) = log.position() {
+                let applied = self.applied();
+                crate::metrics::views_behind((
+                    last.buys - applied.buys,
+                    last.views - applied.views,
+                    last.refunds - applied.refunds,
+                ));
+            }
             if last_prune.elapsed() >= PRUNE_EVERY {
                 last_prune = Instant::now();
                 if let Err(e) = self.prune(crate::clock::Clock::now_us(&crate::clock::SystemClock)) {
