@@ -62,16 +62,15 @@ impl TimingGrid for ZoneGrid {
         local.map_or(CELLS, |(day, hour)| (day * 24 + hour) as usize)
     }
 
-    /// The zone's offset is the same whole number of hours at the hour's first and last second
-    /// (no zone changes its offset twice within an hour).
-    fn hour_is_one_cell(&self, hour_s: i64) -> bool {
+    /// The offset at the hour's first and last second, when they agree (no zone changes its
+    /// offset twice within an hour).
+    fn offset_over_hour(&self, hour_s: i64) -> Option<i64> {
         let offset = |s: i64| {
-            chrono::DateTime::from_timestamp(s, 0).map(|t| self.0.offset_from_utc_datetime(&t.naive_utc()).fix())
+            chrono::DateTime::from_timestamp(s, 0)
+                .map(|t| i64::from(self.0.offset_from_utc_datetime(&t.naive_utc()).fix().local_minus_utc()))
         };
-        match (offset(hour_s), offset(hour_s.saturating_add(3599))) {
-            (Some(a), Some(b)) => a == b && a.local_minus_utc() % 3600 == 0,
-            _ => false,
-        }
+        let first = offset(hour_s)?;
+        (offset(hour_s.saturating_add(3599))? == first).then_some(first)
     }
 }
 
@@ -148,7 +147,11 @@ mod tests {
                 let hour_s = start + h * 3600;
                 let minutes: std::collections::BTreeSet<usize> =
                     (0..60).map(|m| grid.cell_of((hour_s + m * 60) * 1_000_000)).collect();
-                assert_eq!(grid.hour_is_one_cell(hour_s), minutes.len() == 1, "{zone} at {hour_s}");
+                let whole_hours = grid.offset_over_hour(hour_s).is_some_and(|o| o % 3600 == 0);
+                assert_eq!(whole_hours, minutes.len() == 1, "{zone} at {hour_s}");
+                // A split hour's minutes lie in the two local hours of its first and last minute.
+                let ends = [grid.cell_of(hour_s * 1_000_000), grid.cell_of((hour_s + 3599) * 1_000_000)];
+                assert!(minutes.iter().all(|c| ends.contains(c)), "{zone} at {hour_s}");
                 found += usize::from(minutes.len() == 1);
             }
             assert_eq!(found, whole, "{zone}");

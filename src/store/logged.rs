@@ -384,25 +384,27 @@ mod tests {
         crate::store::assert_funnel_matches_a_recount(&[&store], &settle, 1_750_000_000 * US);
     }
 
-    /// Cells of whole hours for every third UTC hour, and for the others cells of a quarter of an
-    /// hour, as a zone with a 45-minute offset would see them start: both ways of reading
-    /// `timing` (hourly buckets, and minutes for split hours) in one answer.
+    /// The local hours of a zone whose offset is 2 hours in every third UTC hour and 2:45 in
+    /// the others: both ways of reading `timing` (hourly buckets, and minutes summed by local
+    /// hour for split hours) in one answer, with runs of split hours broken by whole ones.
     struct MixedGrid;
+
+    impl MixedGrid {
+        fn offset(hour_s: i64) -> i64 {
+            if hour_s.div_euclid(3600) % 3 == 0 { 7200 } else { 7200 + 45 * 60 }
+        }
+    }
 
     impl TimingGrid for MixedGrid {
         fn cells(&self) -> usize {
             97
         }
         fn cell_of(&self, us: i64) -> usize {
-            let hour = us.div_euclid(3600 * US);
-            if hour % 3 == 0 {
-                hour.rem_euclid(97) as usize
-            } else {
-                ((us.div_euclid(60 * US) + 45) / 15).rem_euclid(97) as usize
-            }
+            let s = us.div_euclid(US);
+            (s + Self::offset(s)).div_euclid(3600).rem_euclid(97) as usize
         }
-        fn hour_is_one_cell(&self, hour_s: i64) -> bool {
-            hour_s.div_euclid(3600) % 3 == 0
+        fn offset_over_hour(&self, hour_s: i64) -> Option<i64> {
+            Some(Self::offset(hour_s))
         }
     }
 

@@ -593,18 +593,18 @@ pub const IDEMPOTENCY_TTL_US: i64 = 24 * 3600 * 1_000_000;
 /// for ever.
 pub const ROLLUP_KEEP_S: i64 = 337 * 3600;
 
-/// How `GET /stats/timing` lays instants out in cells (a weekday and an hour in a time zone).
+/// How `GET /stats/timing` lays instants out in cells: the local hours of a time zone (a weekday
+/// and an hour), so that every instant of one local hour has the same cell.
 pub trait TimingGrid: Sync {
     /// The number of cells.
     fn cells(&self) -> usize;
     /// The cell of the instant `us` (microseconds since the epoch); `cells()` or more for none.
-    /// Every instant of one UTC minute must have the same cell (a local hour of any time zone
-    /// does, their offsets being whole minutes).
     fn cell_of(&self, us: i64) -> usize;
-    /// Whether every instant of the UTC hour that starts at `hour_s` (seconds) has the same cell.
-    /// Such an hour is read as one hourly bucket instead of 60 minute buckets: in a zone whose
-    /// offset is whole hours, every hour of the week.
-    fn hour_is_one_cell(&self, hour_s: i64) -> bool;
+    /// The zone's offset from UTC in seconds (east positive), when it is the same at every
+    /// instant of the UTC hour that starts at `hour_s` (seconds); `None` when it changes inside
+    /// it. A whole number of hours makes the UTC hour one local hour, read as one hourly bucket;
+    /// otherwise the hour's minutes fall in two local hours, summed by the database.
+    fn offset_over_hour(&self, hour_s: i64) -> Option<i64>;
 }
 
 /// The operations the service needs from a store.
