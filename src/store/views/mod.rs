@@ -304,6 +304,19 @@ impl Views {
         Ok(facts.len().max(views.len()).max(refunds.len()))
     }
 
+    /// Set the metric of how far the views are behind the log, after each batch (during a
+    /// catch-up too, when it matters most): one position of the log, on PostgreSQL a query.
+    fn report_behind(&self, log: &dyn FactLog) {
+        if let Ok(last) = log.position() {
+            let applied = self.applied();
+            crate::metrics::views_behind((
+                last.buys - applied.buys,
+                last.views - applied.views,
+                last.refunds - applied.refunds,
+            ));
+        }
+    }
+
     /// The stage: apply batches as facts arrive; prune now and then.
     fn run(&self, log: &dyn FactLog) {
         let mut last_prune = Instant::now();
@@ -315,6 +328,7 @@ impl Views {
                         tracing::info!("the view stage applies facts again");
                         failing = false;
                     }
+                    self.report_behind(log);
                     if n == BATCH_FACTS {
                         continue;
                     }
@@ -327,16 +341,6 @@ impl Views {
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
                 }
-            }
-            // Once per pass, when the stage has taken what it saw: one position of the log (on
-            // PostgreSQL a query, at most ten a second).
-            if let Ok(last) = log.position() {
-                let applied = self.applied();
-                crate::metrics::views_behind((
-                    last.buys - applied.buys,
-                    last.views - applied.views,
-                    last.refunds - applied.refunds,
-                ));
             }
             if last_prune.elapsed() >= PRUNE_EVERY {
                 last_prune = Instant::now();
