@@ -120,25 +120,9 @@ impl Visit for JsonObject<'_, '_> {
     }
 }
 
-/// `text` as a JSON string: quotes, backslashes and control characters escaped.
+/// `text` as a JSON string, escaped by serde_json.
 fn json_string(writer: &mut impl std::fmt::Write, text: &str) -> std::fmt::Result {
-    writer.write_char('"')?;
-    let mut rest = text;
-    while let Some(i) = rest.find(|c: char| c == '"' || c == '\\' || c < ' ') {
-        writer.write_str(&rest[..i])?;
-        let c = rest.as_bytes()[i];
-        match c {
-            b'"' => writer.write_str("\\\"")?,
-            b'\\' => writer.write_str("\\\\")?,
-            b'\n' => writer.write_str("\\n")?,
-            b'\r' => writer.write_str("\\r")?,
-            b'\t' => writer.write_str("\\t")?,
-            _ => write!(writer, "\\u{:04x}", c)?,
-        }
-        rest = &rest[i + 1..];
-    }
-    writer.write_str(rest)?;
-    writer.write_char('"')
+    writer.write_str(&serde_json::to_string(text).map_err(|_| std::fmt::Error)?)
 }
 
 #[cfg(test)]
