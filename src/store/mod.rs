@@ -739,7 +739,7 @@ pub fn rebuild_views(url: &StoreUrl, given: Option<&std::path::Path>) -> Result<
         }
     }
     let log = open_log(url)?;
-    let fresh = views::Views::open_for_rebuild(&views, lock)?;
+    let (fresh, deferred) = views::Views::open_for_rebuild(&views, lock)?;
     let what = || format!("views {}", views.display());
     // On a thread of its own: PostgreSQL's blocking client must not run on an async worker.
     let built = std::thread::scope(|scope| {
@@ -747,7 +747,7 @@ pub fn rebuild_views(url: &StoreUrl, given: Option<&std::path::Path>) -> Result<
             .spawn(|| -> Result<usize, StoreError> {
                 fresh.adopt(&log.store_id()?, log.position()?)?;
                 let applied = fresh.catch_up(&*log)?;
-                fresh.finish_rebuild()?;
+                fresh.finish_rebuild(&deferred)?;
                 Ok(applied)
             })
             .join()

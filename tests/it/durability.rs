@@ -296,6 +296,11 @@ async fn analytics(server: &Server) -> Value {
         // Only the buckets that hold buys: the window's first bucket moves with the clock.
         let busy: Vec<&Value> = series["points"].as_array().unwrap().iter().filter(|b| b["buys"] != 0).collect();
         all.insert(format!("series {p}"), serde_json::json!(busy));
+        // The customer rankings: the rebuild creates their indexes after filling the table.
+        for order in ["revenue", "units", "buys"] {
+            let page = get(format!("/promotions/{p}/customers?order_by={order}&limit=1000")).await;
+            all.insert(format!("customers {p} by {order}"), page);
+        }
     }
     Value::Object(all)
 }

@@ -40,6 +40,7 @@ use super::{
 };
 use crate::lock::lock;
 use read::Edge;
+pub use schema::DeferredIndexes;
 
 /// The longest a read waits for the views to reach the facts acknowledged before it.
 pub const BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -166,18 +167,27 @@ impl Views {
     }
 
     /// Views at `path` to be built from scratch by [`Views::catch_up`], with the file's safety off
-    /// while they are: no rollback journal, no syncs, a large cache. A crash mid-way leaves a file
-    /// to rebuild again; [`Views::finish_rebuild`] turns the usual settings back on.
-    pub fn open_for_rebuild(path: &Path, held: std::fs::File) -> Result<Views, OpenError> {
+    /// while they are: no rollback journal, no syncs, a large cache, and no secondary indexes (they
+    /// are built at the end, each by one sort). A crash mid-way leaves a file marked unfinished,
+    /// rebuilt at the next start; [`Views::finish_rebuild`] creates the indexes and turns the usual
+    /// settings back on.
+    pub fn open_for_rebuild(path: &Path, held: std::fs::File) -> Result<(Views, DeferredIndexes), OpenError> {
         let views = Self::open_locked(path, held, None)?;
-        let bulk = "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-262144;";
-        lock(&views.writer).execute_batch(bulk).map_err(|e| OpenError::new(format!("views {}", path.display()), e))?;
-        Ok(views)
+        let fail = |e: rusqlite::Error| OpenError::new(format!("views {}", path.display()), e);
+        let deferred = {
+            let conn = lock(&views.writer);
+            conn.execute_batch("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-262144;")
+                .map_err(fail)?;
+            schema::defer_indexes(&conn).map_err(fail)?
+        };
+        Ok((views, deferred))
     }
 
-    /// After a rebuild: back to WAL and `synchronous=NORMAL`, with everything on disk.
-    pub fn finish_rebuild(&self) -> Result<(), StoreError> {
+    /// After a rebuild: the deferred indexes created, back to WAL and `synchronous=NORMAL`, with
+    /// everything on disk.
+    pub fn finish_rebuild(&self, deferred: &DeferredIndexes) -> Result<(), StoreError> {
         let conn = lock(&self.writer);
+        schema::create_indexes(&conn, deferred)?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::unavailable(format!("WAL mode refused (journal_mode is {mode})")));
