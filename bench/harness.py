@@ -744,7 +744,9 @@ def growth_tables(data):
                 reads[ep] = {k: med(float(r[k]) for r in rs) for k in ("rps", "p50_ms", "p90_ms", "p99_ms")}
                 reads[ep]["rounds"] = {r["round"]: float(r["p99_ms"]) for r in rs}
         start, rss, ex = pick("start", size), pick("rss", size), pick("export", size)
+        load = pick("load", size)
         out[size] = {
+            "rebuild_s": float(load[0]["rebuild_seconds"]) if load and "rebuild_seconds" in load[0] else None,
             "buys": int(size.split(":")[0]), "reads": reads,
             "health_ms": med(int(f["health_ms"]) for f in start) if start else None,
             "listen_ms": med(int(f["listen_ms"]) for f in start) if start else None,
@@ -824,6 +826,9 @@ def targets_table(parts):
             rows.append((f"server RSS at 10 M < 150 MiB (peak over start-up and reads){at}",
                          f"{gl['hwm_mib']:.1f} MiB (after the reads {gl['rss_mib']:.1f})",
                          verdict(gl["hwm_mib"] < 150) + ("" if at_10m else " (smaller store)")))
+        if gl["rebuild_s"] is not None:
+            rows.append((f"rebuilding every view from 10 M buys (`rebuild-views`' code, `bench/load.rs`) < 1 min{at}",
+                         f"{gl['rebuild_s']:.1f} s", verdict(gl["rebuild_s"] < 60) + ("" if at_10m else " (smaller store)")))
         big_export = [x for x in g.values() if (x["export_rows"] or 0) >= 1_000_000]
         if big_export:
             x = big_export[0]
