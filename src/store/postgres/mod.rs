@@ -150,6 +150,16 @@ fn configure(url: &str) -> Result<(tokio_postgres::Config, String), String> {
     Ok((config, session))
 }
 
+/// `config` with the server's notices logged at debug level. The blocking client logs them at
+/// info by default, and the migrations' `CREATE … IF NOT EXISTS` made every start print
+/// `relation "schema_version" already exists, skipping` among the service's own lines.
+fn quiet_notices(mut config: postgres::Config) -> postgres::Config {
+    config.notice_callback(|notice| {
+        tracing::debug!(severity = notice.severity(), message = notice.message(), "PostgreSQL notice");
+    });
+    config
+}
+
 impl PostgresStore {
     /// Connect, bring the schema up to date (under an advisory lock, so replicas may start
     /// together), and prepare the writer's connection. The error is one line, without the URL
@@ -158,7 +168,7 @@ impl PostgresStore {
         let what = "PostgreSQL store";
         let (config, session) = configure(url).map_err(|e| OpenError::new(what, e))?;
         let store = PostgresStore {
-            read_config: postgres::Config::from(config.clone()),
+            read_config: quiet_notices(postgres::Config::from(config.clone())),
             config,
             session,
             writer: Mutex::new(None),
