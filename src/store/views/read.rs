@@ -414,45 +414,40 @@ pub fn timing(
     // The partial second lies in one second, so in one cell.
     let part = edge.log.between(since_us, second * US, promotion_id, edge.applied)?;
     add(since_us, part.buys, part.units);
-    let read = |r: &rusqlite::Row| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?));
-    let buckets = |granularity: i64, from: i64, to: i64| -> rusqlite::Result<Vec<(i64, i64, i64)>> {
+    // The scope's table and filter, as in RECENT: every buy, or one promotion (?4).
+    let (table, scope) = match promotion_id {
+        None => ("rollup", ""),
+        Some(_) => ("promotion_rollup INDEXED BY promotion_rollup_by_promotion", "promotion_id = ?4 AND"),
+    };
+    // Rows of (bucket or local hour, buys, units) of `template` (three parameters) in the scope.
+    let rows = |template: &str, a: i64, b: i64, c: i64| -> rusqlite::Result<Vec<(i64, i64, i64)>> {
+        let read = |r: &rusqlite::Row| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?));
+        let mut statement = conn.prepare_cached(&template.replace("{table}", table).replace("{scope}", scope))?;
         match promotion_id {
-            None => conn
-                .prepare_cached(
-                    "SELECT bucket_s, buys, units FROM rollup
-                     WHERE granularity_s = ?1 AND bucket_s >= ?2 AND bucket_s < ?3",
-                )?
-                .query_map(params![granularity, from, to], read)?
-                .collect(),
-            Some(p) => conn
-                .prepare_cached(
-                    "SELECT bucket_s, buys, units FROM promotion_rollup INDEXED BY promotion_rollup_by_promotion
-                     WHERE promotion_id = ?4 AND granularity_s = ?1 AND bucket_s >= ?2 AND bucket_s < ?3",
-                )?
-                .query_map(params![granularity, from, to, p], read)?
-                .collect(),
+            None => statement.query_map(params![a, b, c], read)?.collect(),
+            Some(p) => statement.query_map(params![a, b, c, p], read)?.collect(),
         }
+    };
+    // The buckets of `granularity` from `from` to `to` (seconds).
+    let buckets = |granularity: i64, from: i64, to: i64| {
+        rows(
+            "SELECT bucket_s, buys, units FROM {table}
+             WHERE {scope} granularity_s = ?1 AND bucket_s >= ?2 AND bucket_s < ?3",
+            granularity,
+            from,
+            to,
+        )
     };
     // The minutes of `from..to` (seconds) summed by local hour at the offset `offset`: rows of
     // (local hour since the epoch, buys, units).
-    let local_hours = |from: i64, to: i64, offset: i64| -> rusqlite::Result<Vec<(i64, i64, i64)>> {
-        match promotion_id {
-            None => conn
-                .prepare_cached(
-                    "SELECT (bucket_s + ?3) / 3600, sum(buys), sum(units) FROM rollup
-                     WHERE granularity_s = 60 AND bucket_s >= ?1 AND bucket_s < ?2 GROUP BY 1",
-                )?
-                .query_map(params![from, to, offset], read)?
-                .collect(),
-            Some(p) => conn
-                .prepare_cached(
-                    "SELECT (bucket_s + ?3) / 3600, sum(buys), sum(units)
-                     FROM promotion_rollup INDEXED BY promotion_rollup_by_promotion
-                     WHERE promotion_id = ?4 AND granularity_s = 60 AND bucket_s >= ?1 AND bucket_s < ?2 GROUP BY 1",
-                )?
-                .query_map(params![from, to, offset, p], read)?
-                .collect(),
-        }
+    let local_hours = |from: i64, to: i64, offset: i64| {
+        rows(
+            "SELECT (bucket_s + ?3) / 3600, sum(buys), sum(units) FROM {table}
+             WHERE {scope} granularity_s = 60 AND bucket_s >= ?1 AND bucket_s < ?2 GROUP BY 1",
+            from,
+            to,
+            offset,
+        )
     };
     for (granularity, from, to) in [(1, second, minute), (60, minute, hour)] {
         for (bucket_s, buys, units) in buckets(granularity, from, to)? {
